@@ -1,0 +1,3 @@
+"""spine-dfl: vertebra-level classification of spine radiographs with DFL-CNN."""
+
+__version__ = "0.1.0"

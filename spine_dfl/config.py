@@ -1,0 +1,169 @@
+"""Run configuration: pydantic models, YAML loading and ``--set key=value`` overrides.
+
+A config is the full description of a training run; every checkpoint carries it, so
+scoring, evaluation and explanation need nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file/key and the problem."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos more often than not: refuse them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid")
+
+
+class BranchWeights(_Strict):
+    """Weights of the G-stream, P-stream and side-branch terms (loss or fused logits)."""
+
+    g: float = 1.0
+    p: float = 1.0
+    side: float = 0.1
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return (self.g, self.p, self.side)
+
+
+class ModelConfig(_Strict):
+    backbone: Literal["vgg16_bn", "resnet50", "resnet18"] = "resnet18"
+    pretrained: str = Field("none", description="'imagenet' (local torch hub cache), 'none', or a state-dict path")
+    filters_per_class: int = Field(10, ge=1, description="k: P-stream 1x1 filters per class")
+    loss_weights: BranchWeights = BranchWeights()
+    fuse_weights: BranchWeights = BranchWeights()
+    init: Literal["nms_kmeans", "random"] = "nms_kmeans"
+    init_peaks_per_image: int = Field(3, ge=1)
+    init_nms_iou: float = Field(0.3, gt=0.0, le=1.0)
+    init_max_features_per_class: int = Field(4096, ge=1)
+    init_max_images_per_class: int = Field(400, ge=1, description="images sampled per class for the init")
+
+
+class AugmentSettings(_Strict):
+    rotate_deg: float = 5.0
+    scale: float = 0.08
+    translate: float = 0.04
+    gamma: tuple[float, float] = (0.8, 1.25)
+    noise_std: float = 0.02
+    blur_sigma: tuple[float, float] = (0.0, 1.0)
+    prob: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class DataConfig(_Strict):
+    input_size: int = Field(160, ge=32, description="network input is 1 x S x S pixels")
+    roi_margin: float = Field(0.15, ge=0.0, description="fraction of the ROI's larger side added on every side")
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    use_roi: Literal["auto", "yes", "no"] = "auto"
+    cache: Literal["none", "memory", "disk"] = "memory"
+    cache_dir: str | None = None
+    workers: int = Field(2, ge=0)
+    balance: Literal["class", "vertebra_class", "none"] = "class"
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    augment: AugmentSettings = AugmentSettings()
+
+    @field_validator("intensity_percentiles")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError("need 0 <= low < high <= 100")
+        return value
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr_backbone: float = Field(1e-3, gt=0, description="learning rate of pretrained/backbone layers")
+    lr_heads: float = Field(1e-2, gt=0, description="learning rate of the new heads (classifiers, filter bank)")
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    grad_clip: float = Field(5.0, ge=0, description="max gradient norm; 0 disables")
+    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    channels_last: bool = Field(True, description="channels-last memory format on CUDA")
+    class_weighted_loss: bool = False
+    select_metric: Literal["macro_auc", "balanced_accuracy", "macro_f1", "accuracy", "loss"] = "macro_auc"
+    early_stop_patience: int = Field(10, ge=0, description="epochs without improvement; 0 disables")
+    eval_every: int = Field(1, ge=1)
+    tensorboard: bool = False
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for quick runs")
+    time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that passes this wall time")
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A path, or the name of a shipped config (``cpu_demo`` or ``cpu_demo.yaml`` in ``configs/``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none found"
+    raise ConfigError(f"{name_or_path}: no such config file (shipped configs in {CONFIG_DIR}: {shipped})")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=5`` -> (['train', 'epochs'], 5); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.epochs=5")
+    key, raw = text.split("=", 1)
+    keys = [part for part in key.strip().split(".") if part]
+    if not keys:
+        raise ConfigError(f"--set {text!r}: empty key")
+    return keys, yaml.safe_load(raw)
+
+
+def _apply_override(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = tree
+    for part in keys[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(keys)}: {part!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        resolved = resolve_config_path(path)
+        source = str(resolved)
+        try:
+            loaded = yaml.safe_load(resolved.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{resolved}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{resolved}: expected a mapping at the top level")
+        tree = loaded or {}
+    for text in overrides or []:
+        _apply_override(tree, *parse_override(text))
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from exc
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain JSON-able dict (tuples as lists), as stored in checkpoints."""
+    return config.model_dump(mode="json")
