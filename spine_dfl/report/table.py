@@ -1,0 +1,227 @@
+"""Reading and validating the predictions table (``predictions.csv``) that the report works from.
+
+The table format is fixed by the interface spec ("Predictions table"): one row per sample with
+``image, vertebra, patient_id, label, pred``, ``prob_<class>`` (fused softmax, one column per class in
+checkpoint order), optionally ``pred_g, pred_p, pred_side`` and ``g_prob_<class>, p_prob_<class>,
+side_prob_<class>``, ROI ``x_min, y_min, x_max, y_max`` (original pixels, empty for whole images) and
+``sop_instance_uid``. The class order is the order of the ``prob_<class>`` columns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spine_dfl.vertebrae import normalize_level
+
+PROB_PREFIX = "prob_"
+#: branch name -> prefix of its probability columns; "fused" uses the plain ``prob_`` columns.
+BRANCH_PROB_PREFIXES: dict[str, str] = {"g": "g_prob_", "p": "p_prob_", "side": "side_prob_"}
+BRANCH_PRED_COLUMNS: dict[str, str] = {"g": "pred_g", "p": "pred_p", "side": "pred_side"}
+#: level name used for rows whose ``vertebra`` is empty or the column is absent.
+MISSING_LEVEL = "(missing)"
+#: a probability row may differ from summing to one by this much (CSV rounding) before it is an error.
+PROB_SUM_TOLERANCE = 1e-2
+
+_ROI_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+
+
+class ReportError(ValueError):
+    """The predictions table cannot be evaluated; the message names what is wrong and where."""
+
+
+@dataclass(frozen=True)
+class PredictionArrays:
+    """The validated table as arrays; n = number of rows, K = number of classes.
+
+    y_true, y_pred: (n,) int64 class indices into ``classes``.
+    probs: (n, K) float64 fused probabilities, as given (not renormalised).
+    patient: (n,) str patient key (``patient_id``; ``"image:<image>"`` when empty; ``"row:<i>"`` when
+    the image is empty too). level: (n,) str normalised vertebra level (``MISSING_LEVEL`` when empty).
+    branch_pred / branch_probs: per available branch ("g", "p", "side") arrays of the same shapes.
+    image: (n,) str image path as given. roi: (n, 4) float64 x_min, y_min, x_max, y_max in original
+    pixels (NaN where absent).
+    """
+
+    classes: tuple[str, ...]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    patient: np.ndarray
+    level: np.ndarray
+    branch_pred: dict[str, np.ndarray]
+    branch_probs: dict[str, np.ndarray]
+    image: np.ndarray
+    roi: np.ndarray
+
+
+def _is_blank(values: pd.Series) -> np.ndarray:
+    """(n,) bool: missing or whitespace-only cells."""
+    return (values.isna() | values.astype(str).str.strip().eq("")).to_numpy()
+
+
+def _row_names(table: pd.DataFrame, mask: np.ndarray, limit: int = 5) -> str:
+    """Human-readable list of the first offending rows (index and image when present)."""
+    index = table.index[mask]
+    names = []
+    for idx in index[:limit]:
+        image = table.at[idx, "image"] if "image" in table.columns else None
+        names.append(f"row {idx}" + (f" ({image})" if isinstance(image, str) and image else ""))
+    more = f" and {len(index) - limit} more" if len(index) > limit else ""
+    return ", ".join(names) + more
+
+
+def table_classes(table: pd.DataFrame) -> list[str]:
+    """Class names in the order of the ``prob_<class>`` columns."""
+    return [str(c)[len(PROB_PREFIX):] for c in table.columns if str(c).startswith(PROB_PREFIX)]
+
+
+def _prob_matrix(table: pd.DataFrame, prefix: str, classes: list[str], what: str) -> np.ndarray:
+    """(n, K) float64 from ``<prefix><class>`` columns; errors for non-numbers, NaN, negatives, bad sums."""
+    columns = [f"{prefix}{c}" for c in classes]
+    try:
+        matrix = table[columns].apply(pd.to_numeric, errors="raise").to_numpy(dtype=np.float64)
+    except (ValueError, TypeError) as exc:
+        raise ReportError(f"{what}: probability columns {columns} must be numbers ({exc})") from exc
+    bad = ~np.isfinite(matrix).all(axis=1) | (matrix < 0).any(axis=1)
+    if bad.any():
+        raise ReportError(f"{what}: probabilities missing, infinite or negative in {_row_names(table, bad)}")
+    off = np.abs(matrix.sum(axis=1) - 1.0) > PROB_SUM_TOLERANCE
+    if off.any():
+        raise ReportError(
+            f"{what}: probabilities {columns} do not sum to 1 (tolerance {PROB_SUM_TOLERANCE}) in "
+            f"{_row_names(table, off)}"
+        )
+    return matrix
+
+
+def _class_indices(table: pd.DataFrame, column: str, classes: list[str], what: str) -> np.ndarray:
+    """(n,) int64 index of each cell's class; errors name the unknown values and rows."""
+    values = table[column]
+    blank = _is_blank(values)
+    if blank.any():
+        raise ReportError(f"{what}: column '{column}' is empty in {_row_names(table, blank)}")
+    text = values.astype(str).str.strip()
+    lookup = {name: i for i, name in enumerate(classes)}
+    codes = text.map(lookup)
+    unknown = codes.isna().to_numpy()
+    if unknown.any():
+        names = sorted(set(text[unknown]))
+        raise ReportError(
+            f"{what}: column '{column}' has values {names} that are not classes {classes} "
+            f"(in {_row_names(table, unknown)})"
+        )
+    return codes.to_numpy(dtype=np.int64)
+
+
+def prepare(table: pd.DataFrame, classes: list[str] | None = None, source: str = "predictions") -> PredictionArrays:
+    """Validate a predictions table and turn it into arrays.
+
+    ``classes`` (checkpoint order) defaults to the ``prob_<class>`` column order; when given it must name
+    exactly the classes that have ``prob_`` columns. Raises ReportError (naming ``source``) for an empty
+    table, missing columns, classes that disagree, unknown or empty labels/preds, and bad probabilities.
+    """
+    if not isinstance(table, pd.DataFrame):
+        raise ReportError(f"{source}: expected a pandas DataFrame, got {type(table).__name__}")
+    if len(table) == 0:
+        raise ReportError(f"{source}: the predictions table is empty (no rows to evaluate)")
+    column_classes = table_classes(table)
+    if not column_classes:
+        raise ReportError(f"{source}: no '{PROB_PREFIX}<class>' columns; columns are {list(table.columns)}")
+    if classes is None:
+        classes = column_classes
+    else:
+        classes = [str(c) for c in classes]
+        if len(set(classes)) != len(classes):
+            raise ReportError(f"{source}: duplicate class names in {classes}")
+        if set(classes) != set(column_classes):
+            raise ReportError(
+                f"{source}: classes {classes} disagree with the table's probability columns for {column_classes}"
+            )
+    if len(classes) < 2:
+        raise ReportError(f"{source}: need at least two classes, got {classes}")
+    missing = [c for c in ("label", "pred") if c not in table.columns]
+    if missing:
+        raise ReportError(f"{source}: missing required columns {missing}; columns are {list(table.columns)}")
+
+    table = table.reset_index(drop=True)
+    n = len(table)
+    y_true = _class_indices(table, "label", classes, source)
+    y_pred = _class_indices(table, "pred", classes, source)
+    probs = _prob_matrix(table, PROB_PREFIX, classes, source)
+
+    branch_pred: dict[str, np.ndarray] = {}
+    branch_probs: dict[str, np.ndarray] = {}
+    for branch, prefix in BRANCH_PROB_PREFIXES.items():
+        present = [f"{prefix}{c}" for c in classes if f"{prefix}{c}" in table.columns]
+        if not present:
+            continue
+        if len(present) != len(classes):
+            absent = [f"{prefix}{c}" for c in classes if f"{prefix}{c}" not in table.columns]
+            raise ReportError(f"{source}: branch '{branch}' has some probability columns but lacks {absent}")
+        branch_probs[branch] = _prob_matrix(table, prefix, classes, source)
+        pred_column = BRANCH_PRED_COLUMNS[branch]
+        if pred_column in table.columns:
+            branch_pred[branch] = _class_indices(table, pred_column, classes, source)
+        else:  # the branch's prediction is its most probable class
+            branch_pred[branch] = branch_probs[branch].argmax(axis=1)
+
+    image = (table["image"].fillna("").astype(str).str.strip().to_numpy(dtype=object)
+             if "image" in table.columns else np.full(n, "", dtype=object))
+    if "patient_id" in table.columns:
+        patient_text = table["patient_id"].where(~pd.Series(_is_blank(table["patient_id"])), "")
+        patient_text = patient_text.astype(str).str.strip().to_numpy(dtype=object)
+    else:
+        patient_text = np.full(n, "", dtype=object)
+    # Rows without a patient are their own patient per image (all levels of one image belong together).
+    patient = np.array(
+        [p if p else (f"image:{img}" if img else f"row:{i}") for i, (p, img) in enumerate(zip(patient_text, image))],
+        dtype=object,
+    )
+    if "vertebra" in table.columns:
+        blank = _is_blank(table["vertebra"])
+        level = np.array(
+            [MISSING_LEVEL if b else normalize_level(v) for v, b in zip(table["vertebra"], blank)], dtype=object
+        )
+    else:
+        level = np.full(n, MISSING_LEVEL, dtype=object)
+    roi = np.full((n, 4), np.nan)
+    if all(c in table.columns for c in _ROI_COLUMNS):
+        roi = table[list(_ROI_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    return PredictionArrays(
+        classes=tuple(classes), y_true=y_true, y_pred=y_pred, probs=probs, patient=patient, level=level,
+        branch_pred=branch_pred, branch_probs=branch_probs, image=image, roi=roi,
+    )
+
+
+def load_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read ``predictions.csv`` and validate it; returns (table, classes in ``prob_`` column order).
+
+    Text columns are read as text (a class or patient called ``"NA"`` or ``"001"`` stays as written);
+    probability and ROI columns are converted to float. Raises ReportError for a missing or unreadable
+    file and for every problem ``prepare`` finds.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"{path}: predictions file not found")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: cannot read the predictions table ({exc})") from exc
+    classes = table_classes(table)
+    numeric = [c for c in table.columns
+               if str(c).startswith(PROB_PREFIX) or any(str(c).startswith(p) for p in BRANCH_PROB_PREFIXES.values())]
+    for column in numeric:
+        converted = pd.to_numeric(table[column].str.strip(), errors="coerce")
+        bad = converted.isna().to_numpy()
+        if bad.any():
+            raise ReportError(f"{path}: column '{column}' is not a number in {_row_names(table, bad)}")
+        table[column] = converted.astype(np.float64)
+    for column in _ROI_COLUMNS:
+        if column in table.columns:
+            table[column] = pd.to_numeric(table[column].str.strip(), errors="coerce")
+    prepare(table, classes, source=str(path))  # validate now so errors name the file
+    return table, classes

@@ -1,0 +1,57 @@
+"""Config loading, overrides and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from spine_dfl.config import CONFIG_DIR, ConfigError, config_to_dict, load_config
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+def test_shipped_configs_validate(name: str) -> None:
+    config = load_config(name)
+    assert config.model.filters_per_class >= 1
+    assert config.data.input_size >= 32
+
+
+def test_shipped_configs_cover_the_paper_and_cpu_settings() -> None:
+    assert load_config("dfl_vgg16_448").model.backbone == "vgg16_bn"
+    assert load_config("dfl_vgg16_448").data.input_size == 448
+    assert load_config("dfl_resnet50_448").model.backbone == "resnet50"
+    assert load_config("cpu_demo").model.backbone == "resnet18"
+
+
+def test_overrides_are_parsed_as_yaml_and_nested() -> None:
+    config = load_config("cpu_demo", ["train.epochs=3", "model.loss_weights.side=0.25", "data.augment.gamma=[0.9, 1.1]"])
+    assert config.train.epochs == 3
+    assert config.model.loss_weights.side == 0.25
+    assert config.data.augment.gamma == (0.9, 1.1)
+
+
+def test_unknown_key_is_refused_with_its_name() -> None:
+    with pytest.raises(ConfigError, match="train.epoch"):
+        load_config("cpu_demo", ["train.epoch=3"])
+
+
+def test_bad_value_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="model.backbone"):
+        load_config(None, ["model.backbone=alexnet"])
+    with pytest.raises(ConfigError, match="intensity_percentiles"):
+        load_config(None, ["data.intensity_percentiles=[99, 1]"])
+
+
+def test_missing_file_lists_shipped_configs(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="cpu_demo"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_malformed_override() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_dict_round_trip_is_json_plain() -> None:
+    import json
+
+    tree = config_to_dict(load_config("dfl_vgg16_448"))
+    assert load_config(None, [f"{k}={json.dumps(v)}" for k, v in tree.items()]) == load_config("dfl_vgg16_448")
