@@ -471,3 +471,27 @@ def test_worst_error_thumbnails_from_dicom(tmp_path: Path) -> None:
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count('class="thumb"') == 3
     assert page.count('class="missing"') == 1 and "could not be read" in page
+
+
+def test_per_class_scores_agree_with_sklearn() -> None:
+    from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+    from spine_dfl.report import compute_metrics
+
+    rng = np.random.default_rng(5)
+    classes = ["normal", "mild", "moderate", "severe"]
+    n = 60
+    y = rng.integers(0, 4, n)
+    logits = rng.normal(size=(n, 4)) + 2.0 * np.eye(4)[y]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    table = pd.DataFrame({"image": [f"i{i}" for i in range(n)], "vertebra": "L1", "patient_id": [f"p{i % 9}" for i in range(n)],
+                          "label": np.array(classes)[y], "pred": np.array(classes)[probs.argmax(1)]})
+    for j, c in enumerate(classes):
+        table[f"prob_{c}"] = probs[:, j]
+    per_class = compute_metrics(table, n_bootstrap=10)["overall"]["per_class"]
+    pred = probs.argmax(1)
+    for j, c in enumerate(classes):
+        assert per_class[c]["auc_ovr"] == pytest.approx(roc_auc_score(y == j, probs[:, j]), abs=1e-9)
+        assert per_class[c]["sensitivity"] == pytest.approx(recall_score(y == j, pred == j), abs=1e-9)
+        assert per_class[c]["precision"] == pytest.approx(precision_score(y == j, pred == j), abs=1e-9)
+        assert per_class[c]["support"] == int((y == j).sum())

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import cohen_kappa_score, f1_score
+from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
 
 from spine_dfl.report.table import PredictionArrays, prepare
 from spine_dfl.vertebrae import level_sort_key
@@ -237,7 +237,27 @@ def group_metrics(
         },
         "ece": _finite_or_none(expected_calibration_error(y_true, probs)),
         "ci95": {name: percentile_interval(boot[name]) for name in CI_METRICS},
+        "per_class": per_class_scores(y_true, y_pred, probs, classes),
     }
+
+
+def per_class_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, classes: tuple[str, ...] | list[str],
+) -> dict[str, dict[str, Any]]:
+    """Per class: one-vs-rest AUC of its probability (null when the class or its complement is absent),
+    sensitivity (recall) and precision of the argmax prediction (null when undefined), and support."""
+    scores: dict[str, dict[str, Any]] = {}
+    for index, name in enumerate(classes):
+        positive = y_true == index
+        predicted = y_pred == index
+        both_present = 0 < positive.sum() < len(y_true)
+        scores[name] = {
+            "auc_ovr": float(roc_auc_score(positive, probs[:, index])) if both_present else None,
+            "sensitivity": float((predicted & positive).sum() / positive.sum()) if positive.any() else None,
+            "precision": float((predicted & positive).sum() / predicted.sum()) if predicted.any() else None,
+            "support": int(positive.sum()),
+        }
+    return scores
 
 
 @dataclass(frozen=True)
