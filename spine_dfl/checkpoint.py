@@ -71,7 +71,7 @@ def checkpoint_payload(
     return {
         "format": CHECKPOINT_FORMAT,
         "spine_dfl_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "architecture": {
             "backbone": net.backbone_name,
             "num_classes": net.num_classes,

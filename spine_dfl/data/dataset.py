@@ -1,0 +1,329 @@
+"""Datasets over manifest records (with MONAI caching) and class-balanced sampling, also under DDP.
+
+Caching: the deterministic part of the pipeline (load + crop + normalise + resize/pad) is
+cached per sample, the random augmentation runs on every access:
+
+- ``cache="none"``: MONAI ``Dataset`` (decode every time).
+- ``cache="memory"``: MONAI ``CacheDataset``: all samples are prepared once when the dataset
+  is built (threads), later epochs never decode again. DataLoader worker processes inherit the
+  cache (fork, copy-on-write).
+- ``cache="disk"``: MONAI ``PersistentDataset`` in ``cache_dir``: one ``.pt`` file per sample,
+  written on first access and reused by later epochs and later runs. The file name hashes the
+  image path, ROI, preprocessing, the image file's size and modification time and a format
+  version, so changing any of these never reuses a stale sample. Default folder:
+  ``$XDG_CACHE_HOME/spine-dfl/samples`` (``~/.cache/spine-dfl/samples``).
+
+Only the image-derived fields (``image``, ``to_original``, ``spacing_mm``, ``meta``) are
+cached; the record's own keys (label, index, vertebra, ...) are merged in on access, so a
+label fix in the manifest never needs a cache rebuild.
+
+Augmentation randomness: the random transforms share one NumPy generator that is reseeded
+for every access from ``(seed, epoch, index)`` (``dataset.set_epoch(epoch)``), so sample ``i``
+of epoch ``e`` gets the same augmentation whatever the number of DataLoader workers, ranks or
+the access order: a CPU run repeats exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.transforms import Compose, Randomizable
+from torch.utils.data import Sampler
+
+from spine_dfl.data.manifest import ROI_COLUMNS, class_order
+from spine_dfl.data.transforms import AugmentConfig, Preprocessing, augment_transforms, deterministic_transforms
+
+CacheMode = Literal["none", "memory", "disk"]
+# Bump when the cached sample format or the deterministic pipeline changes.
+CACHE_FORMAT = "spine-dfl-sample-v1"
+CACHED_KEYS = ("image", "to_original", "spacing_mm", "meta")
+
+
+# --------------------------------------------------------------------------- records
+def records_from_table(table: pd.DataFrame, class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One record per manifest row, in table order.
+
+    Keys: ``index`` (0-based position in the list), ``image`` (absolute path str), ``roi``
+    ((x_min, y_min, x_max, y_max) floats in original pixels, or None), ``label`` (class index,
+    -1 when the label is empty), ``label_name``, ``vertebra``, ``patient_id``, ``row`` (manifest
+    row number), plus ``split`` and ``sop_instance_uid`` when the table has them.
+    A non-empty label that is not in ``class_names`` raises ValueError naming the row.
+    """
+    names = list(class_names) if class_names is not None else class_order(table["label"])
+    lookup = {name: i for i, name in enumerate(names)}
+    n = len(table)
+
+    def column(name: str, default: Any = "") -> list[Any]:
+        if name not in table.columns:
+            return [default] * n
+        return ["" if (isinstance(v, float) and math.isnan(v)) else v for v in table[name].tolist()]
+
+    rows = [int(r) for r in table["row"]] if "row" in table.columns else list(range(1, n + 1))
+    if all(c in table.columns for c in ROI_COLUMNS):
+        roi_values = table[list(ROI_COLUMNS)].to_numpy(dtype=np.float64)
+    else:
+        roi_values = np.full((n, 4), np.nan)
+    labels = [str(v) for v in column("label")]
+    unknown = [(row, label) for row, label in zip(rows, labels) if label and label not in lookup]
+    if unknown:
+        shown = ", ".join(f"row {r}: {lab!r}" for r, lab in unknown[:10])
+        raise ValueError(f"labels not among the classes {names}: {shown}")
+    extras = {name: column(name) for name in ("split", "sop_instance_uid") if name in table.columns}
+    images, vertebrae, patients = column("image"), column("vertebra"), column("patient_id")
+    records = []
+    for i in range(n):
+        roi_row = roi_values[i]
+        record: dict[str, Any] = {
+            "index": i,
+            "image": str(images[i]),
+            "roi": tuple(float(v) for v in roi_row) if np.isfinite(roi_row).all() else None,
+            "label": lookup.get(labels[i], -1),
+            "label_name": labels[i],
+            "vertebra": str(vertebrae[i]),
+            "patient_id": str(patients[i]),
+            "row": rows[i],
+        }
+        for name, values in extras.items():
+            record[name] = str(values[i])
+        records.append(record)
+    return records
+
+
+# --------------------------------------------------------------------------- dataset
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Seed of one sample's augmentation: a hash of (seed, epoch, index), in [0, 2**32)."""
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(epoch), int(index)]).generate_state(1)[0])
+
+
+class SampleCacheKey:
+    """``hash_func`` for PersistentDataset: what makes a cached sample valid (picklable for workers)."""
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self.pre = asdict(pre)
+
+    def __call__(self, item: Mapping[str, Any]) -> bytes:
+        path = str(item["image"])
+        try:
+            stat = os.stat(path)
+            file_id: list[Any] = [stat.st_size, stat.st_mtime_ns]
+        except OSError:
+            file_id = [None, None]
+        roi = item.get("roi")
+        text = json.dumps(
+            {"format": CACHE_FORMAT, "image": path, "roi": list(roi) if roi is not None else None,
+             "pre": self.pre, "file": file_id},
+            sort_keys=True,
+        )
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40].encode("utf-8")
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run per-sample tensor work on one intra-op thread.
+
+    Crops, resampling and blurs of one small image are slower with several OpenMP threads
+    (synchronisation dominates; ~5x on a 2-core machine). DataLoader workers already run with
+    one thread; this gives the same behaviour with ``num_workers=0``. Restored afterwards.
+    """
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "spine-dfl" / "samples"
+
+
+class SpineDataset(torch.utils.data.Dataset):
+    """Records -> sample dicts: the record's keys plus ``image`` (1, S, S) float32 in [0, 1]-ish,
+    ``to_original`` (3, 3) float64, ``spacing_mm`` (2,) float64 (NaN unknown) and ``meta``.
+
+    ``base`` yields the cached deterministic part; ``augment`` (None for evaluation) runs on
+    every access, reseeded from (seed, epoch, index).
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], base: torch.utils.data.Dataset,
+                 augment: Compose | None, seed: int = 0, cache: CacheMode = "none") -> None:
+        self.records = [dict(r) for r in records]
+        self.base, self.augment, self.seed, self.cache = base, augment, int(seed), cache
+        self.epoch = 0
+        # All random transforms draw from one generator that is reseeded in place per sample:
+        # building a fresh RandomState per transform and sample costs more than the augmentation.
+        self._rng = np.random.RandomState(0)
+        if augment is not None:
+            for transform in augment.transforms:
+                if isinstance(transform, Randomizable):
+                    transform.set_random_state(state=self._rng)  # MONAI dict transforms pass it to their inner ones
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (call before each epoch; no effect without augmentation)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        index = index % len(self)
+        with single_thread():
+            cached = self.base[index]
+            item: dict[str, Any] = dict(self.records[index])
+            for key in CACHED_KEYS:
+                item[key] = cached[key]
+            # The cached tensor must never be modified by whoever receives this sample.
+            item["image"] = torch.as_tensor(item["image"]).clone()
+            item["to_original"] = torch.as_tensor(item["to_original"], dtype=torch.float64).clone()
+            if self.augment is not None:
+                self._rng.seed(sample_seed(self.seed, self.epoch, index))
+                item = self.augment(item)
+        return item
+
+
+def build_dataset(
+    records: Sequence[Mapping[str, Any]] | pd.DataFrame,
+    pre: Preprocessing,
+    aug: AugmentConfig | None = None,
+    cache: CacheMode = "none",
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    num_workers: int | None = None,
+    lru_size: int = 2,
+) -> SpineDataset:
+    """A torch Dataset of samples for ``records`` (from :func:`records_from_table`, or a manifest table).
+
+    aug: None for evaluation (deterministic), else the training augmentation.
+    cache: "none" | "memory" (CacheDataset, prepared now with ``num_workers`` threads) |
+        "disk" (PersistentDataset in ``cache_dir``, default :func:`default_cache_dir`).
+    seed: augmentation seed; see :meth:`SpineDataset.set_epoch`.
+    """
+    if isinstance(records, pd.DataFrame):
+        records = records_from_table(records)
+    records = list(records)
+    # The cached part depends on the image and (when used) the ROI only.
+    slim = [{"image": str(r["image"]), "roi": (tuple(r["roi"]) if (pre.use_roi and r.get("roi") is not None) else None)}
+            for r in records]
+    deterministic = Compose(deterministic_transforms(pre, lru_size=lru_size))
+    threads = num_workers if num_workers is not None else max(1, min(4, os.cpu_count() or 1))
+    base: torch.utils.data.Dataset
+    if cache == "none":
+        base = Dataset(slim, transform=deterministic)
+    elif cache == "memory":
+        base = CacheDataset(slim, transform=deterministic, cache_rate=1.0, num_workers=threads, progress=False,
+                            copy_cache=False)
+    elif cache == "disk":
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        base = PersistentDataset(slim, transform=deterministic, cache_dir=folder, hash_func=SampleCacheKey(pre))
+    else:
+        raise ValueError(f"cache must be 'none', 'memory' or 'disk', got {cache!r}")
+    augment = Compose(augment_transforms(aug)) if aug is not None else None
+    return SpineDataset(records, base, augment, seed=seed, cache=cache)
+
+
+# --------------------------------------------------------------------------- balancing
+def class_balanced_weights(
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    vertebrae: Sequence[str] | None = None,
+    mode: Literal["class", "vertebra_class", "none"] = "class",
+) -> torch.Tensor:
+    """Per-sample sampling weights (float64, shape (N,), mean 1 over labelled samples).
+
+    - ``class``: inverse class frequency; every class gets the same total weight.
+    - ``vertebra_class``: every class gets the same total weight and, within a class, every
+      vertebra level present in that class gets the same share (so an L1 fracture is drawn as
+      often as a T7 one). Needs ``vertebrae``.
+    - ``none``: uniform.
+    Samples with label < 0 (unknown) get weight 0.
+    """
+    y = np.asarray(torch.as_tensor(labels).cpu().numpy() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
+    known = y >= 0
+    if not known.any():
+        raise ValueError("no labelled samples to balance")
+    weights = np.zeros(len(y), dtype=np.float64)
+    if mode == "none":
+        weights[known] = 1.0
+    elif mode == "class":
+        counts = Counter(y[known].tolist())
+        weights[known] = [1.0 / counts[c] for c in y[known]]
+    elif mode == "vertebra_class":
+        if vertebrae is None or len(vertebrae) != len(y):
+            raise ValueError("mode 'vertebra_class' needs one vertebra name per label")
+        levels = [str(v) for v in vertebrae]
+        cell = Counter((int(c), levels[i]) for i, c in enumerate(y) if c >= 0)
+        levels_per_class = Counter(c for c, _ in cell)
+        for i, c in enumerate(y):
+            if c >= 0:
+                weights[i] = 1.0 / (levels_per_class[int(c)] * cell[(int(c), levels[i])])
+    else:
+        raise ValueError(f"balance mode must be 'class', 'vertebra_class' or 'none', got {mode!r}")
+    weights *= known.sum() / weights.sum()
+    return torch.as_tensor(weights, dtype=torch.float64)
+
+
+class DistributedWeightedSampler(Sampler[int]):
+    """Weighted sampling that is the same draw on one process or split over ``world_size`` ranks.
+
+    Each epoch one global draw of ``total = ceil(num_samples / world_size) * world_size``
+    indices is made with ``torch.multinomial`` from a generator seeded by (seed, epoch); rank
+    ``r`` takes the contiguous block ``[r * per_rank, (r + 1) * per_rank)``. The ranks' blocks
+    concatenated are exactly the single-process draw of ``total`` samples, so the data seen per
+    epoch does not depend on the number of processes. Call ``set_epoch`` before every epoch.
+
+    weights: (N,) non-negative. num_samples: samples per epoch over all ranks (default N).
+    """
+
+    def __init__(self, weights: Sequence[float] | torch.Tensor, num_samples: int | None = None, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, replacement: bool = True) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.float64).flatten()
+        if self.weights.numel() == 0 or (self.weights < 0).any() or not torch.isfinite(self.weights).all() \
+                or self.weights.sum() <= 0:
+            raise ValueError("weights must be finite, non-negative and not all zero")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank}, world_size {world_size}")
+        self.num_samples = int(num_samples) if num_samples is not None else int(self.weights.numel())
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        self.rank, self.world_size, self.seed, self.replacement = int(rank), int(world_size), int(seed), bool(replacement)
+        self.per_rank = math.ceil(self.num_samples / self.world_size)
+        self.total = self.per_rank * self.world_size
+        if not replacement and self.total > int((self.weights > 0).sum()):
+            raise ValueError(f"cannot draw {self.total} samples without replacement from "
+                             f"{int((self.weights > 0).sum())} with positive weight")
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def global_draw(self) -> torch.Tensor:
+        """All ranks' indices of this epoch, (total,) int64."""
+        generator = torch.Generator()
+        generator.manual_seed(sample_seed(self.seed, self.epoch, 0))
+        return torch.multinomial(self.weights, self.total, self.replacement, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        shard = self.global_draw()[self.rank * self.per_rank: (self.rank + 1) * self.per_rank]
+        return iter(shard.tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
