@@ -56,3 +56,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory) -> Path:
+    """A small synthetic cohort (real DICOM files + manifest.csv + rois.csv), made once per test session."""
+    from spine_dfl.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    generate_cohort(out, patients=8, seed=1)
+    return out
