@@ -31,14 +31,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, help="output folder (created)")
     p.add_argument("--patients", type=int, default=40, help="number of patients, one radiograph each (default 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace a cohort already in OUT")
     p.set_defaults(func=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
     from spine_dfl.synth import generate_cohort
 
-    summary = generate_cohort(args.out, patients=args.patients, seed=args.seed)
-    print(json.dumps(_plain(summary), indent=2))
+    cohort = generate_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite)
+    print(json.dumps(_plain(cohort.summary), indent=2))
     return EXIT_OK
 
 
@@ -198,7 +199,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     cohort = out / "cohort"
     config = load_config(args.config, [f"seed={args.seed}", *args.overrides])
     print(f"[1/4] synthesising {args.patients} patients into {cohort}")
-    generate_cohort(cohort, patients=args.patients, seed=args.seed)
+    generate_cohort(cohort, patients=args.patients, seed=args.seed, overwrite=True)
     manifest = cohort / "manifest.csv"
     print(f"[2/4] training {config.model.backbone} (config {args.config}) into {out / 'train'}")
     result = train(manifest, config, out / "train")
@@ -213,7 +214,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"[4/4] drawing patch heatmaps for the test patients into {explain_dir}")
         explain_manifest(result.best_checkpoint, manifest, explain_dir, split="test")
     overall = metrics["overall"]
-    per_class = metrics.get("per_class_auc") or {}
+    per_class = {name: block["auc_ovr"] for name, block in overall.get("per_class", {}).items()}
     print()
     print(f"done in {time.monotonic() - started:.0f} s")
     print(f"  test vertebrae: {overall['n']}, accuracy {overall['accuracy']:.3f}, "
