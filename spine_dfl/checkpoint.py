@@ -7,8 +7,6 @@ never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import torch
 
 from spine_dfl import __version__
+from spine_dfl.atomic import atomic_output
 from spine_dfl.data.transforms import Preprocessing
 from spine_dfl.model import DFLNet
 
@@ -39,18 +38,8 @@ class LoadedCheckpoint:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as handle:
+        torch.save(obj, handle)
 
 
 def _bare_model(model: torch.nn.Module) -> DFLNet:

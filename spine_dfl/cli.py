@@ -243,9 +243,10 @@ def _plain(obj: Any) -> Any:
 
 
 def _atomic_csv(table: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    from spine_dfl.atomic import atomic_output
+
+    with atomic_output(path, "w", newline="") as handle:
+        table.to_csv(handle, index=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -58,6 +57,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from spine_dfl.atomic import atomic_output, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -588,38 +589,12 @@ def render_sample_figure(
     _atomic_savefig(fig, path)
 
 
-def _file_mode() -> int:
-    """rw for everyone the umask allows (mkstemp's files are private; outputs are meant to be shared)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def _atomic_savefig(fig: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as handle:
+        fig.savefig(handle, format="png", dpi=100)
 
 
 # --------------------------------------------------------------------------- gallery
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _GALLERY_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1em;background:#f4f4f4;color:#222}
 h1{font-size:1.3em;margin:.2em 0}.meta{color:#555;font-size:.85em;margin-bottom:.6em}
@@ -789,51 +764,44 @@ def explain(
     entries: list[dict[str, Any]] = []
     started = time.monotonic()
 
-    fd, json_tmp = tempfile.mkstemp(prefix=".patches.json.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as json_file:
-            json_file.write("[")
-            for batch in _batches(_prepare(samples, pre, failures), max(1, int(batch_size))):
-                images = torch.stack([item.image for item in batch]).to(run_device)
-                captured: list[Tensor] = []
-                # The trunk's output is caught on the way through the one forward pass (Grad-CAM
-                # starts from it) instead of running the trunk a second time.
-                hook = model.trunk.register_forward_hook(lambda _m, _i, output: captured.append(output))
-                try:
-                    with torch.no_grad():
-                        result = model(images, return_maps=True)
-                finally:
-                    hook.remove()
-                features = captured[-1]
-                probs = torch.softmax(result.fused.float(), dim=1).cpu()
-                preds = probs.argmax(dim=1)
-                cams = gradcam.maps(features, preds.to(run_device)).cpu()
-                k = int(model.filters_per_class)
-                for i, item in enumerate(batch):
-                    entry = _explain_one(
-                        item, model, class_names, input_size, probs[i], int(preds[i]),
-                        result.peak_index[i].cpu(), result.peak_score[i].cpu(), result.feature_size,
-                        result.response_maps[i, int(preds[i]) * k:(int(preds[i]) + 1) * k].cpu(),
-                        cams[i], gradcam, top_n, out,
-                    )
-                    json_file.write(("\n" if not entries else ",\n") + json.dumps(entry))
-                    entries.append(entry)
-                del images, features, result, cams
-            json_file.write("\n]\n")
+    with atomic_output(out / "patches.json", "w") as json_file:
+        json_file.write("[")
+        for batch in _batches(_prepare(samples, pre, failures), max(1, int(batch_size))):
+            images = torch.stack([item.image for item in batch]).to(run_device)
+            captured: list[Tensor] = []
+            # The trunk's output is caught on the way through the one forward pass (Grad-CAM
+            # starts from it) instead of running the trunk a second time.
+            hook = model.trunk.register_forward_hook(lambda _m, _i, output: captured.append(output))
+            try:
+                with torch.no_grad():
+                    result = model(images, return_maps=True)
+            finally:
+                hook.remove()
+            features = captured[-1]
+            probs = torch.softmax(result.fused.float(), dim=1).cpu()
+            preds = probs.argmax(dim=1)
+            cams = gradcam.maps(features, preds.to(run_device)).cpu()
+            k = int(model.filters_per_class)
+            for i, item in enumerate(batch):
+                entry = _explain_one(
+                    item, model, class_names, input_size, probs[i], int(preds[i]),
+                    result.peak_index[i].cpu(), result.peak_score[i].cpu(), result.feature_size,
+                    result.response_maps[i, int(preds[i]) * k:(int(preds[i]) + 1) * k].cpu(),
+                    cams[i], gradcam, top_n, out,
+                )
+                json_file.write(("\n" if not entries else ",\n") + json.dumps(entry))
+                entries.append(entry)
+            del images, features, result, cams
+        json_file.write("\n]\n")
         if not entries:
             raise ValueError(f"no sample could be explained ({len(failures)} unreadable)")
-        os.chmod(json_tmp, _file_mode())
-        os.replace(json_tmp, out / "patches.json")
-    except BaseException:
-        Path(json_tmp).unlink(missing_ok=True)
-        raise
 
     meta = [
         f"{len(entries)} samples, model {getattr(model, 'backbone_name', '?')} (stride {model.stride} px, receptive "
         f"field {model.receptive_field} px in a {input_size} px input), {model.filters_per_class} filters per class, "
         f"classes {', '.join(class_names)}; written in {time.monotonic() - started:.0f} s",
     ]
-    _atomic_write_text(out / "index.html", render_gallery(entries, class_names, meta_lines=meta, failures=failures))
+    atomic_write_text(out / "index.html", render_gallery(entries, class_names, meta_lines=meta, failures=failures))
     log.info("explain: %d samples -> %s (%d unreadable)", len(entries), out / "index.html", len(failures))
     return entries
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from spine_dfl import __version__
+from spine_dfl.atomic import atomic_write_text
 from spine_dfl.report import figures
 from spine_dfl.report.metrics import (
     SMALL_SAMPLE, branch_differences, metrics_from_arrays, patient_level, per_vertebra_table, sorted_levels,
@@ -346,30 +345,6 @@ def render_html(arrays: PredictionArrays, metrics: dict[str, Any], title: str, i
     )
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace`` (readers never see half a file).
-
-    The file gets the usual permissions (0666 minus umask), not the temporary file's private 0600."""
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False, newline="")
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o666 & ~_current_umask())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     predictions: pd.DataFrame | str | Path,
     out_dir: str | Path,
@@ -402,11 +377,11 @@ def write_report(
     metrics = metrics_from_arrays(arrays, n_bootstrap=n_bootstrap, seed=seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    _atomic_write_text(out / "per_vertebra.csv", per_vertebra_table(metrics).to_csv(index=False))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / "per_vertebra.csv", per_vertebra_table(metrics).to_csv(index=False))
     page = render_html(arrays, metrics, title, image_root=None if image_root is None else Path(image_root),
                        thumbnails=thumbnails, max_errors=max_errors)
-    _atomic_write_text(out / "report.html", page)
+    atomic_write_text(out / "report.html", page)
     return metrics
 
 
