@@ -38,7 +38,12 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 def _run_synth(args: argparse.Namespace) -> int:
     from spine_dfl.synth import generate_cohort
 
-    cohort = generate_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite)
+    try:
+        cohort = generate_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite)
+    except FileExistsError as exc:
+        print(f"error: {args.out} already holds a synthetic cohort; use --overwrite to replace it ({exc})",
+              file=sys.stderr)
+        return EXIT_USAGE
     print(json.dumps(_plain(cohort.summary), indent=2))
     return EXIT_OK
 

@@ -1,0 +1,78 @@
+"""`spine-dfl demo` end to end (tiny settings), and its evaluation outputs checked against scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spine_dfl.cli import main
+from spine_dfl.report import load_predictions
+from test_report import (
+    CLASSES,
+    _console_messages,
+    assert_block_matches,
+    indices,
+    ref_block,
+    ref_patients,
+)
+
+TINY = ["data.input_size=64", "model.filters_per_class=2", "train.epochs=2", "train.batch_size=16",
+        "train.max_steps_per_epoch=4", "model.init_max_images_per_class=8"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("demo")
+    args = ["demo", "--out", str(out), "--patients", "6", "--seed", "2"]
+    for setting in TINY:
+        args += ["--set", setting]
+    assert main(args) == 0
+    return out
+
+
+def test_demo_writes_every_output(demo_dir: Path) -> None:
+    for name in ("cohort/manifest.csv", "train/best.pt", "train/metrics.csv", "train/val_report/report.html",
+                 "evaluate/predictions.csv", "evaluate/metrics.json", "evaluate/per_vertebra.csv",
+                 "evaluate/report.html", "explain/index.html", "explain/patches.json"):
+        assert (demo_dir / name).is_file(), name
+    manifest = pd.read_csv(demo_dir / "cohort" / "manifest.csv")
+    test_rows = manifest[manifest["split"] == "test"]
+    predictions = pd.read_csv(demo_dir / "evaluate" / "predictions.csv")
+    assert len(predictions) == len(test_rows)
+    assert set(predictions["patient_id"].astype(str)) == set(test_rows["patient_id"].astype(str))
+    patches = json.loads((demo_dir / "explain" / "patches.json").read_text())
+    assert len(patches) == len(test_rows)
+
+
+def test_demo_metrics_recomputed_with_sklearn(demo_dir: Path) -> None:
+    table, classes = load_predictions(demo_dir / "evaluate" / "predictions.csv")
+    assert classes == CLASSES
+    metrics = json.loads((demo_dir / "evaluate" / "metrics.json").read_text())
+    y, pred = indices(table, "label"), indices(table, "pred")
+    probs = table[[f"prob_{c}" for c in CLASSES]].to_numpy()
+    assert_block_matches(metrics["overall"], ref_block(y, pred, probs), "overall")
+    for branch in ("g", "p", "side"):
+        branch_probs = table[[f"{branch}_prob_{c}" for c in CLASSES]].to_numpy()
+        assert_block_matches(metrics["branches"][branch],
+                             ref_block(y, indices(table, f"pred_{branch}"), branch_probs), branch)
+    for level, block in metrics["per_vertebra"].items():
+        rows = (table["vertebra"] == level).to_numpy()
+        assert_block_matches(block, ref_block(y[rows], pred[rows], probs[rows]), level)
+    py, ppred, pprobs, _ = ref_patients(table)
+    assert_block_matches(metrics["per_patient"], ref_block(py, ppred, pprobs), "per patient")
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_demo_report_renders_with_every_level(demo_dir: Path, tmp_path: Path) -> None:
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium); cannot render report.html")
+    lines, dom = _console_messages(demo_dir / "evaluate" / "report.html", tmp_path)
+    assert lines == []
+    manifest = pd.read_csv(demo_dir / "cohort" / "manifest.csv")
+    for level in manifest.loc[manifest["split"] == "test", "vertebra"].unique():
+        assert f">{level}<" in dom, level
