@@ -1,0 +1,249 @@
+"""Scoring throughput and memory: end-to-end ``spine_dfl.score.score`` vs the model alone.
+
+Prints one JSON object:
+  forward:  the model's own throughput on preloaded tensors (same batch size, device, AMP,
+            softmax + copy back and intra-op threads as scoring), in samples/s and files/s (ROIs per
+            file from rois.csv);
+  runs:     per folder size N (default 500 and 5000 files): end-to-end files/s (decode in DataLoader
+            workers, transforms, model, CSV writing with fsync), ``ratio`` = end-to-end / forward
+            files/s (target >= 0.8 with spare cores), peak RSS of the scoring process and of its
+            workers, and its RSS at 10/50/90/100 % of the run (flat = no growth with N).
+
+The folder of N files is built from a small synthetic cohort (``spine_dfl.synth``): hard links
+(copies where links are impossible) under new names; every copy keeps its SOP Instance UID,
+so rois.csv (keyed by UID) serves them all. Each measurement runs in a fresh process so that
+its peak RSS is its own (``resource.getrusage``; RSS samples from /proc/self/statm).
+
+Examples:
+  python benchmarks/score_throughput.py                       # N = 500 and 5000, 160 px, resnet18
+  python benchmarks/score_throughput.py --sizes 40 200 --patients 4 --rows 256 --input-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _rss_mb() -> float:
+    """Current resident set size of this process in MiB (Linux /proc; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+# --------------------------------------------------------------------------- child: one scoring run
+def _child_score(args: argparse.Namespace) -> dict[str, Any]:
+    from spine_dfl.score import score
+
+    samples: list[tuple[float, float]] = []  # (seconds since start, RSS MiB)
+    stop = threading.Event()
+    started = time.perf_counter()
+
+    def sample() -> None:
+        while not stop.wait(0.25):
+            samples.append((time.perf_counter() - started, _rss_mb()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    summary = score(
+        args.checkpoint, [args.files], args.out, rois_csv=args.rois, batch_size=args.batch_size,
+        workers=args.workers, device=args.device, progress=False,
+    )
+    seconds = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    if summary.failed:
+        raise SystemExit(f"benchmark files failed to score: {summary.failed_by_reason}")
+    def rss_at(fraction: float) -> float:
+        return round(next((rss for t, rss in samples if t >= fraction * seconds), samples[-1][1] if samples else _rss_mb()), 1)
+
+    return {
+        "files": summary.found,
+        "seconds": round(seconds, 3),
+        "files_per_s": round(summary.found / seconds, 2),
+        "rows": summary.rows,
+        "device": summary.device,
+        "peak_rss_mb_main": round(_peak_mb(resource.RUSAGE_SELF), 1),
+        "peak_rss_mb_workers": round(_peak_mb(resource.RUSAGE_CHILDREN), 1),
+        # During streaming (10 % .. 90 % of the run) RSS must stay flat; the end includes the merge.
+        "rss_mb_at_10pct": rss_at(0.1),
+        "rss_mb_at_50pct": rss_at(0.5),
+        "rss_mb_at_90pct": rss_at(0.9),
+        "rss_mb_at_end": round(samples[-1][1] if samples else _rss_mb(), 1),
+    }
+
+
+# --------------------------------------------------------------------------- child: model alone
+def _child_forward(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from spine_dfl.checkpoint import load_checkpoint
+    from spine_dfl.io import find_inputs
+    from spine_dfl.score import FileSamples, _Dist, _main_process_threads, _resolve_device, load_rois
+
+    device = _resolve_device(args.device, _Dist())
+    # The thread count scoring gives its own model process (cores left after the decode workers):
+    # the comparison is then about the pipeline, not about an oversubscribed OpenMP pool.
+    torch.set_num_threads(_main_process_threads(device, args.workers, _Dist()) if args.workers > 0 else torch.get_num_threads())
+    loaded = load_checkpoint(args.checkpoint)
+    model = loaded.model.to(device).eval()
+    files = find_inputs([args.files])[: args.batch_size]
+    dataset = FileSamples(files, loaded.preprocessing, load_rois(args.rois) if loaded.preprocessing.use_roi else None, False)
+    images = torch.cat([dataset[i]["images"] for i in range(len(dataset))])
+    rois_per_file = images.shape[0] / len(dataset)
+    while images.shape[0] < args.batch_size:
+        images = torch.cat([images, images])
+    batch = images[: args.batch_size].contiguous().to(device)  # preloaded: no decode, no transfer
+    amp = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else (
+        torch.float16 if device.type == "cuda" else None)
+
+    def step() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            fused = model(batch).fused
+        torch.softmax(fused.float(), dim=1).cpu()  # what scoring does with every batch
+
+    for _ in range(3):
+        step()
+    iterations = 0
+    started = time.perf_counter()
+    while iterations < 5 or time.perf_counter() - started < args.forward_seconds:
+        step()
+        iterations += 1
+    seconds = time.perf_counter() - started
+    samples_per_s = iterations * args.batch_size / seconds
+    return {
+        "samples_per_s": round(samples_per_s, 1),
+        "files_per_s": round(samples_per_s / rois_per_file, 2),
+        "rois_per_file": round(rois_per_file, 2),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+# --------------------------------------------------------------------------- parent
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _build_folder(images: list[Path], folder: Path, count: int) -> None:
+    """``count`` files named f000000... cycling through ``images`` (nested 100 per folder, no suffix)."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        sub = folder / f"d{i // 100:04d}"
+        sub.mkdir(exist_ok=True)
+        _link_or_copy(images[i % len(images)], sub / f"f{i:06d}")
+
+
+def _run_child(mode: str, args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", mode, "--checkpoint", str(args.checkpoint), "--rois", str(args.rois),
+               "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device,
+               "--forward-seconds", str(args.forward_seconds), *extra]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark child failed ({mode}):\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000], help="folder sizes N (default 500 5000)")
+    parser.add_argument("--patients", type=int, default=16, help="distinct synthetic images copied into the folders")
+    parser.add_argument("--rows", type=int, default=1024, help="synthetic image height in pixels (default 1024)")
+    parser.add_argument("--input-size", type=int, default=160, help="network input S (default 160, the spec default)")
+    parser.add_argument("--backbone", default="resnet18", help="resnet18 | resnet50 | vgg16_bn (random init)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="use this checkpoint instead of a random model")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--forward-seconds", type=float, default=5.0, help="time spent measuring the model alone")
+    parser.add_argument("--work-dir", type=Path, default=None, help="keep the generated data here (default: temporary)")
+    parser.add_argument("--child", choices=["score", "forward"], help=argparse.SUPPRESS)
+    parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rois", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child == "score":
+        print(json.dumps(_child_score(args)))
+        return 0
+    if args.child == "forward":
+        print(json.dumps(_child_forward(args)))
+        return 0
+
+    import torch
+
+    from spine_dfl.checkpoint import save_checkpoint
+    from spine_dfl.data.transforms import Preprocessing
+    from spine_dfl.model import DFLNet
+    from spine_dfl.synth import generate_cohort
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="score-bench-"))
+    try:
+        cohort = work / "cohort"
+        if not (cohort / "rois.csv").exists():
+            generate_cohort(cohort, patients=args.patients, seed=0, rows=args.rows)
+        args.rois = cohort / "rois.csv"
+        if args.checkpoint is None:
+            torch.manual_seed(0)
+            args.checkpoint = work / "model.pt"
+            model = DFLNet(args.backbone, num_classes=4, filters_per_class=10)
+            save_checkpoint(args.checkpoint, model, {"benchmark": True}, ["normal", "mild", "moderate", "severe"],
+                            Preprocessing(input_size=args.input_size, use_roi=True), {})
+        images = sorted((cohort / "images").iterdir())
+        forward = _run_child("forward", args, ["--files", str(cohort / "images")])
+        runs = []
+        for size in args.sizes:
+            folder = work / f"export_{size}"
+            if not folder.exists():
+                _build_folder(images, folder, size)
+            out = work / f"out_{size}"
+            shutil.rmtree(out, ignore_errors=True)
+            run = _run_child("score", args, ["--files", str(folder), "--out", str(out)])
+            run["ratio_to_forward"] = round(run["files_per_s"] / forward["files_per_s"], 3)
+            runs.append(run)
+        report = {
+            "device": forward["device"],
+            "cpu_count": os.cpu_count(),
+            "workers": args.workers,
+            "batch_size": args.batch_size,
+            "backbone": args.backbone if args.checkpoint == work / "model.pt" else str(args.checkpoint),
+            "input_size": args.input_size,
+            "image_rows": args.rows,
+            "forward": forward,
+            "runs": runs,
+        }
+        if len(runs) >= 2:
+            report["peak_rss_growth_mb_main"] = round(runs[-1]["peak_rss_mb_main"] - runs[0]["peak_rss_mb_main"], 1)
+        print(json.dumps(report, indent=2))
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

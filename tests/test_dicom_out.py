@@ -1,0 +1,241 @@
+"""DICOM results for PACS: SR + Secondary Capture content, IOD validation (dciodvfy), and a real
+C-STORE round trip (dcmtk storescu -> pynetdicom storage SCP on localhost)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from spine_dfl.dicom_out import (
+    PRIVATE_SCHEME,
+    DicomOutputError,
+    DicomResultWriter,
+    VertebraFinding,
+    build_sr,
+    render_roi_overlay,
+    result_uids,
+)
+from tests.conftest import pydicom_test_dir
+
+DCIODVFY = Path("/usr/bin/dciodvfy")
+DCMTK_STORESCU = Path("/usr/bin/storescu")  # `storescu` on PATH may be pynetdicom's Python app
+CLASSES = ["normal", "mild", "moderate", "severe grade (3)"]
+
+
+def make_cr(path: Path, rows: int = 240, cols: int = 180, orientation: list[str] | None = None) -> Dataset:
+    """A CR image, MONOCHROME2, 16 bits allocated / 12 stored, with patient and study attributes."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.ComputedRadiographyImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "DOE^JANE"
+    ds.PatientID = "PID-0042"
+    ds.PatientBirthDate = "19500101"
+    ds.PatientSex = "F"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101500", "7", "ACC7"
+    ds.ReferringPhysicianName = "SMITH^JOHN"
+    ds.Modality = "CR"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 3
+    ds.Manufacturer = "ACME"
+    ds.BodyPartExamined = "SPINE"
+    ds.ViewPosition = "LL"
+    ds.PatientOrientation = orientation if orientation is not None else ["A", "F"]
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.ImagerPixelSpacing = [0.2, 0.2]
+    ds.PixelData = np.random.default_rng(1).integers(0, 4096, (rows, cols)).astype(np.uint16).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return ds
+
+
+def findings_for(rows: int, cols: int) -> list[VertebraFinding]:
+    probs_a = dict(zip(CLASSES, [0.1, 0.6, 0.2, 0.1]))
+    probs_b = dict(zip(CLASSES, [0.05, 0.05, 0.2, 0.7]))
+    return [
+        VertebraFinding("L1", (0.1 * cols, 0.1 * rows, 0.6 * cols, 0.4 * rows), "mild", probs_a),
+        # partly outside the image: clipped in the SR, box still drawn
+        VertebraFinding("S1", (0.5 * cols, 0.6 * rows, 1.2 * cols, 1.1 * rows), "severe grade (3)", probs_b),
+    ]
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    result = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture()
+def written(tmp_path: Path) -> tuple[Dataset, list[VertebraFinding], object]:
+    source = make_cr(tmp_path / "src.dcm")
+    findings = findings_for(source.Rows, source.Columns)
+    writer = DicomResultWriter(tmp_path / "out", CLASSES, run_key="test-run", algorithm_parameters=["ckpt.pt"])
+    result = writer.write(tmp_path / "src.dcm", findings, display_image=source.pixel_array.astype(np.float32))
+    return source, findings, result
+
+
+def test_sr_content_references_source_and_carries_grades(written) -> None:
+    source, findings, result = written
+    ds = pydicom.dcmread(result.sr_path)
+    assert ds.SOPClassUID == pydicom.uid.ComprehensiveSRStorage
+    assert ds.StudyInstanceUID == source.StudyInstanceUID
+    assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert ds.PatientID == source.PatientID  # PACS files results by patient + study
+    assert (ds.VerificationFlag, ds.CompletionFlag, ds.PreliminaryFlag) == ("UNVERIFIED", "COMPLETE", "PRELIMINARY")
+    assert ds.Manufacturer == "spine-dfl" and "for review" in ds.SeriesDescription
+    assert ds.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == PRIVATE_SCHEME
+
+    sr = hd.sr.srread(result.sr_path)
+    groups = sr.content.get_planar_roi_measurement_groups()
+    assert [str(g.tracking_identifier) for g in groups] == ["vertebra L1", "vertebra S1"]
+    l1, s1 = groups
+    assert l1.finding_sites[0].value.value == "66794005"  # SCT "L1 vertebra"
+    assert s1.finding_sites[0].value.scheme_designator == PRIVATE_SCHEME  # S1 has no code in pydicom's SCT table
+    assert l1.get_qualitative_evaluations()[0].value.meaning == "mild"
+    assert s1.get_qualitative_evaluations()[0].value.meaning == "severe grade (3)"
+    assert s1.get_qualitative_evaluations()[0].value.value == "CLASS3"  # not a plain short code value
+    probability = l1.get_measurements()[0]
+    assert probability.name.meaning == "Probability" and probability.value == pytest.approx(0.6)
+    assert len(l1.get_measurements()) == 1
+    assert l1.get_measurements()[0].unit.value == "1"  # UCUM "no units"
+
+    rows, cols = source.Rows, source.Columns
+    x0, y0, x1, y1 = findings[0].roi
+    np.testing.assert_allclose(l1.roi.value, [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], rtol=1e-6)
+    assert l1.roi.GraphicType == "POLYLINE"
+    assert l1.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert s1.roi.value[:, 0].max() == cols and s1.roi.value[:, 1].max() == rows  # clipped to the image
+
+
+def test_sc_is_rgb_overlay_in_new_series(written) -> None:
+    source, findings, result = written
+    sc = pydicom.dcmread(result.sc_path)
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesInstanceUID != source.SeriesInstanceUID
+    assert (sc.PhotometricInterpretation, sc.SamplesPerPixel, sc.BitsAllocated) == ("RGB", 3, 8)
+    assert (sc.ConversionType, sc.BurnedInAnnotation) == ("WSD", "YES")
+    assert "review" in sc.ImageComments
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    pixels = sc.pixel_array
+    assert pixels.shape == (source.Rows, source.Columns, 3)
+    # The L1 box's top edge is drawn in colour (channels differ) where the grey radiograph was grey.
+    x0, y0, x1, _ = (int(v) for v in findings[0].roi)
+    edge = pixels[y0, x0 + 2 : x1 - 2].astype(int)
+    assert np.all(np.ptp(edge, axis=1) > 50)
+
+
+def test_uids_deterministic_per_run_and_source(tmp_path: Path) -> None:
+    a = make_cr(tmp_path / "a.dcm")
+    b = make_cr(tmp_path / "b.dcm")
+    assert result_uids("run", a) == result_uids("run", a)
+    assert result_uids("run", a)["sr_instance"] != result_uids("run", b)["sr_instance"]
+    assert result_uids("run", a)["sr_instance"] != result_uids("other run", a)["sr_instance"]
+    b.StudyInstanceUID = a.StudyInstanceUID
+    assert result_uids("run", a)["sr_series"] == result_uids("run", b)["sr_series"]  # one series per study
+
+
+def test_bad_inputs_raise_with_reason(tmp_path: Path) -> None:
+    source = make_cr(tmp_path / "src.dcm")
+    outside = [VertebraFinding("L2", (500.0, 500.0, 600.0, 600.0), "mild", dict(zip(CLASSES, [0.25] * 4)))]
+    with pytest.raises(DicomOutputError, match="does not overlap"):
+        build_sr(source, outside, CLASSES, "run")
+    with pytest.raises(DicomOutputError, match="no findings"):
+        build_sr(source, [], CLASSES, "run")
+    no_study = Dataset()
+    no_study.Rows, no_study.Columns = 10, 10
+    (tmp_path / "nostudy.dcm").write_bytes(b"")
+    writer = DicomResultWriter(tmp_path / "out", CLASSES, "run")
+    with pytest.raises(DicomOutputError, match="StudyInstanceUID"):
+        writer.write(tmp_path / "nostudy.dcm", findings_for(10, 10), np.zeros((10, 10), np.float32), source_header=no_study)
+
+
+def test_overlay_keeps_grey_outside_boxes() -> None:
+    image = np.tile(np.linspace(0, 1000, 120, dtype=np.float32), (100, 1))
+    rgb = render_roi_overlay(image, findings_for(100, 120)[:1], CLASSES, banner=None)
+    assert rgb.shape == (100, 120, 3) and rgb.dtype == np.uint8
+    assert np.all(rgb[90:, :] == rgb[90:, :, :1])  # far from the box and caption: still grey
+
+
+@pytest.mark.skipif(not DCIODVFY.exists(), reason="dicom3tools' /usr/bin/dciodvfy is not installed")
+def test_outputs_pass_dciodvfy(tmp_path: Path, written) -> None:
+    _, _, result = written
+    paths = [result.sr_path, result.sc_path]
+    # A real Agfa CR (MONOCHROME1, no PatientOrientation issues, body part CSPINE) as source too.
+    real_cr = pydicom_test_dir() / "dicomdirtests" / "77654033" / "CR1" / "6154"
+    if real_cr.exists():
+        header = pydicom.dcmread(real_cr)
+        writer = DicomResultWriter(tmp_path / "real", CLASSES, "test-run")
+        real = writer.write(real_cr, findings_for(header.Rows, header.Columns), header.pixel_array.astype(np.float32))
+        paths += [real.sr_path, real.sc_path]
+    # No PatientOrientation in the source: the SC's must be present but empty (type 2).
+    bare = make_cr(tmp_path / "bare.dcm", orientation=[])
+    writer = DicomResultWriter(tmp_path / "bare", CLASSES, "test-run")
+    bare_result = writer.write(tmp_path / "bare.dcm", findings_for(bare.Rows, bare.Columns), bare.pixel_array.astype(np.float32))
+    paths += [bare_result.sr_path, bare_result.sc_path]
+    for path in paths:
+        assert dciodvfy_errors(path) == [], path.name
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not DCMTK_STORESCU.exists(), reason="dcmtk's /usr/bin/storescu is not installed")
+def test_storescu_to_pynetdicom_scp_round_trip(tmp_path: Path, written) -> None:
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+    _, _, result = written
+    received_dir = tmp_path / "received"
+    received_dir.mkdir()
+    lock = threading.Lock()
+
+    def on_store(event: evt.Event) -> int:
+        dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        with lock:
+            dataset.save_as(received_dir / f"{dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
+        return 0x0000
+
+    ae = AE(ae_title="SPINEPACS")
+    for sop_class in (pydicom.uid.ComprehensiveSRStorage, pydicom.uid.SecondaryCaptureImageStorage):
+        ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+    port = _free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        sent = subprocess.run(
+            [str(DCMTK_STORESCU), "-aec", "SPINEPACS", "-aet", "SPINEDFL", "127.0.0.1", str(port),
+             str(result.sr_path), str(result.sc_path)],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        server.shutdown()
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    received = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, received_dir.glob("*.dcm"))}
+    assert set(received) == {result.sr_sop_instance_uid, result.sc_sop_instance_uid}
+
+    sr = hd.sr.ComprehensiveSR.from_dataset(received[result.sr_sop_instance_uid])
+    group = sr.content.get_planar_roi_measurement_groups()[0]
+    assert group.get_qualitative_evaluations()[0].value.meaning == "mild"
+    assert group.get_measurements()[0].value == pytest.approx(0.6)
+    sc = received[result.sc_sop_instance_uid]
+    original_sc = pydicom.dcmread(result.sc_path)
+    assert sc.BurnedInAnnotation == "YES"
+    np.testing.assert_array_equal(sc.pixel_array, original_sc.pixel_array)
+

@@ -1,0 +1,358 @@
+"""Batch scoring: every file accounted for, resume after a real SIGKILL, torchrun on CPU, exit codes,
+ROI handling, privacy and DICOM results."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from spine_dfl.atomic import output_file_mode
+from spine_dfl.checkpoint import save_checkpoint
+from spine_dfl.data.transforms import Preprocessing
+from spine_dfl.io import find_inputs
+from spine_dfl.model import DFLNet
+from spine_dfl.score import (
+    KILL_AFTER_ENV,
+    PARTIAL_DIR,
+    PartWriter,
+    ScoreError,
+    add_score_arguments,
+    collect_done,
+    load_rois,
+    reason_category,
+    run_score_command,
+    score,
+)
+from spine_dfl.synth import generate_cohort
+from tests.conftest import pydicom_data_dir, pydicom_test_dir
+
+CLASSES = ["normal", "mild", "severe"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-init ResNet-18 DFL models (32 px input): one whole-image, one ROI model."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    paths = {}
+    for name, use_roi in (("whole", False), ("roi", True)):
+        torch.manual_seed(0)
+        model = DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2)
+        paths[name] = folder / f"{name}.pt"
+        save_checkpoint(paths[name], model, {"test": name}, CLASSES, Preprocessing(input_size=32, use_roi=use_roi), {})
+    return paths
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three synthetic patients, 256-pixel-high DICOMs (14 vertebra ROIs each, rois.csv)."""
+    folder = tmp_path_factory.mktemp("cohort")
+    generate_cohort(folder, patients=3, seed=5, rows=256)
+    return folder
+
+
+def _gray_dicom(path: Path, frames: int = 1) -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.Modality = "BROKEN^MULTI", "MF-1", "OT"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 16, 16, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = np.arange(16 * 16 * frames, dtype=np.uint16).tobytes()
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+# What each deliberately broken file must fail with (reason_category).
+BROKEN_EXPECTED = {
+    "empty": {"empty file"},
+    "truncated": {"truncated file", "corrupt DICOM"},
+    "random.bin": {"not an image file"},
+    "notes.txt": {"not an image file"},
+    "report_sr": {"no pixel data (not an image)"},
+    "rgb_sc": {"colour image"},
+    "multiframe": {"multi-frame image"},
+}
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory: pytest.TempPathFactory, cohort: Path) -> Path:
+    """Files a PACS export really contains, none of which can be scored (names without suffix)."""
+    folder = tmp_path_factory.mktemp("broken")
+    (folder / "empty").write_bytes(b"")
+    good = (cohort / "images" / "P0000.dcm").read_bytes()
+    (folder / "truncated").write_bytes(good[: len(good) * 2 // 3])
+    (folder / "random.bin").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (folder / "notes.txt").write_text("export list\nnot an image\n")
+    shutil.copy(pydicom_test_dir() / "test-SR.dcm", folder / "report_sr")
+    shutil.copy(pydicom_test_dir() / "SC_rgb_rle.dcm", folder / "rgb_sc")
+    _gray_dicom(folder / "multiframe", frames=3)
+    return folder
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    add_score_arguments(parser)
+    return run_score_command(parser.parse_args(list(argv)))
+
+
+# --------------------------------------------------------------------------- small units
+def test_reason_categories_are_short_and_specific() -> None:
+    assert reason_category("is an empty file (0 bytes)") == "empty file"
+    assert reason_category("Comprehensive SR has no pixel data") == "no pixel data (not an image)"
+    assert reason_category(
+        "CT Image has no pixel data although it is an image object (file truncated or pixel data removed)"
+    ) == "image without its pixel data (truncated or stripped)"
+    assert reason_category("file is truncated: End of file reached before delimiter") == "truncated file"
+    assert reason_category("has pixel data but no Rows element, so it cannot be interpreted") == "incomplete image header"
+    assert reason_category("is a multi-frame image (3 frames); only single-frame radiographs are supported") == "multi-frame image"
+    assert reason_category("something nobody anticipated") == "other error"
+
+
+def test_load_rois_rejects_bad_tables(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sop_instance_uid,vertebra,x_min,y_min\n1.2.3,L1,1,2\n")
+    with pytest.raises(ScoreError, match="x_max"):
+        load_rois(bad)
+    bad.write_text("sop_instance_uid,vertebra,x_min,y_min,x_max,y_max\n1.2.3,L1,5,5,4,9\n")
+    with pytest.raises(ScoreError, match="line 2"):
+        load_rois(bad)
+    good = tmp_path / "good.csv"
+    good.write_text("image,vertebra,x_min,y_min,x_max,y_max\nsub/a.dcm,L1,1,2,30,40\n")
+    table = load_rois(good)
+    assert table.lookup(None, tmp_path / "sub" / "a.dcm") == [("L1", (1.0, 2.0, 30.0, 40.0))]
+
+
+def test_collect_done_ignores_torn_and_unjournaled_rows(tmp_path: Path) -> None:
+    columns = ["file", "status", "error", "vertebra", "prob_a"]
+    part = PartWriter(tmp_path / PARTIAL_DIR, "attempt-1", columns)
+    odd = '/x/a "quoted",\nname'  # quotes, comma and newline in a path survive the byte index
+    part.commit([["/x/a", "ok", "", "L1", "0.5"], ["/x/a", "ok", "", "L2", "0.4"], [odd, "error", "bad", "", ""]],
+                [{"file": "/x/a", "rows": 2}, {"file": odd, "rows": 1}])
+    part.close()
+    # killed while writing the next batch: rows of b complete, its journal line torn; a torn row
+    with open(part.csv_path, "a") as handle:
+        handle.write("/x/b,ok,,L1,0.1\n/x/b,ok,,L2")
+    with open(part.journal_path, "a") as handle:
+        handle.write('{"file": "/x/b", "ro')
+    done = collect_done(tmp_path, columns)
+    assert list(done) == ["/x/a", odd] and done["/x/a"].rows == 2
+    assert (done[odd].ok, done[odd].error) == (False, "bad")
+    lines = part.csv_path.read_bytes()[done["/x/a"].start : done["/x/a"].end].decode().splitlines()
+    assert lines == ["/x/a,ok,,L1,0.5", "/x/a,ok,,L2,0.4"]
+    with pytest.raises(ScoreError, match="different columns"):
+        collect_done(tmp_path, [*columns, "prob_b"])
+
+
+# --------------------------------------------------------------------------- the mixed PACS export
+def test_mixed_export_every_file_scored_or_failed_with_reason(
+    tmp_path: Path, checkpoints: dict[str, Path], cohort: Path, broken: Path
+) -> None:
+    """Synthetic cohort + every pydicom / pydicom-data test file + broken files, whole-image model."""
+    inputs = [cohort / "images", broken, pydicom_test_dir()]
+    if pydicom_data_dir() is not None:
+        inputs.append(pydicom_data_dir())
+    out = tmp_path / "out"
+    summary = score(checkpoints["whole"], inputs, out, batch_size=8, workers=2, progress=False)
+
+    expected_files = {os.path.abspath(p) for p in find_inputs(inputs)}
+    rows = _read_rows(out / "predictions.csv")
+    per_file = Counter(r["file"] for r in rows)
+    assert set(per_file) == expected_files and all(n == 1 for n in per_file.values())  # whole image: 1 row
+    assert not any(Path(f).name == "DICOMDIR" for f in per_file)  # followed, not scored
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["found"] == summary.found == len(expected_files)
+    assert on_disk["found"] == on_disk["scored"] + on_disk["failed"]
+    assert sum(on_disk["failed_by_reason"].values()) == on_disk["failed"]
+    assert on_disk["scored"] == sum(r["status"] == "ok" for r in rows) and on_disk["scored"] >= 3 + 20
+    for row in rows:
+        if row["status"] == "error":
+            assert row["error"].strip() and row["pred"] == ""
+        else:
+            assert row["status"] == "ok" and row["pred"] in CLASSES
+            assert sum(float(row[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
+    by_name = {Path(r["file"]).name: r for r in rows if Path(r["file"]).parent == broken}
+    for name, categories in BROKEN_EXPECTED.items():
+        assert by_name[name]["status"] == "error"
+        assert reason_category(by_name[name]["error"]) in categories, (name, by_name[name]["error"])
+        assert str(broken) not in by_name[name]["error"]  # reason only: the path is in the file column
+    assert all(r["status"] == "ok" for r in rows if "/images/P" in r["file"])
+    if pydicom_data_dir() is not None:
+        assert by_name_in(rows, "RG1_UNCI.dcm")["status"] == "ok"  # a real CR, MONOCHROME1
+    # privacy: no patient names / IDs in outputs (paths aside), UIDs kept
+    text = (out / "predictions.csv").read_text() + (out / "summary.json").read_text()
+    for name in ("SYNTH^", "CompressedSamples^RG1", "9RG1", "BROKEN^MULTI", "MF-1"):
+        assert name not in text
+    assert "patient_id" not in rows[0]
+    assert by_name["multiframe"]["sop_instance_uid"]  # the header was read: UIDs even for failures
+    assert not (out / PARTIAL_DIR).exists()
+    for written in (out / "predictions.csv", out / "summary.json"):  # readable like open() output
+        assert stat.S_IMODE(written.stat().st_mode) == output_file_mode()
+    assert summary.exit_status(strict=False) == 0 and summary.exit_status(strict=True) == 1
+
+
+def by_name_in(rows: list[dict[str, str]], name: str) -> dict[str, str]:
+    return next(r for r in rows if Path(r["file"]).name == name)
+
+
+# --------------------------------------------------------------------------- ROI models, ids, DICOM out
+def test_roi_model_needs_rois_and_bad_checkpoint_exit_2(tmp_path: Path, checkpoints: dict[str, Path], cohort: Path, capsys) -> None:
+    assert _cli(str(checkpoints["roi"]), str(cohort / "images"), "--out", str(tmp_path / "a"), "--no-progress") == 2
+    assert "--rois" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert _cli(str(junk), str(cohort / "images"), "--out", str(tmp_path / "b"), "--no-progress") == 2
+    assert _cli(str(checkpoints["whole"]), str(tmp_path / "no-such-folder"), "--out", str(tmp_path / "c")) == 2
+    assert not (tmp_path / "a" / "predictions.csv").exists()
+
+
+def test_strict_exit_status(tmp_path: Path, checkpoints: dict[str, Path], cohort: Path, broken: Path) -> None:
+    one_good = [str(cohort / "images" / "P0001.dcm"), str(broken / "empty")]
+    common = ["--out", str(tmp_path / "out"), "--workers", "0", "--no-progress"]
+    assert _cli(str(checkpoints["whole"]), *one_good, *common) == 0
+    assert _cli(str(checkpoints["whole"]), *one_good, *common, "--strict") == 1
+    assert _cli(str(checkpoints["whole"]), one_good[0], *common, "--strict") == 0
+
+
+def test_roi_model_rows_per_vertebra_keep_ids_and_dicom_out(
+    tmp_path: Path, checkpoints: dict[str, Path], cohort: Path
+) -> None:
+    no_rois = tmp_path / "extra"
+    no_rois.mkdir()
+    _gray_dicom(no_rois / "unlisted")  # a readable image that rois.csv does not mention
+    summary = score(
+        checkpoints["roi"], [cohort / "images", no_rois], tmp_path / "out", rois_csv=cohort / "rois.csv",
+        batch_size=5, workers=1, keep_ids=True, dicom_out=tmp_path / "dicom", progress=False,
+    )
+    assert (summary.found, summary.scored, summary.failed) == (4, 3, 1)
+    assert summary.failed_by_reason == {"no ROIs for this image": 1}
+    rows = _read_rows(tmp_path / "out" / "predictions.csv")
+    rois = _read_rows(cohort / "rois.csv")
+    for image in sorted((cohort / "images").iterdir()):
+        header = pydicom.dcmread(image, stop_before_pixels=True)
+        mine = [r for r in rows if r["file"] == str(image)]
+        listed = [r for r in rois if r["sop_instance_uid"] == header.SOPInstanceUID]
+        assert [r["vertebra"] for r in mine] == [r["vertebra"] for r in listed]  # ROI order kept
+        assert [float(r["x_min"]) for r in mine] == [float(r["x_min"]) for r in listed]
+        assert {r["patient_id"] for r in mine} == {str(header.PatientID)}  # --keep-ids
+        assert {r["study_instance_uid"] for r in mine} == {header.StudyInstanceUID}
+        sr = pydicom.dcmread(tmp_path / "dicom" / f"{header.SOPInstanceUID}_SR.dcm")
+        assert sr.StudyInstanceUID == header.StudyInstanceUID and sr.SeriesInstanceUID != header.SeriesInstanceUID
+        assert len(sr.ContentSequence[-1].ContentSequence) == len(listed)  # one ROI group per vertebra
+        assert (tmp_path / "dicom" / f"{header.SOPInstanceUID}_SC.dcm").is_file()
+    unlisted = next(r for r in rows if r["file"].endswith("unlisted"))
+    assert unlisted["status"] == "error" and "ROI" in unlisted["error"]
+    assert summary.dicom_out is not None and summary.dicom_out["written"] == 3
+
+
+# --------------------------------------------------------------------------- resume and DDP
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory: pytest.TempPathFactory, cohort: Path, broken: Path) -> Path:
+    """About a dozen files: the cohort, a few broken files and a few real test files."""
+    folder = tmp_path_factory.mktemp("export")
+    shutil.copytree(cohort / "images", folder / "synthetic")
+    shutil.copytree(broken, folder / "broken")
+    shutil.copytree(pydicom_test_dir() / "dicomdirtests" / "77654033", folder / "agfa")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference_rows(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[str, Path], small_export: Path) -> list[dict[str, str]]:
+    """The predictions of one uninterrupted single-process run over ``small_export``."""
+    out = tmp_path_factory.mktemp("reference")
+    score(checkpoints["whole"], [small_export], out, batch_size=4, workers=0, progress=False)
+    return _read_rows(out / "predictions.csv")
+
+
+def _same_predictions(rows: list[dict[str, str]], reference: list[dict[str, str]]) -> None:
+    assert [r["file"] for r in rows] == [r["file"] for r in reference]  # input order, each file once
+    for row, ref in zip(rows, reference):
+        assert (row["status"], row["error"], row["pred"]) == (ref["status"], ref["error"], ref["pred"])
+        for c in CLASSES:
+            if ref["status"] == "ok":
+                assert float(row[f"prob_{c}"]) == pytest.approx(float(ref[f"prob_{c}"]), abs=1e-4)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.pop(KILL_AFTER_ENV, None)
+    return env
+
+
+def test_resume_after_sigkill_scores_only_missing_files(
+    tmp_path: Path, checkpoints: dict[str, Path], small_export: Path, reference_rows: list[dict[str, str]]
+) -> None:
+    out = tmp_path / "out"
+    env = _env()
+    env[KILL_AFTER_ENV] = "4"  # SIGKILL itself after 4 files, mid-write of the next rows
+    killed = subprocess.run(
+        [sys.executable, "-m", "spine_dfl", "score", str(checkpoints["whole"]), str(small_export), "--out", str(out),
+         "--batch-size", "2", "--workers", "0", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "predictions.csv").exists()
+    journals = list((out / PARTIAL_DIR).glob("*.done.jsonl"))
+    assert len(journals) == 1 and journals[0].read_text().endswith('{"file": "/torn/journal')
+    done_before = len(journals[0].read_text().splitlines()) - 1  # the torn line does not count
+    assert 4 <= done_before < len(reference_rows)
+
+    summary = score(checkpoints["whole"], [small_export], out, batch_size=2, workers=0, resume=True, progress=False)
+    assert summary.from_earlier_runs == done_before
+    assert summary.scored_this_run == summary.found - done_before
+    assert summary.found == summary.scored + summary.failed == len(reference_rows)
+    rows = _read_rows(out / "predictions.csv")
+    assert "/torn/row/of/a/killed/run" not in {r["file"] for r in rows}
+    _same_predictions(rows, reference_rows)
+
+    # a second --resume of a finished run scores nothing and changes nothing
+    again = score(checkpoints["whole"], [small_export], out, batch_size=2, workers=0, resume=True, progress=False)
+    assert (again.scored_this_run, again.from_earlier_runs) == (0, summary.found)
+    assert _read_rows(out / "predictions.csv") == rows
+
+
+def test_torchrun_two_cpu_processes_lose_and_duplicate_nothing(
+    tmp_path: Path, checkpoints: dict[str, Path], small_export: Path, reference_rows: list[dict[str, str]]
+) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "spine_dfl", "score", str(checkpoints["whole"]), str(small_export), "--out", str(out),
+         "--batch-size", "2", "--workers", "0", "--no-progress"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["found"] == summary["scored"] + summary["failed"] == len(reference_rows)
+    _same_predictions(_read_rows(out / "predictions.csv"), reference_rows)
+    assert not (out / PARTIAL_DIR).exists()
