@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from spine_dfl.data.transforms import AugmentConfig
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -48,16 +50,6 @@ class ModelConfig(_Strict):
     init_max_images_per_class: int = Field(400, ge=1, description="images sampled per class for the init")
 
 
-class AugmentSettings(_Strict):
-    rotate_deg: float = 5.0
-    scale: float = 0.08
-    translate: float = 0.04
-    gamma: tuple[float, float] = (0.8, 1.25)
-    noise_std: float = 0.02
-    blur_sigma: tuple[float, float] = (0.0, 1.0)
-    prob: float = Field(0.5, ge=0.0, le=1.0)
-
-
 class DataConfig(_Strict):
     input_size: int = Field(160, ge=32, description="network input is 1 x S x S pixels")
     roi_margin: float = Field(0.15, ge=0.0, description="fraction of the ROI's larger side added on every side")
@@ -68,7 +60,8 @@ class DataConfig(_Strict):
     workers: int = Field(2, ge=0)
     balance: Literal["class", "vertebra_class", "none"] = "class"
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
-    augment: AugmentSettings = AugmentSettings()
+    # The transforms' own dataclass (fields, defaults and range checks live there, once).
+    augment: AugmentConfig = AugmentConfig()
 
     @field_validator("intensity_percentiles")
     @classmethod

@@ -35,7 +35,7 @@ from spine_dfl.data.dataset import (
     records_from_table,
 )
 from spine_dfl.data.manifest import Manifest, load_manifest, patient_split
-from spine_dfl.data.transforms import AugmentConfig, Preprocessing
+from spine_dfl.data.transforms import Preprocessing
 from spine_dfl.model import DFLNet, dfl_loss, init_filter_bank
 from spine_dfl.predict import collate_samples, predict_logits, predictions_table, resolve_device
 
@@ -105,19 +105,6 @@ def preprocessing_for(config: RunConfig, manifest: Manifest) -> Preprocessing:
         roi_margin=config.data.roi_margin,
         use_roi=use_roi,
         intensity_percentiles=tuple(config.data.intensity_percentiles),
-    )
-
-
-def augment_for(config: RunConfig) -> AugmentConfig:
-    a = config.data.augment
-    return AugmentConfig(
-        rotate_deg=a.rotate_deg,
-        scale=a.scale,
-        translate=a.translate,
-        gamma=tuple(a.gamma),
-        noise_std=a.noise_std,
-        blur_sigma=tuple(a.blur_sigma),
-        prob=a.prob,
     )
 
 
@@ -223,7 +210,7 @@ def train(
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = config.data.cache_dir or str(out_dir / "cache")
-    train_set = build_dataset(train_records, pre, aug=augment_for(config), cache=config.data.cache,
+    train_set = build_dataset(train_records, pre, aug=config.data.augment, cache=config.data.cache,
                               cache_dir=cache_dir, seed=config.seed)
     val_set = build_dataset(val_records, pre, aug=None, cache=config.data.cache, cache_dir=cache_dir)
     init_set = build_dataset(train_records, pre, aug=None, cache="none")

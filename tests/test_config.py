@@ -55,3 +55,14 @@ def test_dict_round_trip_is_json_plain() -> None:
 
     tree = config_to_dict(load_config("dfl_vgg16_448"))
     assert load_config(None, [f"{k}={json.dumps(v)}" for k, v in tree.items()]) == load_config("dfl_vgg16_448")
+
+
+def test_augmentation_settings_are_the_transforms_own_and_checked() -> None:
+    from spine_dfl.data.transforms import AugmentConfig
+
+    config = load_config("cpu_demo", ["data.augment.rotate_deg=3"])
+    assert isinstance(config.data.augment, AugmentConfig) and config.data.augment.rotate_deg == 3
+    with pytest.raises(ConfigError, match="prob"):
+        load_config("cpu_demo", ["data.augment.prob=2"])
+    with pytest.raises(ConfigError, match="gama"):
+        load_config("cpu_demo", ["data.augment.gama=[1, 2]"])
