@@ -26,6 +26,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
+from spine_dfl import predict
 from spine_dfl.model import DFLNet, kmeans
 
 
@@ -45,11 +46,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
-    return torch.device(name)
+    try:
+        return predict.resolve_device(name)
+    except ValueError:
+        raise SystemExit("--device cuda: no CUDA device available") from None
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models
 
+from spine_dfl import predict
 from spine_dfl.model import BACKBONES, DFLNet, dfl_loss
 
 
@@ -43,11 +44,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device available")
-    return torch.device(name)
+    try:
+        return predict.resolve_device(name)
+    except ValueError:
+        raise SystemExit("--device cuda: no CUDA device available") from None
 
 
 def bare_classifier(name: str, num_classes: int) -> nn.Module:

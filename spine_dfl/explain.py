@@ -723,12 +723,6 @@ def render_gallery(
 
 
 # --------------------------------------------------------------------------- main entry
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def explain(
     checkpoint: Any,
     samples: Iterable[Mapping[str, Any]],
@@ -749,8 +743,9 @@ def explain(
     are skipped, logged, and listed in the gallery; raises ValueError when none could be explained.
     """
     from spine_dfl.checkpoint import LoadedCheckpoint, load_checkpoint
+    from spine_dfl.predict import resolve_device
 
-    run_device = _resolve_device(device) if isinstance(device, str) else device
+    run_device = resolve_device(device) if isinstance(device, str) else device
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, map_location=run_device)
     model = loaded.model.to(run_device).eval()
     class_names = list(loaded.class_names)
@@ -979,8 +974,9 @@ def explain_manifest(
 ) -> list[dict[str, Any]]:
     """`explain` over a manifest's rows (one split when given and the manifest has splits)."""
     from spine_dfl.checkpoint import load_checkpoint
+    from spine_dfl.predict import resolve_device
 
-    loaded = load_checkpoint(checkpoint, map_location=_resolve_device(device))
+    loaded = load_checkpoint(checkpoint, map_location=resolve_device(device))
     records = manifest_records(manifest, loaded.class_names, split, loaded.preprocessing.use_roi)
     return explain(loaded, records, out_dir, top_n=top_n, device=device, batch_size=batch_size)
 
@@ -1011,12 +1007,13 @@ def _is_manifest(inputs: Sequence[Path]) -> bool:
 def run_explain_command(args: argparse.Namespace) -> int:
     """``spine-dfl explain``: 0 all explained, 1 some samples unreadable, 2 bad usage / input."""
     from spine_dfl.checkpoint import CheckpointError, load_checkpoint
+    from spine_dfl.predict import resolve_device
 
     if args.top < 1:
         print("--top must be at least 1", file=sys.stderr)
         return 2
     try:
-        loaded = load_checkpoint(args.checkpoint, map_location=_resolve_device(args.device))
+        loaded = load_checkpoint(args.checkpoint, map_location=resolve_device(args.device))
         use_roi = bool(loaded.preprocessing.use_roi)
         if _is_manifest(args.inputs):
             records = manifest_records(args.inputs[0], loaded.class_names, args.split, use_roi)

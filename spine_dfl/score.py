@@ -523,15 +523,23 @@ def _init_distributed() -> _Dist:
 
 
 def _resolve_device(name: str, dist: _Dist) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
+    """`spine_dfl.predict.resolve_device`, with CUDA without an index meaning this process's GPU.
+
+    ``auto`` on a CUDA machine, and ``cuda`` when there is more than one process, pick GPU
+    ``local_rank % device_count``. A CUDA device on a machine without one is a `ScoreError`.
+    """
+    from spine_dfl.predict import resolve_device
+
+    unavailable = f"device {name!r} requested but no CUDA device is available"
+    try:
+        device = resolve_device(name)
+    except ValueError:  # "cuda" without a CUDA device
+        raise ScoreError(unavailable) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():  # an indexed one, such as "cuda:1"
+            raise ScoreError(unavailable)
+        if device.index is None and (name == "auto" or dist.world > 1):
             return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ScoreError(f"device {name!r} requested but no CUDA device is available")
-    if device.type == "cuda" and device.index is None and dist.world > 1:
-        return torch.device("cuda", dist.local_rank % torch.cuda.device_count())
     return device
 
 

@@ -12,9 +12,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
+from dicom_factory import make_gray_dicom
 from spine_dfl.dicom_out import (
     PRIVATE_SCHEME,
     DicomOutputError,
@@ -33,36 +33,16 @@ CLASSES = ["normal", "mild", "moderate", "severe grade (3)"]
 
 def make_cr(path: Path, rows: int = 240, cols: int = 180, orientation: list[str] | None = None) -> Dataset:
     """A CR image, MONOCHROME2, 16 bits allocated / 12 stored, with patient and study attributes."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "DOE^JANE"
-    ds.PatientID = "PID-0042"
-    ds.PatientBirthDate = "19500101"
-    ds.PatientSex = "F"
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240102", "101500", "7", "ACC7"
-    ds.ReferringPhysicianName = "SMITH^JOHN"
-    ds.Modality = "CR"
-    ds.SeriesNumber, ds.InstanceNumber = 1, 3
-    ds.Manufacturer = "ACME"
-    ds.BodyPartExamined = "SPINE"
-    ds.ViewPosition = "LL"
-    ds.PatientOrientation = orientation if orientation is not None else ["A", "F"]
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.ImagerPixelSpacing = [0.2, 0.2]
-    ds.PixelData = np.random.default_rng(1).integers(0, 4096, (rows, cols)).astype(np.uint16).tobytes()
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    return ds
+    pixels = np.random.default_rng(1).integers(0, 4096, (rows, cols)).astype(np.uint16)
+    return make_gray_dicom(
+        path, pixels, patient_name="DOE^JANE", patient_id="PID-0042",
+        PatientBirthDate="19500101", PatientSex="F",
+        StudyDate="20240102", StudyTime="101500", StudyID="7", AccessionNumber="ACC7",
+        ReferringPhysicianName="SMITH^JOHN", SeriesNumber=1, InstanceNumber=3, Manufacturer="ACME",
+        BodyPartExamined="SPINE", ViewPosition="LL",
+        PatientOrientation=orientation if orientation is not None else ["A", "F"],
+        ImagerPixelSpacing=[0.2, 0.2],
+    )
 
 
 def findings_for(rows: int, cols: int) -> list[VertebraFinding]:

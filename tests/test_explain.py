@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DigitalXRayImageStorageForPresentation
 
+from dicom_factory import make_gray_dicom
 from spine_dfl.checkpoint import LoadedCheckpoint, atomic_torch_save, checkpoint_payload
 from spine_dfl.data.transforms import Preprocessing, eval_transforms
 from spine_dfl.explain import (
@@ -46,22 +46,9 @@ ROI = (140.0, 10.0, 196.0, 110.0)
 
 def write_dicom(path: Path, pixels: np.ndarray) -> str:
     """Minimal uncompressed MONOCHROME2 16-bit DX file; returns its SOPInstanceUID."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray, for presentation
-    uid = generate_uid()
-    meta.MediaStorageSOPInstanceUID = uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, uid
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID = "DX", "TEST"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return uid
+    dataset = make_gray_dicom(path, pixels, sop_class_uid=DigitalXRayImageStorageForPresentation, modality="DX",
+                              bits_stored=16, patient_id="TEST")
+    return dataset.SOPInstanceUID
 
 
 def background(rows: int = ROWS, cols: int = COLS) -> np.ndarray:

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import skimage.io
 
+from dicom_factory import make_gray_dicom
 from spine_dfl.data.dataset import records_from_table
 from spine_dfl.data.manifest import (
     GENANT_GRADES,
@@ -30,26 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- helpers
 def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int = 16, spacing: tuple[float, float] | None = (0.2, 0.2)) -> Path:
     """A minimal single-frame MONOCHROME2 CR file with an unsigned 16-bit pixel array."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR image storage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID = "CR", "Doe^Jane", "PID-SECRET-123"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    if spacing is not None:
-        ds.PixelSpacing = list(spacing)
-    ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    make_gray_dicom(path, pixels, bits_stored=bits_stored, pixel_spacing=spacing,
+                    patient_name="Doe^Jane", patient_id="PID-SECRET-123")
     return path
 
 

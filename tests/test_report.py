@@ -444,23 +444,13 @@ def test_thumbnail_crop_and_box() -> None:
 
 def test_worst_error_thumbnails_from_dicom(tmp_path: Path) -> None:
     pytest.importorskip("spine_dfl.io", reason="spine_dfl.io (image reader) is not available yet")
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import SecondaryCaptureImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientID = "DX", "P1"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 96, 64, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (np.arange(96 * 64, dtype=np.uint16).reshape(96, 64) % 4096).tobytes()
-    ds.save_as(tmp_path / "img.dcm", enforce_file_format=True)
+    from dicom_factory import make_gray_dicom
+
+    pixels = np.arange(96 * 64, dtype=np.uint16).reshape(96, 64) % 4096
+    make_gray_dicom(tmp_path / "img.dcm", pixels, sop_class_uid=SecondaryCaptureImageStorage, modality="DX",
+                    patient_id="P1")
     table = pd.DataFrame({"image": ["img.dcm", "img.dcm", "missing.dcm"], "vertebra": ["L1", "L2", "L3"],
                           "patient_id": ["P1", "P1", "P2"], "label": ["a", "b", "a"], "pred": ["b", "a", "b"],
                           "prob_a": [0.3, 0.6, 0.1], "prob_b": [0.7, 0.4, 0.9],

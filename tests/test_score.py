@@ -19,9 +19,8 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from dicom_factory import make_gray_dicom
 from spine_dfl.atomic import output_file_mode
 from spine_dfl.checkpoint import save_checkpoint
 from spine_dfl.data.transforms import Preprocessing
@@ -69,21 +68,9 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _gray_dicom(path: Path, frames: int = 1) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientName, ds.PatientID, ds.Modality = "BROKEN^MULTI", "MF-1", "OT"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 16, 16, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PixelData = np.arange(16 * 16 * frames, dtype=np.uint16).tobytes()
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    pixels = np.arange(16 * 16 * frames, dtype=np.uint16).reshape(frames, 16, 16)
+    make_gray_dicom(path, pixels, sop_class_uid=pydicom.uid.SecondaryCaptureImageStorage, modality="OT",
+                    patient_name="BROKEN^MULTI", patient_id="MF-1")
 
 
 # What each deliberately broken file must fail with (reason_category).

@@ -13,6 +13,7 @@ import torch
 from monai.transforms import Randomizable
 
 import spine_dfl.io
+from dicom_factory import make_gray_dicom
 from spine_dfl.data.dataset import (
     DistributedWeightedSampler,
     build_dataset,
@@ -39,24 +40,8 @@ FULL_RANGE = (0.0, 100.0)  # percentile window that keeps a single planted pixel
 # --------------------------------------------------------------------------- helpers
 def write_dicom(path: Path, pixels: np.ndarray, bits_stored: int = 16) -> Path:
     """Minimal single-frame MONOCHROME2 CR file (16-bit allocated), with a patient name and id."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID = "CR", "Doe^Jane", "PID-SECRET-123"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    ds.PixelSpacing = [0.2, 0.25]
-    ds.PixelData = np.ascontiguousarray(pixels.astype(np.uint16)).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    make_gray_dicom(path, pixels, bits_stored=bits_stored, pixel_spacing=(0.2, 0.25),
+                    patient_name="Doe^Jane", patient_id="PID-SECRET-123")
     return path
 
 
