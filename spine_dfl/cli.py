@@ -185,7 +185,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                        description="End to end on the embedded synthetic cohort: synth -> train (cpu_demo) -> "
                                    "evaluate on held-out test patients -> heatmaps.")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    p.add_argument("--patients", type=int, default=48, help="synthetic patients (default 48)")
+    p.add_argument("--patients", type=int, default=64, help="synthetic patients, one radiograph each (default 64)")
     p.add_argument("--seed", type=int, default=0, help="one seed for the cohort, split, init and training")
     p.add_argument("--config", default="cpu_demo", help="training config (default cpu_demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
