@@ -10,7 +10,11 @@ For every scored DICOM image two new instances are written, both in the *source 
   site, the predicted grade as a coded qualitative evaluation and its probability as a
   measurement, the model as algorithm identification;
 - an RGB 8-bit Secondary Capture (``ConversionType`` WSD, ``BurnedInAnnotation`` YES) of
-  the radiograph with the ROI boxes and predicted grades burned in.
+  the heatmap overlay: the windowed grey radiograph with, inside each vertebra's crop region
+  (ROI + margin, what the network saw), the predicted grade's P-stream evidence map blended in
+  ``inferno`` (the explain figures' map and colours, scaled per vertebra), and the ROI boxes and
+  "level grade probability" captions burned in on top. Outside every crop region the image
+  stays plain grey (R = G = B).
 
 Both say they are unverified machine output for review: SR ``VerificationFlag``
 UNVERIFIED and ``PreliminaryFlag`` PRELIMINARY, Manufacturer ``spine-dfl``,
@@ -41,11 +45,13 @@ image-relative SCOORDs (0,0 = top-left corner of the top-left pixel).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -71,6 +77,16 @@ REVIEW_NOTE = (
 )
 # A fixed UID for the software as an SR device observer (same for every run and version).
 DEVICE_OBSERVER_UID = generate_uid(entropy_srcs=["spine-dfl device observer"])
+SC_DERIVATION = "spine-dfl overlay of vertebra ROIs and predicted grades on the source radiograph"
+SC_DERIVATION_HEATMAP = (
+    "spine-dfl overlay on the source radiograph: per vertebra ROI the P-stream evidence heatmap of the "
+    "predicted grade (max of its filter responses, inferno colour map scaled per vertebra, inside the region "
+    "the network saw), ROI boxes, predicted grades and probabilities"
+)
+# Heatmaps are resampled in horizontal strips of about this many pixels (bounded memory for
+# whole-image models on large radiographs; the result is the same as in one piece).
+_STRIP_PIXELS = 1 << 20
+_WRITER_PROCESS = False  # set by init_writer_process in the processes of a writer pool
 
 
 def _private(value: str, meaning: str) -> hd.sr.CodedConcept:
@@ -103,6 +119,29 @@ class DicomOutputError(ValueError):
 
 
 @dataclass(frozen=True)
+class EvidenceMap:
+    """The predicted class's P-stream evidence of one sample, small enough to send to a writer process.
+
+    values: (H, W) float32 on the model's conv4 feature grid: max over the predicted class's k
+        filter response maps (as ``spine_dfl.explain`` computes it).
+    to_original: (3, 3) float64 affine, network input continuous (x, y, 1) -> source continuous (x, y, 1).
+    region: (x0, y0, x1, y1) integer source pixels, max exclusive: what the network saw (the ROI +
+        margin crop box clipped to the image, ``spine_dfl.explain.display_region``); the heatmap
+        is drawn only there.
+    input_size: S (the network input is S x S).
+    stride, center_offset: the feature grid's geometry in input pixels (location (row, col) is
+        centred at (center_offset + stride*col, center_offset + stride*row)).
+    """
+
+    values: np.ndarray
+    to_original: np.ndarray
+    region: tuple[int, int, int, int]
+    input_size: int
+    stride: float
+    center_offset: float
+
+
+@dataclass(frozen=True)
 class VertebraFinding:
     """One scored sample of one source image.
 
@@ -111,12 +150,14 @@ class VertebraFinding:
          the whole image.
     predicted: predicted class name (one of the checkpoint's class names).
     probabilities: class name -> softmax probability (0..1).
+    evidence: the predicted class's evidence map for the overlay's heatmap, or None (no heatmap).
     """
 
     vertebra: str
     roi: tuple[float, float, float, float] | None
     predicted: str
     probabilities: Mapping[str, float]
+    evidence: EvidenceMap | None = None
 
 
 @dataclass(frozen=True)
@@ -281,7 +322,9 @@ def _patient_orientation(source: Dataset) -> tuple[tuple[str, str], bool]:
     return ("L", "F"), False
 
 
-def build_overlay_sc(source: Dataset, overlay_rgb: np.ndarray, run_key: str) -> hd.sc.SCImage:
+def build_overlay_sc(
+    source: Dataset, overlay_rgb: np.ndarray, run_key: str, derivation_description: str = SC_DERIVATION
+) -> hd.sc.SCImage:
     """Secondary Capture (RGB, 8 bit) of ``overlay_rgb`` (rows, cols, 3) uint8 in a new series of the source study."""
     if overlay_rgb.ndim != 3 or overlay_rgb.shape[2] != 3 or overlay_rgb.dtype != np.uint8:
         raise DicomOutputError(f"overlay must be (rows, cols, 3) uint8, got {overlay_rgb.shape} {overlay_rgb.dtype}")
@@ -320,7 +363,7 @@ def build_overlay_sc(source: Dataset, overlay_rgb: np.ndarray, run_key: str) -> 
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = REVIEW_NOTE
-    sc.DerivationDescription = "spine-dfl overlay of vertebra ROIs and predicted grades on the source radiograph"
+    sc.DerivationDescription = derivation_description
     if str(source.get("LossyImageCompression", "00")) == "01":
         sc.LossyImageCompression = "01"
     reference = Dataset()
@@ -351,22 +394,142 @@ def to_display_uint8(image: np.ndarray, percentiles: tuple[float, float] = (0.5,
     return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def init_writer_process() -> None:
+    """Initializer of the processes of a writer pool: one intra-op thread for the heatmap resampling.
+
+    The resampling is small, and the cores belong to the scoring process and its decode workers
+    (busy OpenMP pools on shared cores are very slow). Torch is imported there only on the first heatmap.
+    """
+    global _WRITER_PROCESS
+    _WRITER_PROCESS = True
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def evidence_in_source(
+    evidence: EvidenceMap, image_shape: tuple[int, int]
+) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """An evidence map on source pixels: (region clipped to the image, (h, w) float32 map), or None.
+
+    The mapping is ``spine_dfl.explain``'s (``feature_map_to_tensor_space`` then
+    ``tensor_map_to_original``): bilinear between receptive-field centres on the S x S input grid,
+    then through ``to_original`` onto source pixel centres; source pixels the network never saw
+    (e.g. beyond the symmetric padding) are NaN. None when the region misses the image.
+    Computed in horizontal strips (same values as in one piece) so large regions stay small in memory.
+    """
+    import torch
+
+    from spine_dfl.explain import feature_map_to_tensor_space, tensor_map_to_original
+
+    if _WRITER_PROCESS and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    rows, cols = image_shape
+    x0, y0, x1, y1 = (int(v) for v in evidence.region)
+    x0, y0, x1, y1 = max(0, x0), max(0, y0), min(cols, x1), min(rows, y1)
+    values = np.asarray(evidence.values, dtype=np.float32)
+    if values.ndim != 2 or values.size == 0:
+        raise DicomOutputError(f"evidence map must be a non-empty (H, W) array, got shape {values.shape}")
+    if x1 <= x0 or y1 <= y0:
+        return None
+    grid = torch.from_numpy(np.ascontiguousarray(values))[None, None]
+    in_input = feature_map_to_tensor_space(
+        grid, int(evidence.input_size), float(evidence.stride), float(evidence.center_offset)
+    )[0]  # (1, S, S)
+    to_original = np.asarray(evidence.to_original, dtype=np.float64)
+    out = np.empty((y1 - y0, x1 - x0), dtype=np.float32)
+    step = max(1, _STRIP_PIXELS // (x1 - x0))
+    for top in range(y0, y1, step):
+        bottom = min(y1, top + step)
+        out[top - y0 : bottom - y0] = tensor_map_to_original(in_input, to_original, (x0, top, x1, bottom))[0]
+    return (x0, y0, x1, y1), out
+
+
+def _evidence_cmap() -> Any:
+    import matplotlib
+
+    from spine_dfl.explain import HEATMAP_CMAP
+
+    return matplotlib.colormaps[HEATMAP_CMAP]
+
+
+def blend_evidence(gray: np.ndarray, findings: Sequence[VertebraFinding]) -> tuple[np.ndarray, bool]:
+    """(rows, cols) uint8 grey -> ((rows, cols, 3) uint8 RGB, whether any heatmap was drawn).
+
+    Each finding's evidence map is blended over the grey image inside its region with
+    ``spine_dfl.explain.heat_overlay`` (the explain figures' ``inferno`` map and opacities, colour
+    scale = that map's own min..max, i.e. per vertebra). Where regions of neighbouring vertebrae
+    overlap, each pixel shows the map that is relatively hottest there. Every pixel outside all
+    regions (and every pixel its maps never saw) keeps R = G = B = the grey value.
+    """
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    mapped = []
+    for finding in findings:
+        if finding.evidence is not None:
+            on_source = evidence_in_source(finding.evidence, gray.shape)
+            if on_source is not None:
+                mapped.append(on_source)
+    if not mapped:
+        return rgb, False
+    from spine_dfl.explain import heat_overlay
+
+    cmap = _evidence_cmap()
+    ux0, uy0 = min(r[0] for r, _ in mapped), min(r[1] for r, _ in mapped)
+    ux1, uy1 = max(r[2] for r, _ in mapped), max(r[3] for r, _ in mapped)
+    best = np.full((uy1 - uy0, ux1 - ux0), -np.inf, dtype=np.float32)  # relative value shown so far
+    for (x0, y0, x1, y1), values in mapped:
+        finite = values[np.isfinite(values)]
+        value_range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        step = max(1, _STRIP_PIXELS // (x1 - x0))
+        for top in range(0, y1 - y0, step):
+            part = values[top : top + step]
+            grey = gray[y0 + top : y0 + top + part.shape[0], x0:x1].astype(np.float32) / 255.0
+            # The map's own range for every strip: the same as heat_overlay on the whole map.
+            blended, vmin, vmax = heat_overlay(np.repeat(grey[..., None], 3, axis=2), part, cmap, value_range)
+            relative = np.where(np.isfinite(part), np.clip((part - vmin) / (vmax - vmin), 0.0, 1.0), -1.0)
+            window = best[y0 + top - uy0 : y0 + top + part.shape[0] - uy0, x0 - ux0 : x1 - ux0]
+            take = relative > window
+            target = rgb[y0 + top : y0 + top + part.shape[0], x0:x1]
+            target[take] = (np.clip(blended[take], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            window[take] = relative[take]
+    return rgb, True
+
+
+def _draw_colour_legend(canvas: Any, draw: Any, font: Any, x: int, y: int, font_size: int) -> None:
+    """ "evidence for predicted grade: low [inferno ramp] high" at (x, y) (top-left of the line)."""
+    from PIL import Image
+
+    label = "heatmap: evidence for the predicted grade (per vertebra)  low"
+    style = {"font": font, "stroke_width": 1, "stroke_fill": (0, 0, 0)}
+    draw.text((x, y), label, fill=(255, 255, 255), **style)
+    left = int(draw.textbbox((x, y), label, font=font, stroke_width=1)[2]) + font_size // 2
+    width, height = max(20, 5 * font_size), max(4, int(font_size * 0.8))
+    ramp = (_evidence_cmap()(np.linspace(0.0, 1.0, width))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+    canvas.paste(Image.fromarray(np.ascontiguousarray(np.repeat(ramp[None], height, axis=0))),
+                 (left, y + max(0, (font_size - height) // 2)))
+    draw.text((left + width + font_size // 2, y), "high", fill=(255, 255, 255), **style)
+
+
 def render_roi_overlay(
     image: np.ndarray,
     findings: Sequence[VertebraFinding],
     class_names: Sequence[str],
     banner: str | None = "spine-dfl AI result - for review",
 ) -> np.ndarray:
-    """Radiograph with ROI boxes and "level grade probability" captions, as (rows, cols, 3) uint8 RGB.
+    """The heatmap overlay as (rows, cols, 3) uint8 RGB: evidence heatmaps, ROI boxes, captions.
 
     image: (rows, cols) float or uint8, bone bright; findings' ROIs in the same pixel grid.
-    Boxes are coloured by predicted grade (first class green ... last class red).
+    Grey = the radiograph windowed between robust percentiles (``to_display_uint8``). Findings
+    with an ``evidence`` map get it blended in inside their region (``blend_evidence``). Boxes are
+    coloured by predicted grade (first class green ... last class red), each captioned "level
+    grade probability". ``banner`` (bottom left) says it is for review; with heatmaps a colour
+    legend line goes above it.
     """
     from PIL import Image, ImageDraw, ImageFont
 
     gray = image if image.dtype == np.uint8 else to_display_uint8(image)
     rows, cols = gray.shape
-    canvas = Image.fromarray(gray, mode="L").convert("RGB")
+    rgb, heatmaps = blend_evidence(gray, findings)
+    canvas = Image.fromarray(rgb)
+    del rgb
     draw = ImageDraw.Draw(canvas)
     short_side = min(rows, cols)
     line_width = max(1, round(short_side / 400))
@@ -395,14 +558,11 @@ def render_roi_overlay(
         draw.text((text_x, text_y), caption, fill=colour, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
     if banner:
         # Bottom-left, where whole-image captions (top-left) and ROI captions do not go.
-        draw.text(
-            (line_width * 2, rows - font_size - 4 * line_width),
-            banner,
-            fill=(255, 255, 0),
-            font=font,
-            stroke_width=1,
-            stroke_fill=(0, 0, 0),
-        )
+        banner_y = rows - font_size - 4 * line_width
+        draw.text((line_width * 2, banner_y), banner, fill=(255, 255, 0), font=font, stroke_width=1,
+                  stroke_fill=(0, 0, 0))
+        if heatmaps:
+            _draw_colour_legend(canvas, draw, font, line_width * 2, banner_y - font_size - 4 * line_width, font_size)
     return np.asarray(canvas, dtype=np.uint8)
 
 
@@ -420,7 +580,8 @@ class DicomResultWriter:
 
     run_key: any string identifying the scoring run's model and output (UIDs derive from it).
     render_overlay: (image (rows, cols) float, findings, class_names) -> (rows, cols, 3) uint8;
-                    defaults to :func:`render_roi_overlay`.
+                    defaults to :func:`render_roi_overlay` (heatmaps of findings with evidence maps,
+                    ROI boxes, captions).
     """
 
     def __init__(
@@ -473,7 +634,9 @@ class DicomResultWriter:
         try:
             sr = build_sr(source, findings, self.class_names, self.run_key, self.algorithm_parameters)
             overlay = self.render_overlay(display_image, findings, self.class_names)
-            sc = build_overlay_sc(source, overlay, self.run_key)
+            with_heatmap = any(finding.evidence is not None for finding in findings)
+            sc = build_overlay_sc(source, overlay, self.run_key,
+                                  SC_DERIVATION_HEATMAP if with_heatmap else SC_DERIVATION)
         except DicomOutputError:
             raise
         except (ValueError, TypeError, AttributeError, KeyError) as exc:

@@ -71,6 +71,7 @@ __all__ = [
     "explain_manifest",
     "feature_map_to_tensor_space",
     "gradcam_target_layer",
+    "heat_overlay",
     "render_gallery",
     "render_sample_figure",
     "run_explain_command",
@@ -451,11 +452,14 @@ def _grey_rgb(pixels: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
-def _heat_overlay(
+def heat_overlay(
     grey_rgb: np.ndarray, values: np.ndarray, cmap: Any, value_range: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, float, float]:
     """Blend a heat map over the grey image; returns (RGB (h, w, 3), vmin, vmax of the colour scale).
 
+    grey_rgb: (h, w, 3) float RGB in [0, 1]; values: (h, w) map on the same pixels (NaN = not seen);
+    cmap: a matplotlib colormap (e.g. ``matplotlib.colormaps[HEATMAP_CMAP]``). Used for the explain
+    figures and for the Secondary Capture of ``spine_dfl.dicom_out``.
     value_range: fixed colour scale, or None for the map's own finite min..max.
     Opacity grows with the value, so the radiograph stays readable where evidence is low; pixels
     the network never saw (NaN) stay plain grey.
@@ -536,7 +540,7 @@ def render_sample_figure(
         (axes[2], gradcam, (0.0, 1.0), gradcam_label,
          f"G-stream Grad-CAM for {class_name}\n(class-gradient weighted last block)", 2),
     ):
-        blended, vmin, vmax = _heat_overlay(grey, values, cmap, value_range)
+        blended, vmin, vmax = heat_overlay(grey, values, cmap, value_range)
         ax.imshow(blended, extent=extent, interpolation="nearest")
         cax = fig.add_axes(rect(left + n * (panel_w + gap) + panel_w + 10.0, bar_w))
         colourbar = fig.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap), cax=cax)

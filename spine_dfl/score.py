@@ -212,14 +212,20 @@ class FileSamples(Dataset):
     Item keys: ``index`` (position in ``files``), ``file`` (str), ``ok`` (bool), ``error`` (reason
     or ""), ``sop_instance_uid``, ``study_instance_uid``, ``patient_id`` ("" unless keep_ids),
     ``vertebrae`` (list[str], one per sample), ``rois`` (list of 4-tuples or None), ``images``
-    (float32 tensor (n, 1, S, S) when ok, else (0, 1, S, S)).
+    (float32 tensor (n, 1, S, S) when ok, else (0, 1, S, S)). With ``geometry`` (for the DICOM
+    overlay's heatmaps) also ``to_original`` (float64 numpy (n, 3, 3): each sample's network
+    input -> original pixel affine; None otherwise) and ``regions`` (per sample the integer
+    (x0, y0, x1, y1) original-pixel region the network saw, ``explain.display_region``; [] otherwise).
     """
 
-    def __init__(self, files: Sequence[Path], preprocessing: Any, rois: RoiTable | None, keep_ids: bool) -> None:
+    def __init__(
+        self, files: Sequence[Path], preprocessing: Any, rois: RoiTable | None, keep_ids: bool, geometry: bool = False
+    ) -> None:
         self.files = [Path(f) for f in files]
         self.preprocessing = preprocessing
         self.rois = rois
         self.keep_ids = keep_ids
+        self.geometry = geometry
         self._transforms: Any = None  # built lazily in each worker process
 
     def __len__(self) -> int:
@@ -242,6 +248,8 @@ class FileSamples(Dataset):
             "vertebrae": [],
             "rois": [],
             "images": torch.zeros((0, 1, self.input_size, self.input_size)),
+            "to_original": None,
+            "regions": [],
         }
         try:
             self._fill(path, item)
@@ -250,6 +258,7 @@ class FileSamples(Dataset):
             item["error"] = " ".join(_reason_of(exc).split()) or type(exc).__name__
             item["vertebrae"], item["rois"] = [], []
             item["images"] = torch.zeros((0, 1, self.input_size, self.input_size))
+            item["to_original"], item["regions"] = None, []
         return item
 
     def _fill(self, path: Path, item: dict[str, Any]) -> None:
@@ -270,24 +279,41 @@ class FileSamples(Dataset):
                 raise ImageReadError(path, "no ROIs for this image in the ROI CSV (matched by sop_instance_uid or image path)")
         else:
             rois = [("", None)]
-        images = self._transform(path, [roi for _, roi in rois])
+        images, affines, regions = self._transform(path, [roi for _, roi in rois])
         item["vertebrae"] = [vertebra for vertebra, _ in rois]
         item["rois"] = [roi for _, roi in rois]
         item["images"] = images
+        item["to_original"], item["regions"] = affines, regions
 
-    def _transform(self, path: Path, rois: list[tuple[float, float, float, float] | None]) -> torch.Tensor:
-        """(n, 1, S, S) float32 network inputs of ``path`` cropped to each ROI (None = whole image)."""
+    def _transform(
+        self, path: Path, rois: list[tuple[float, float, float, float] | None]
+    ) -> tuple[torch.Tensor, np.ndarray | None, list[tuple[int, int, int, int] | None]]:
+        """(n, 1, S, S) float32 network inputs of ``path`` cropped to each ROI (None = whole image);
+        with ``geometry`` also their (n, 3, 3) input -> original affines and displayed regions."""
         from spine_dfl.data.transforms import eval_transforms
 
         if self._transforms is None:
             self._transforms = eval_transforms(self.preprocessing)
         tensors = []
+        affines: list[np.ndarray] = []
+        regions: list[tuple[int, int, int, int] | None] = []
         for roi in rois:
             sample = self._transforms({"image": str(path), "roi": roi})
             image = sample["image"]
             image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
             tensors.append(image.float().reshape(1, self.input_size, self.input_size))
-        return torch.stack(tensors)
+            if self.geometry:
+                from spine_dfl.explain import display_region
+
+                # numpy, not tensors: a worker's tensors travel through shared memory, arrays inline.
+                affine = torch.as_tensor(sample["to_original"], dtype=torch.float64).numpy()
+                meta = sample.get("meta") or {}
+                shape = (int(meta.get("rows", -1)), int(meta.get("cols", -1)))
+                affines.append(affine)
+                # None (no heatmap for this sample) if the reader did not report the image size.
+                regions.append(tuple(int(v) for v in display_region(affine, self.preprocessing, roi, shape))
+                               if min(shape) >= 1 else None)
+        return torch.stack(tensors), (np.stack(affines) if affines else None), regions
 
 
 def _as_is(item: dict[str, Any]) -> dict[str, Any]:
@@ -549,6 +575,7 @@ class _Pending:
     item: dict[str, Any]
     probs: np.ndarray  # (n, M) float32, filled as batches complete
     filled: int = 0
+    evidence: np.ndarray | None = None  # (n, H, W) float32 predicted-class evidence (DICOM output only)
 
 
 def _columns(class_names: Sequence[str], keep_ids: bool) -> list[str]:
@@ -609,6 +636,9 @@ class _Scorer:
         self.keep_ids = keep_ids
         self.dicom_config = dicom_config
         self.dicom_pool = dicom_pool
+        # The overlay's heatmaps need the P-stream response maps: requested only for DICOM output.
+        self.with_maps = dicom_config is not None
+        self.input_size = int(input_size)
         # Files whose DICOM output is being written; bounded so memory stays flat.
         self.finished: deque[_Finished] = deque()
         self.max_in_flight = 4 * max(1, getattr(dicom_pool, "_max_workers", 1))
@@ -674,19 +704,37 @@ class _Scorer:
         else:
             batch = torch.cat(pieces)
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            fused = self.model(batch).fused
-        probs = torch.softmax(fused.float(), dim=1).cpu().numpy()
+            output = self.model(batch, return_maps=True) if self.with_maps else self.model(batch)
+        probs = torch.softmax(output.fused.float(), dim=1).cpu().numpy()
+        evidence = self._evidence(output.response_maps, probs) if self.with_maps else None
+        del output
         offset = 0
         for pending, start, take in owners:
             pending.probs[start : start + take] = probs[offset : offset + take]
+            if evidence is not None:
+                if pending.evidence is None:
+                    pending.evidence = np.empty((len(pending.item["vertebrae"]), *evidence.shape[1:]), np.float32)
+                pending.evidence[start : start + take] = evidence[offset : offset + take]
             pending.filled = start + take
             offset += take
             self.queued_samples -= take
         while self.queue and self.queue[0].filled == len(self.queue[0].item["vertebrae"]):
             done = self.queue.popleft()
-            self._finish(done.item, done.probs)
+            self._finish(done.item, done.probs, done.evidence)
 
-    def _finish(self, item: dict[str, Any], probs: np.ndarray | None) -> None:
+    def _evidence(self, response_maps: torch.Tensor, probs: np.ndarray) -> np.ndarray:
+        """(B, H, W) float32 CPU: per sample the max over the predicted class's k response maps.
+
+        The same evidence map as ``spine_dfl.explain`` (channels pred*k .. pred*k + k-1); the
+        predicted class is the argmax of the probabilities written to the CSV.
+        """
+        b, _, h, w = response_maps.shape
+        k = int(self.model.filters_per_class)
+        preds = torch.as_tensor(probs.argmax(axis=1), device=response_maps.device)
+        per_class = response_maps.reshape(b, -1, k, h, w)[torch.arange(b, device=response_maps.device), preds]
+        return per_class.amax(dim=1).float().cpu().numpy()
+
+    def _finish(self, item: dict[str, Any], probs: np.ndarray | None, evidence: np.ndarray | None = None) -> None:
         rows = _file_rows(item, probs, self.class_names, self.keep_ids)
         entry: dict[str, Any] = {"file": item["file"], "rows": len(rows)}
         if item["ok"]:
@@ -695,14 +743,20 @@ class _Scorer:
             self.failed += 1
         finished = _Finished(rows, entry)
         if self.dicom_config is not None:
-            self._start_dicom(item, probs, finished)
+            self._start_dicom(item, probs, finished, evidence)
         item["images"] = None  # drop the tensors as soon as the rows exist
         self.finished.append(finished)
         # A file is journaled only after its SR/SC exist, so --resume never skips missing DICOM output.
         self._collect(keep_at_most=self.max_in_flight)
 
-    def _start_dicom(self, item: dict[str, Any], probs: np.ndarray | None, finished: _Finished) -> None:
-        """Submit (or run inline) the SR/SC writing of a scored DICOM file; others get a "skipped" status."""
+    def _start_dicom(
+        self, item: dict[str, Any], probs: np.ndarray | None, finished: _Finished, evidence: np.ndarray | None = None
+    ) -> None:
+        """Submit (or run inline) the SR/SC writing of a scored DICOM file; others get a "skipped" status.
+
+        Each finding carries its sample's evidence map (a few hundred floats), affine and region
+        for the SC's heatmap; the job holds them only until the file's SR/SC are written.
+        """
         from spine_dfl.dicom_out import VertebraFinding, write_results_job
 
         entry = finished.entry
@@ -718,8 +772,11 @@ class _Scorer:
                 roi=roi,
                 predicted=self.class_names[int(p.argmax())],
                 probabilities={c: float(v) for c, v in zip(self.class_names, p)},
+                evidence=evidence_map,
             )
-            for vertebra, roi, p in zip(item["vertebrae"], item["rois"], probs)
+            for vertebra, roi, p, evidence_map in zip(
+                item["vertebrae"], item["rois"], probs, self._evidence_maps(item, evidence)
+            )
         ]
         finished.job = (self.dicom_config, item["file"], findings)
         if self.dicom_pool is not None:
@@ -729,6 +786,27 @@ class _Scorer:
             except Exception as exc:  # BrokenProcessPool: a child died earlier
                 self._drop_pool(exc)
         entry["dicom_out"] = write_results_job(*finished.job)
+
+    def _evidence_maps(self, item: dict[str, Any], evidence: np.ndarray | None) -> list[Any]:
+        """Per sample a ``dicom_out.EvidenceMap`` (grid map + affine + region), or None without geometry."""
+        from spine_dfl.dicom_out import EvidenceMap
+
+        count = len(item["vertebrae"])
+        affines, regions = item.get("to_original"), item.get("regions") or []
+        if evidence is None or affines is None or len(regions) != count or len(evidence) != count:
+            return [None] * count
+        return [
+            EvidenceMap(
+                values=evidence[j].copy(),
+                to_original=np.asarray(affines[j], dtype=np.float64),
+                region=regions[j],
+                input_size=self.input_size,
+                stride=float(self.model.stride),
+                center_offset=float(self.model.rf_center_offset),
+            )
+            if regions[j] is not None else None
+            for j in range(count)
+        ]
 
     def _drop_pool(self, exc: BaseException) -> None:
         if self.dicom_pool is not None:
@@ -886,7 +964,7 @@ def score(
                          bar, kill_after, int(pre.input_size))
         try:
             if mine:
-                dataset = FileSamples([Path(f) for f in mine], pre, rois, keep_ids)
+                dataset = FileSamples([Path(f) for f in mine], pre, rois, keep_ids, geometry=dicom_config is not None)
                 for item in _iterate(dataset, workers):
                     scorer.add(item)
             scorer.flush()
@@ -933,13 +1011,17 @@ def _dicom_pool(workers: int) -> Any:
 
     None with ``workers == 0`` (written inline). Spawned, not forked: the parent may hold a CUDA
     context and DataLoader state that a fork must not inherit; the job lives in dicom_out, which
-    does not import torch, so the children start quickly.
+    does not import torch at module level, so the children start quickly (torch is imported once
+    per child, by the first SC heatmap; ``init_writer_process`` keeps it to one thread).
     """
     if workers <= 0:
         return None
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    from spine_dfl.dicom_out import init_writer_process
+
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=init_writer_process)
 
 
 def _main_process_threads(device: torch.device, workers: int, dist: _Dist) -> int:

@@ -1,8 +1,10 @@
-"""DICOM results for PACS: SR + Secondary Capture content, IOD validation (dciodvfy), and a real
-C-STORE round trip (dcmtk storescu -> pynetdicom storage SCP on localhost)."""
+"""DICOM results for PACS: SR + Secondary Capture content (with the evidence heatmap where the
+evidence is), IOD validation (dciodvfy), and a real C-STORE round trip (dcmtk storescu -> pynetdicom
+storage SCP on localhost)."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import threading
@@ -12,18 +14,24 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import torch
 from pydicom.dataset import Dataset
 
 from dicom_factory import make_gray_dicom
+import spine_dfl.dicom_out as dicom_out
+from spine_dfl.data.transforms import Preprocessing, eval_transforms
 from spine_dfl.dicom_out import (
     PRIVATE_SCHEME,
     DicomOutputError,
     DicomResultWriter,
+    EvidenceMap,
     VertebraFinding,
     build_sr,
+    evidence_in_source,
     render_roi_overlay,
     result_uids,
 )
+from spine_dfl.explain import display_region, feature_map_to_tensor_space, tensor_map_to_original
 from tests.conftest import pydicom_test_dir
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
@@ -55,6 +63,34 @@ def findings_for(rows: int, cols: int) -> list[VertebraFinding]:
     ]
 
 
+# Evidence maps as score sends them: a 4 x 4 feature grid (cell centres at 7.5 + 16 i input pixels)
+# of a 64 px input made by the real eval transforms (ROI + 15 % margin, resize, symmetric padding).
+EVIDENCE_PRE = Preprocessing(input_size=64)
+GRID, STRIDE, OFFSET = 4, 16.0, 7.5
+HOT = (1, 2)  # (row, col): the one grid cell with evidence
+
+
+def hot_evidence(path: Path, roi: tuple[float, float, float, float], image_shape: tuple[int, int]) -> EvidenceMap:
+    sample = eval_transforms(EVIDENCE_PRE)({"image": str(path), "roi": roi})
+    to_original = np.asarray(sample["to_original"], dtype=np.float64)
+    values = np.zeros((GRID, GRID), np.float32)
+    values[HOT] = 3.0
+    region = display_region(to_original, EVIDENCE_PRE, roi, image_shape)
+    return EvidenceMap(values, to_original, region, EVIDENCE_PRE.input_size, STRIDE, OFFSET)
+
+
+def hot_point(evidence: EvidenceMap) -> np.ndarray:
+    """Original (x, y) of the hot cell's receptive-field centre."""
+    centre = np.array([OFFSET + STRIDE * HOT[1], OFFSET + STRIDE * HOT[0], 1.0])
+    return (evidence.to_original @ centre)[:2]
+
+
+def with_l1_evidence(path: Path, findings: list[VertebraFinding], image_shape: tuple[int, int]) -> list[VertebraFinding]:
+    """The findings with a one-hot evidence map on L1 (the first) only."""
+    first = dataclasses.replace(findings[0], evidence=hot_evidence(path, findings[0].roi, image_shape))
+    return [first, *findings[1:]]
+
+
 def dciodvfy_errors(path: Path) -> list[str]:
     result = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=60)
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
@@ -63,7 +99,7 @@ def dciodvfy_errors(path: Path) -> list[str]:
 @pytest.fixture()
 def written(tmp_path: Path) -> tuple[Dataset, list[VertebraFinding], object]:
     source = make_cr(tmp_path / "src.dcm")
-    findings = findings_for(source.Rows, source.Columns)
+    findings = with_l1_evidence(tmp_path / "src.dcm", findings_for(source.Rows, source.Columns), (source.Rows, source.Columns))
     writer = DicomResultWriter(tmp_path / "out", CLASSES, run_key="test-run", algorithm_parameters=["ckpt.pt"])
     result = writer.write(tmp_path / "src.dcm", findings, display_image=source.pixel_array.astype(np.float32))
     return source, findings, result
@@ -109,7 +145,7 @@ def test_sc_is_rgb_overlay_in_new_series(written) -> None:
     assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.SeriesInstanceUID != source.SeriesInstanceUID
     assert (sc.PhotometricInterpretation, sc.SamplesPerPixel, sc.BitsAllocated) == ("RGB", 3, 8)
     assert (sc.ConversionType, sc.BurnedInAnnotation) == ("WSD", "YES")
-    assert "review" in sc.ImageComments
+    assert "review" in sc.ImageComments and "heatmap" in sc.DerivationDescription
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     pixels = sc.pixel_array
     assert pixels.shape == (source.Rows, source.Columns, 3)
@@ -144,6 +180,59 @@ def test_bad_inputs_raise_with_reason(tmp_path: Path) -> None:
         writer.write(tmp_path / "nostudy.dcm", findings_for(10, 10), np.zeros((10, 10), np.float32), source_header=no_study)
 
 
+def test_sc_shows_the_evidence_heatmap_where_the_evidence_is(tmp_path: Path) -> None:
+    """One hot grid cell of L1's evidence: coloured there, only inside L1's crop region; grey elsewhere."""
+    source = make_cr(tmp_path / "src.dcm")
+    rows, cols = int(source.Rows), int(source.Columns)
+    plain = findings_for(rows, cols)
+    hot = with_l1_evidence(tmp_path / "src.dcm", plain, (rows, cols))
+    evidence = hot[0].evidence
+    image = source.pixel_array.astype(np.float32)
+    result = DicomResultWriter(tmp_path / "out", CLASSES, "run").write(tmp_path / "src.dcm", hot, display_image=image)
+    sc = pydicom.dcmread(result.sc_path).pixel_array.astype(int)
+    without = render_roi_overlay(image, plain, CLASSES).astype(int)  # same boxes, captions, banner
+    changed = np.any(sc != without, axis=2)
+    spread = np.ptp(sc, axis=2)  # 0 = grey (R = G = B)
+
+    x0, y0, x1, y1 = evidence.region
+    inside = np.zeros((rows, cols), bool)
+    inside[y0:y1, x0:x1] = True
+    legend_band = np.zeros((rows, cols), bool)
+    legend_band[rows - 40 :] = True  # colour legend line above the banner (font 10 px here)
+    assert changed[inside].any() and not changed[~inside & ~legend_band].any()
+    assert y0 > 0 and np.all(spread[:y0] == 0)  # above every ROI, box and caption: plain grey
+
+    hx, hy = hot_point(evidence)
+    peak = sc[int(hy), int(hx)]
+    assert spread[int(hy), int(hx)] >= 30 and peak[0] > peak[2]  # inferno's warm end
+    # The heatmap (grey pixels of the plain overlay that are now clearly coloured) is centred
+    # on the hot cell and confined to its bilinear support (+-1 grid step = STRIDE input pixels).
+    annotation = np.ptp(without, axis=2) > 0  # boxes and captions (their anti-aliased edges differ too)
+    heat = changed & (spread > 3) & ~legend_band & ~annotation
+    ys, xs = np.nonzero(heat)
+    weights = spread[ys, xs].astype(float)
+    centroid = np.array([np.average(xs + 0.5, weights=weights), np.average(ys + 0.5, weights=weights)])
+    np.testing.assert_allclose(centroid, [hx, hy], atol=2.0)
+    reach = STRIDE * abs(evidence.to_original[0, 0]) + 2.0
+    # Beyond it the evidence is zero: the map's minimum only darkens the grey a little (inferno's black).
+    assert np.all(np.maximum(np.abs(xs + 0.5 - hx), np.abs(ys + 0.5 - hy)) <= reach)
+
+
+def test_evidence_in_source_is_explains_mapping_in_strips(tmp_path: Path, monkeypatch) -> None:
+    source = make_cr(tmp_path / "src.dcm")
+    shape = (int(source.Rows), int(source.Columns))
+    evidence = hot_evidence(tmp_path / "src.dcm", findings_for(*shape)[0].roi, shape)
+    evidence = dataclasses.replace(evidence, values=np.random.default_rng(0).random((GRID, GRID), dtype=np.float32))
+    in_input = feature_map_to_tensor_space(torch.from_numpy(evidence.values)[None, None], 64, STRIDE, OFFSET)[0]
+    expected = tensor_map_to_original(in_input, evidence.to_original, evidence.region)[0]
+    monkeypatch.setattr(dicom_out, "_STRIP_PIXELS", 7 * (evidence.region[2] - evidence.region[0]))  # 7-row strips
+    region, values = evidence_in_source(evidence, shape)
+    assert region == evidence.region
+    np.testing.assert_array_equal(values, expected)
+    outside = dataclasses.replace(evidence, region=(500, 500, 600, 600))
+    assert evidence_in_source(outside, shape) is None
+
+
 def test_overlay_keeps_grey_outside_boxes() -> None:
     image = np.tile(np.linspace(0, 1000, 120, dtype=np.float32), (100, 1))
     rgb = render_roi_overlay(image, findings_for(100, 120)[:1], CLASSES, banner=None)
@@ -160,7 +249,9 @@ def test_outputs_pass_dciodvfy(tmp_path: Path, written) -> None:
     if real_cr.exists():
         header = pydicom.dcmread(real_cr)
         writer = DicomResultWriter(tmp_path / "real", CLASSES, "test-run")
-        real = writer.write(real_cr, findings_for(header.Rows, header.Columns), header.pixel_array.astype(np.float32))
+        shape = (int(header.Rows), int(header.Columns))
+        findings = with_l1_evidence(real_cr, findings_for(*shape), shape)
+        real = writer.write(real_cr, findings, header.pixel_array.astype(np.float32))
         paths += [real.sr_path, real.sc_path]
     # No PatientOrientation in the source: the SC's must be present but empty (type 2).
     bare = make_cr(tmp_path / "bare.dcm", orientation=[])

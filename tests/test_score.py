@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ import torch
 from dicom_factory import make_gray_dicom
 from spine_dfl.atomic import output_file_mode
 from spine_dfl.checkpoint import save_checkpoint
-from spine_dfl.data.transforms import Preprocessing
+from spine_dfl.data.transforms import Preprocessing, eval_transforms
 from spine_dfl.io import find_inputs
 from spine_dfl.model import DFLNet
 from spine_dfl.score import (
@@ -254,10 +255,95 @@ def test_roi_model_rows_per_vertebra_keep_ids_and_dicom_out(
         sr = pydicom.dcmread(tmp_path / "dicom" / f"{header.SOPInstanceUID}_SR.dcm")
         assert sr.StudyInstanceUID == header.StudyInstanceUID and sr.SeriesInstanceUID != header.SeriesInstanceUID
         assert len(sr.ContentSequence[-1].ContentSequence) == len(listed)  # one ROI group per vertebra
-        assert (tmp_path / "dicom" / f"{header.SOPInstanceUID}_SC.dcm").is_file()
+        sc = pydicom.dcmread(tmp_path / "dicom" / f"{header.SOPInstanceUID}_SC.dcm")
+        assert "heatmap" in sc.DerivationDescription  # evidence maps reached the writer processes
     unlisted = next(r for r in rows if r["file"].endswith("unlisted"))
     assert unlisted["status"] == "error" and "ROI" in unlisted["error"]
     assert summary.dicom_out is not None and summary.dicom_out["written"] == 3
+
+
+def test_dicom_out_sc_heatmap_is_the_predicted_class_evidence(
+    tmp_path: Path, cohort: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end through score(): the model's forward is wrapped so that every sample is predicted
+    "mild", the first sample's "mild" filters respond at one conv4 location only, and a "normal"
+    filter responds elsewhere in every sample. The SC must be coloured at exactly that location of
+    the first vertebra, nowhere else that a heatmap could not be, and plain grey outside every crop region."""
+    from spine_dfl.dicom_out import VertebraFinding, render_roi_overlay
+    from spine_dfl.explain import display_region
+    from spine_dfl.io import read_image
+
+    torch.manual_seed(0)
+    pre = Preprocessing(input_size=64, use_roi=True)  # ResNet-18 layer3: a 4 x 4 conv4 grid
+    checkpoint = tmp_path / "roi64.pt"
+    save_checkpoint(checkpoint, DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2), {"test": "heat"},
+                    CLASSES, pre, {})
+    hot = (1, 2)  # (row, col) in the 4 x 4 grid
+    forward = DFLNet.forward
+    seen = {"samples": 0, "with_maps": 0}
+
+    def planted(self: DFLNet, x: torch.Tensor, return_maps: bool = False):  # noqa: ANN202
+        out = forward(self, x, return_maps=return_maps)
+        fused = torch.full_like(out.fused, -4.0)
+        fused[:, 1] = 4.0
+        maps = out.response_maps
+        if maps is not None:
+            seen["with_maps"] += 1
+            k = self.filters_per_class
+            maps = torch.zeros_like(maps)
+            maps[:, 0, 0, 0] = 9.0  # a "normal" filter: not the predicted class, must not be drawn
+            if seen["samples"] == 0:
+                maps[0, k + 1, hot[0], hot[1]] = 5.0
+        seen["samples"] += x.shape[0]
+        return dataclasses.replace(out, fused=fused, response_maps=maps)
+
+    monkeypatch.setattr(DFLNet, "forward", planted)
+    image = cohort / "images" / "P0000.dcm"
+    summary = score(checkpoint, [image], tmp_path / "out", rois_csv=cohort / "rois.csv", batch_size=4, workers=1,
+                    dicom_out=tmp_path / "dicom", progress=False)
+    assert summary.dicom_out is not None and summary.dicom_out["written"] == 1
+    assert seen["with_maps"] > 0
+
+    header = pydicom.dcmread(image, stop_before_pixels=True)
+    sc = pydicom.dcmread(tmp_path / "dicom" / f"{header.SOPInstanceUID}_SC.dcm").pixel_array.astype(int)
+    rows_csv = _read_rows(tmp_path / "out" / "predictions.csv")
+    assert {r["pred"] for r in rows_csv} == {"mild"}
+    pixels = read_image(image).pixels
+    rows, cols = pixels.shape
+    # The same overlay without heatmaps: boxes, captions and banner are identical, so every
+    # difference is heatmap (or its colour legend at the bottom).
+    plain = [
+        VertebraFinding(r["vertebra"], tuple(float(r[c]) for c in ("x_min", "y_min", "x_max", "y_max")), r["pred"],
+                        {c: float(r[f"prob_{c}"]) for c in CLASSES})
+        for r in rows_csv
+    ]
+    without = render_roi_overlay(pixels, plain, CLASSES).astype(int)
+    changed = np.any(sc != without, axis=2)
+    spread = np.ptp(sc, axis=2)
+
+    transforms = eval_transforms(pre)
+    inside = np.zeros((rows, cols), bool)
+    first_affine = first_region = None
+    for finding in plain:
+        affine = np.asarray(transforms({"image": str(image), "roi": finding.roi})["to_original"], dtype=np.float64)
+        x0, y0, x1, y1 = display_region(affine, pre, finding.roi, (rows, cols))
+        inside[y0:y1, x0:x1] = True
+        if first_affine is None:
+            first_affine, first_region = affine, (x0, y0, x1, y1)
+    legend_band = np.zeros((rows, cols), bool)
+    legend_band[rows - 40 :] = True
+    assert not changed[~inside & ~legend_band].any()
+    assert np.all(spread[~inside & ~legend_band & (np.ptp(without, axis=2) == 0)] == 0)  # grey stays grey
+
+    model = DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2)
+    centre = np.array([model.rf_center_offset + model.stride * hot[1], model.rf_center_offset + model.stride * hot[0], 1.0])
+    hx, hy = (first_affine @ centre)[:2]
+    assert first_region[0] <= hx < first_region[2] and first_region[1] <= hy < first_region[3]
+    assert spread[int(hy), int(hx)] >= 30  # coloured where the first vertebra's evidence is
+    heat = changed & (spread > 3) & ~legend_band & (np.ptp(without, axis=2) == 0)  # not boxes / captions
+    ys, xs = np.nonzero(heat)
+    reach = model.stride * abs(first_affine[0, 0]) + 2.0  # bilinear support: one grid step
+    assert len(xs) > 0 and np.all(np.maximum(np.abs(xs + 0.5 - hx), np.abs(ys + 0.5 - hy)) <= reach)
 
 
 # --------------------------------------------------------------------------- resume and DDP
