@@ -16,9 +16,12 @@ from test_report import (
     CLASSES,
     _console_messages,
     assert_block_matches,
+    assert_ci_matches,
     indices,
+    patient_keys,
     ref_block,
     ref_patients,
+    slow_bootstrap,
 )
 
 TINY = ["data.input_size=64", "model.filters_per_class=2", "train.epochs=2", "train.batch_size=16",
@@ -66,6 +69,11 @@ def test_demo_metrics_recomputed_with_sklearn(demo_dir: Path) -> None:
     py, ppred, pprobs, _ = ref_patients(table)
     assert_block_matches(metrics["per_patient"], ref_block(py, ppred, pprobs), "per patient")
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    # the 95% intervals: the documented patient bootstrap, one scikit-learn call per resample
+    boot = metrics["bootstrap"]
+    assert boot["unit"] == "patient"
+    slow = slow_bootstrap(y, pred, probs, patient_keys(table), boot["n_resamples"], boot["seed"])
+    assert_ci_matches(metrics["overall"], slow, "overall")
 
 
 def test_demo_report_renders_with_every_level(demo_dir: Path, tmp_path: Path) -> None:
