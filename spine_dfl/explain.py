@@ -43,7 +43,6 @@ import html
 import json
 import logging
 import math
-import os
 import re
 import sys
 import time
