@@ -213,7 +213,7 @@ def train(
     train_set = build_dataset(train_records, pre, aug=config.data.augment, cache=config.data.cache,
                               cache_dir=cache_dir, seed=config.seed)
     val_set = build_dataset(val_records, pre, aug=None, cache=config.data.cache, cache_dir=cache_dir)
-    init_set = build_dataset(train_records, pre, aug=None, cache="none")
+    init_set = train_set.without_augmentation()  # the init reads the cached crops, not the files again
 
     torch.manual_seed(config.seed)  # the same weights on every rank and every run
     model = DFLNet(

@@ -372,3 +372,19 @@ def test_distributed_sampler_uneven_size_and_balance() -> None:
         DistributedWeightedSampler(weights, rank=2, world_size=2)
     with pytest.raises(ValueError):
         DistributedWeightedSampler(torch.zeros(3))
+
+
+def test_without_augmentation_shares_the_cache_and_is_deterministic(tmp_path, monkeypatch) -> None:
+    records = make_records(tmp_path, n_images=2, per_image=2)
+    pre = Preprocessing(input_size=32)
+    reference = build_dataset(records, pre, aug=None, cache="none")
+    expected = [reference[i]["image"] for i in range(len(records))]
+    train_set = build_dataset(records, pre, aug=AugmentConfig(prob=1.0), cache="memory", seed=3)
+
+    counter = CountingReader()  # from here on, any decode would be counted
+    monkeypatch.setattr(spine_dfl.io, "read_image", counter)
+    plain = train_set.without_augmentation()
+    for i in range(len(records)):
+        assert torch.equal(plain[i]["image"], expected[i])
+    assert counter.calls == []
+    assert not torch.equal(train_set[0]["image"], plain[0]["image"])  # the training view stays augmented

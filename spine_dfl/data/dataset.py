@@ -175,6 +175,10 @@ class SpineDataset(torch.utils.data.Dataset):
                 if isinstance(transform, Randomizable):
                     transform.set_random_state(state=self._rng)  # MONAI dict transforms pass it to their inner ones
 
+    def without_augmentation(self) -> SpineDataset:
+        """The same records over the same (cached) deterministic part, with no augmentation."""
+        return SpineDataset(self.records, self.base, None, seed=self.seed, cache=self.cache)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (call before each epoch; no effect without augmentation)."""
         self.epoch = int(epoch)
