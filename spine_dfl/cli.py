@@ -119,23 +119,11 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def evaluate_split(checkpoint: Path, manifest_path: Path, split: str, device: str = "auto", batch_size: int = 32) -> Any:
     """Predictions table of one manifest split (or all rows without a split column)."""
     from spine_dfl.checkpoint import load_checkpoint
-    from spine_dfl.data.dataset import records_from_table
-    from spine_dfl.data.manifest import load_manifest
+    from spine_dfl.data.dataset import manifest_records
     from spine_dfl.predict import predict_records, resolve_device
 
     loaded = load_checkpoint(checkpoint, map_location=resolve_device(device))
-    manifest = load_manifest(manifest_path)
-    unknown = sorted(set(manifest.table["label"]) - set(loaded.class_names) - {""})
-    if unknown:
-        raise ValueError(f"{manifest_path}: labels {unknown} are not classes of {checkpoint} ({loaded.class_names})")
-    table = manifest.table
-    if manifest.has_split:
-        table = table[table["split"] == split]
-        if table.empty:
-            raise ValueError(f"{manifest_path}: no rows in split {split!r}")
-    if loaded.preprocessing.use_roi and not manifest.has_roi:
-        raise ValueError(f"{checkpoint}: this model was trained on vertebra ROIs but {manifest_path} has no ROI columns")
-    records = records_from_table(table, loaded.class_names)
+    records = manifest_records(manifest_path, loaded.class_names, split, loaded.preprocessing.use_roi)
     return predict_records(loaded.model, records, loaded.preprocessing, loaded.class_names,
                            batch_size=batch_size, device=resolve_device(device))
 

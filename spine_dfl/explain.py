@@ -870,24 +870,6 @@ def _explain_one(
 ROI_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 
 
-def manifest_records(manifest_path: str | Path, class_names: Sequence[str], split: str | None, use_roi: bool) -> list[dict[str, Any]]:
-    """Records of a manifest (only `split`'s rows when given and the manifest has a split column)."""
-    from spine_dfl.data.dataset import records_from_table
-    from spine_dfl.data.manifest import load_manifest
-
-    # require_labels False: an unlabelled manifest is fine (the gallery then has no correct/wrong);
-    # class_names fixes the order to the checkpoint's and rejects labels the model does not know.
-    manifest = load_manifest(manifest_path, require_labels=False, class_names=list(class_names))
-    table = manifest.table
-    if split is not None and manifest.has_split:
-        table = table[table["split"] == split]
-        if table.empty:
-            raise ValueError(f"{manifest_path}: no rows in split {split!r}")
-    if use_roi and not manifest.has_roi:
-        raise ValueError(f"{manifest_path}: the model was trained on vertebra ROIs but the manifest has no ROI columns")
-    return list(records_from_table(table, list(class_names)))
-
-
 def _dicom_uid(path: Path) -> str | None:
     """SOPInstanceUID from the header only (pixel data is not read), or None."""
     from spine_dfl.io import ImageReadError, read_dicom_header
@@ -980,7 +962,10 @@ def explain_manifest(
     from spine_dfl.predict import resolve_device
 
     loaded = load_checkpoint(checkpoint, map_location=resolve_device(device))
-    records = manifest_records(manifest, loaded.class_names, split, loaded.preprocessing.use_roi)
+    from spine_dfl.data.dataset import manifest_records
+
+    # require_labels False: an unlabelled manifest is fine (the gallery then has no correct/wrong).
+    records = manifest_records(manifest, loaded.class_names, split, loaded.preprocessing.use_roi, require_labels=False)
     return explain(loaded, records, out_dir, top_n=top_n, device=device, batch_size=batch_size)
 
 
@@ -1010,6 +995,7 @@ def _is_manifest(inputs: Sequence[Path]) -> bool:
 def run_explain_command(args: argparse.Namespace) -> int:
     """``spine-dfl explain``: 0 all explained, 1 some samples unreadable, 2 bad usage / input."""
     from spine_dfl.checkpoint import CheckpointError, load_checkpoint
+    from spine_dfl.data.dataset import manifest_records
     from spine_dfl.predict import resolve_device
 
     if args.top < 1:
@@ -1019,7 +1005,7 @@ def run_explain_command(args: argparse.Namespace) -> int:
         loaded = load_checkpoint(args.checkpoint, map_location=resolve_device(args.device))
         use_roi = bool(loaded.preprocessing.use_roi)
         if _is_manifest(args.inputs):
-            records = manifest_records(args.inputs[0], loaded.class_names, args.split, use_roi)
+            records = manifest_records(args.inputs[0], loaded.class_names, args.split, use_roi, require_labels=False)
         else:
             from spine_dfl.io import find_inputs
 

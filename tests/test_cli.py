@@ -77,3 +77,25 @@ def test_bad_config_and_checkpoint_exit_2(small_cohort: Path, tmp_path: Path, ca
     junk.write_bytes(b"not a checkpoint")
     assert main(["evaluate", str(junk), str(small_cohort / "manifest.csv"), "--out", str(tmp_path / "e")]) == 2
     assert "junk.pt" in capsys.readouterr().err
+
+
+def test_evaluate_names_the_row_of_a_label_the_checkpoint_does_not_know(small_cohort: Path, tmp_path: Path, capsys) -> None:
+    from spine_dfl.checkpoint import save_checkpoint
+    from spine_dfl.config import config_to_dict, load_config
+    from spine_dfl.data.transforms import Preprocessing
+    from spine_dfl.model import DFLNet
+
+    model = DFLNet("resnet18", num_classes=4, filters_per_class=2)
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(checkpoint, model, config_to_dict(load_config("cpu_demo")),
+                    ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=64))
+    table = pd.read_csv(small_cohort / "manifest.csv")
+    table["image"] = table["image"].map(lambda p: str(small_cohort / p))
+    table.loc[4, "label"] = "fractured"
+    bad = tmp_path / "bad.csv"
+    table.to_csv(bad, index=False)
+    assert main(["evaluate", str(checkpoint), str(bad), "--split", str(table.loc[4, "split"]),
+                 "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "row 5" in err and "fractured" in err
+    assert not (tmp_path / "e" / "metrics.json").exists()

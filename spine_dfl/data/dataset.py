@@ -43,7 +43,7 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose, Randomizable
 from torch.utils.data import Sampler
 
-from spine_dfl.data.manifest import ROI_COLUMNS, class_order
+from spine_dfl.data.manifest import ROI_COLUMNS, class_order, load_manifest
 from spine_dfl.data.transforms import AugmentConfig, Preprocessing, augment_transforms, deterministic_transforms
 
 CacheMode = Literal["none", "memory", "disk"]
@@ -103,6 +103,31 @@ def records_from_table(table: pd.DataFrame, class_names: Sequence[str] | None = 
 
 
 # --------------------------------------------------------------------------- dataset
+def manifest_records(
+    manifest_path: str | Path,
+    class_names: Sequence[str],
+    split: str | None = None,
+    use_roi: bool = True,
+    require_labels: bool = True,
+) -> list[dict[str, Any]]:
+    """Records of a manifest for a trained model: only ``split``'s rows when given and the manifest has
+    a split column (else every row), labels checked against ``class_names`` (the checkpoint's order;
+    unknown labels are row errors), and ROI columns required when the model was trained on ROIs.
+
+    require_labels: False accepts unlabelled rows (e.g. for heatmaps of new images).
+    Raises ManifestError (row-level problems) or ValueError (empty split, missing ROIs).
+    """
+    manifest = load_manifest(manifest_path, require_labels=require_labels, class_names=list(class_names))
+    table = manifest.table
+    if split is not None and manifest.has_split:
+        table = table[table["split"] == split]
+        if table.empty:
+            raise ValueError(f"{manifest_path}: no rows in split {split!r}")
+    if use_roi and not manifest.has_roi:
+        raise ValueError(f"{manifest_path}: the model was trained on vertebra ROIs but the manifest has no ROI columns")
+    return records_from_table(table, list(class_names))
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """Seed of one sample's augmentation: a hash of (seed, epoch, index), in [0, 2**32)."""
     return int(np.random.SeedSequence([int(seed) % 2**63, int(epoch), int(index)]).generate_state(1)[0])
