@@ -36,7 +36,7 @@ from spine_dfl.data.dataset import (
 )
 from spine_dfl.data.manifest import Manifest, load_manifest, patient_split
 from spine_dfl.data.transforms import Preprocessing
-from spine_dfl.model import DFLNet, dfl_loss, init_filter_bank
+from spine_dfl.model import DFLNet, branch_loss, dfl_loss, init_filter_bank
 from spine_dfl.predict import collate_samples, predict_logits, predictions_table, resolve_device
 
 log = logging.getLogger("spine_dfl.train")
@@ -404,12 +404,8 @@ def _validate(
                         num_workers=config.data.workers, collate_fn=collate_samples,
                         pin_memory=device.type == "cuda")
     logits = predict_logits(_bare_model(model), loader, device, amp=config.train.amp)
-    labels = torch.as_tensor(logits["label"])
-    w = config.model.loss_weights
-    loss = sum(
-        weight * torch.nn.functional.cross_entropy(torch.as_tensor(logits[b]), labels).item()
-        for b, weight in (("g", w.g), ("p", w.p), ("side", w.side))
-    )
+    loss, _ = branch_loss(*(torch.as_tensor(logits[b]) for b in ("g", "p", "side")),
+                          torch.as_tensor(logits["label"]), weights=config.model.loss_weights.as_tuple())
     return float(loss), predictions_table(val_records, logits, class_names)
 
 

@@ -4,7 +4,7 @@ Imports nothing else of spine_dfl: the model knows no files or manifests.
 """
 
 from .backbones import BACKBONES, Backbone, PretrainedWeightsMissing, build_backbone, receptive_field
-from .dfl import DFLNet, DFLOutput, dfl_loss
+from .dfl import DFLNet, DFLOutput, branch_loss, dfl_loss
 from .filter_init import FilterInitReport, KMeansResult, energy_map, init_filter_bank, kmeans, peak_locations
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "FilterInitReport",
     "KMeansResult",
     "PretrainedWeightsMissing",
+    "branch_loss",
     "build_backbone",
     "dfl_loss",
     "energy_map",

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from .backbones import build_backbone
 
-__all__ = ["DFLNet", "DFLOutput", "dfl_loss"]
+__all__ = ["DFLNet", "DFLOutput", "branch_loss", "dfl_loss"]
 
 
 @dataclass
@@ -192,10 +192,22 @@ def dfl_loss(
     Returns (total, {"g": ..., "p": ..., "side": ...}): the weighted total to back-propagate and the
     unweighted per-branch losses (still attached to the graph; call .item() to log them).
     """
+    return branch_loss(out.g, out.p, out.side, target, weights, class_weights)
+
+
+def branch_loss(
+    g: Tensor,
+    p: Tensor,
+    side: Tensor,
+    target: Tensor,
+    weights: tuple[float, float, float] = (1.0, 1.0, 0.1),
+    class_weights: Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`dfl_loss` on bare (B, M) logits of each branch (e.g. logits collected over a validation set)."""
     losses = {
-        "g": F.cross_entropy(out.g.float(), target, weight=class_weights),
-        "p": F.cross_entropy(out.p.float(), target, weight=class_weights),
-        "side": F.cross_entropy(out.side.float(), target, weight=class_weights),
+        "g": F.cross_entropy(g.float(), target, weight=class_weights),
+        "p": F.cross_entropy(p.float(), target, weight=class_weights),
+        "side": F.cross_entropy(side.float(), target, weight=class_weights),
     }
     wg, wp, ws = weights
     total = wg * losses["g"] + wp * losses["p"] + ws * losses["side"]
