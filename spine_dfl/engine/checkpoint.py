@@ -1,0 +1,132 @@
+"""Checkpoints that carry everything scoring needs: weights, config, class names, preprocessing.
+
+Written atomically (temporary file, then ``os.replace``) and read with
+``torch.load(weights_only=True)``, so a checkpoint can never execute code and a crash
+never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spine_dfl import __version__
+from spine_dfl.atomic import atomic_output
+from spine_dfl.data.transforms import Preprocessing
+from spine_dfl.model import DFLNet
+
+CHECKPOINT_FORMAT = "spine-dfl-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not a spine-dfl checkpoint."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A ready-to-use model (eval mode) with what it needs to preprocess and name its outputs."""
+
+    model: DFLNet
+    class_names: list[str]
+    preprocessing: Preprocessing
+    config: dict[str, Any]
+    raw: dict[str, Any]
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    with atomic_output(path) as handle:
+        torch.save(obj, handle)
+
+
+def _bare_model(model: torch.nn.Module) -> DFLNet:
+    """The DFLNet inside a DDP / compiled wrapper."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_orig_mod", inner)
+
+
+def checkpoint_payload(
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    class_names: list[str],
+    preprocessing: Preprocessing,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The dict stored on disk: only tensors, numbers, strings, lists and dicts (weights_only-safe)."""
+    net = _bare_model(model)
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "spine_dfl_version": __version__,
+        "torch_version": str(torch.__version__),
+        "architecture": {
+            "backbone": net.backbone_name,
+            "num_classes": net.num_classes,
+            "filters_per_class": net.filters_per_class,
+            "fuse_weights": list(net.fuse_weights),
+        },
+        "class_names": list(class_names),
+        "preprocessing": asdict(preprocessing),
+        "config": config,
+        "model_state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        **(extra or {}),
+    }
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    class_names: list[str],
+    preprocessing: Preprocessing,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a self-contained checkpoint atomically."""
+    atomic_torch_save(checkpoint_payload(model, config, class_names, preprocessing, extra), path)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, checked for format; raises CheckpointError with the reason."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt/foreign pickles
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a spine-dfl checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return raw
+
+
+def preprocessing_from_dict(values: dict[str, Any]) -> Preprocessing:
+    known = {f.name for f in fields(Preprocessing)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
+    return Preprocessing(**kwargs)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Rebuild the model (random-init architecture, then the stored weights) in eval mode."""
+    raw = read_checkpoint(path, map_location)
+    arch = raw["architecture"]
+    model = DFLNet(
+        backbone=arch["backbone"],
+        num_classes=int(arch["num_classes"]),
+        filters_per_class=int(arch["filters_per_class"]),
+        fuse_weights=tuple(float(w) for w in arch["fuse_weights"]),
+        pretrained="none",  # the stored weights replace whatever the architecture starts with
+    )
+    try:
+        model.load_state_dict(raw["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the recorded architecture: {exc}") from exc
+    model.to(map_location).eval()
+    return LoadedCheckpoint(
+        model=model,
+        class_names=list(raw["class_names"]),
+        preprocessing=preprocessing_from_dict(raw["preprocessing"]),
+        config=raw["config"],
+        raw=raw,
+    )

@@ -1,0 +1,137 @@
+"""Run a DFLNet over manifest records and build the predictions table.
+
+The predictions table (one row per sample) is the hand-over point to ``report``:
+``image, vertebra, patient_id, label, pred, prob_<class>..., pred_g, pred_p, pred_side,
+g_prob_<class>..., p_prob_<class>..., side_prob_<class>..., x_min, y_min, x_max, y_max,
+sop_instance_uid``. Probabilities are softmaxes of each branch's logits; ``prob_`` is
+the fused prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from spine_dfl.data.dataset import build_dataset
+from spine_dfl.data.transforms import Preprocessing
+from spine_dfl.engine.device import resolve_device
+from spine_dfl.model import DFLNet
+
+BRANCHES = ("g", "p", "side")
+ROI_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+
+
+def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images and labels; keep the record index so rows can be matched back.
+
+    MONAI's default collate chokes on meta dicts that hold None; the model needs only
+    these three fields.
+    """
+    return {
+        "image": torch.stack([torch.as_tensor(item["image"]).float() for item in batch]),
+        "label": torch.as_tensor([int(item.get("label", -1)) for item in batch], dtype=torch.long),
+        "index": torch.as_tensor([int(item["index"]) for item in batch], dtype=torch.long),
+    }
+
+
+@torch.no_grad()
+def predict_logits(
+    model: DFLNet,
+    loader: DataLoader,
+    device: torch.device,
+    amp: bool = True,
+) -> dict[str, np.ndarray]:
+    """Logits of every branch for every sample of ``loader``, ordered by record index.
+
+    Returns ``{"index": (N,), "label": (N,), "g"/"p"/"side"/"fused": (N, M)}``.
+    """
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "label", "g", "p", "side", "fused")}
+    use_amp = amp and device.type == "cuda"
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            out = model(images)
+        for name in ("g", "p", "side", "fused"):
+            chunks[name].append(getattr(out, name).float().cpu().numpy())
+        chunks["index"].append(batch["index"].numpy())
+        chunks["label"].append(batch["label"].numpy())
+    model.train(was_training)
+    if not chunks["index"]:
+        raise ValueError("no samples to predict")
+    merged = {k: np.concatenate(v) for k, v in chunks.items()}
+    order = np.argsort(merged["index"], kind="stable")
+    return {k: v[order] for k, v in merged.items()}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def predictions_table(
+    records: Sequence[dict[str, Any]],
+    logits: dict[str, np.ndarray],
+    class_names: Sequence[str],
+) -> pd.DataFrame:
+    """Build the predictions table from records (in index order) and branch logits."""
+    names = np.asarray(class_names, dtype=object)
+    rows = [records[i] for i in logits["index"]]
+    table = pd.DataFrame(
+        {
+            "image": [str(r["image"]) for r in rows],
+            "vertebra": [r.get("vertebra", "") or "" for r in rows],
+            "patient_id": [r.get("patient_id", "") or "" for r in rows],
+            "label": [r.get("label_name", "") or "" for r in rows],
+        }
+    )
+    fused = softmax(logits["fused"])
+    table["pred"] = names[fused.argmax(axis=1)]
+    for j, name in enumerate(class_names):
+        table[f"prob_{name}"] = fused[:, j]
+    branch_probs = {b: softmax(logits[b]) for b in BRANCHES}
+    for branch in BRANCHES:
+        table[f"pred_{branch}"] = names[branch_probs[branch].argmax(axis=1)]
+    for branch in BRANCHES:
+        for j, name in enumerate(class_names):
+            table[f"{branch}_prob_{name}"] = branch_probs[branch][:, j]
+    for k, column in enumerate(ROI_COLUMNS):
+        table[column] = [r["roi"][k] if r.get("roi") is not None else np.nan for r in rows]
+    table["sop_instance_uid"] = [r.get("sop_instance_uid", "") or "" for r in rows]
+    return table
+
+
+def predict_records(
+    model: DFLNet,
+    records: Sequence[dict[str, Any]],
+    pre: Preprocessing,
+    class_names: Sequence[str],
+    batch_size: int = 32,
+    device: torch.device | str = "auto",
+    workers: int = 0,
+    dataset: Any | None = None,
+) -> pd.DataFrame:
+    """Predictions table for ``records`` (deterministic eval transforms, no augmentation).
+
+    ``dataset`` may be passed to reuse an already cached evaluation dataset of the same records.
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    if dataset is None:
+        dataset = build_dataset(list(records), pre, aug=None, cache="none")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_samples,
+        pin_memory=device.type == "cuda",
+    )
+    logits = predict_logits(model, loader, device)
+    return predictions_table(records, logits, class_names)
