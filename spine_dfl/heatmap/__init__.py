@@ -1,0 +1,53 @@
+"""Heatmaps shared by ``explain``, ``score`` and ``dicom_out``: geometry, evidence maps, display.
+
+- ``geometry``: feature grid -> network input -> original pixels, view and display regions,
+  receptive-field boxes of filter peaks, box clipping;
+- ``evidence``: THE P-stream evidence map (max of a class's filter responses) and its
+  picklable ``EvidenceMap`` with geometry;
+- ``display``: THE display window, grey / uint8 conversions, the heatmap colour map and blend.
+
+``display`` needs only numpy; ``geometry`` and ``evidence`` (torch) load on first use of one of
+their names, so importing the display helpers stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from spine_dfl.heatmap.display import (
+    DISPLAY_PERCENTILES,
+    HEATMAP_ALPHA_MAX,
+    HEATMAP_ALPHA_MIN,
+    HEATMAP_CMAP,
+    display_window,
+    grey_rgb,
+    heat_overlay,
+    heatmap_colormap,
+    to_display_uint8,
+)
+
+_LAZY = {
+    "STRIP_PIXELS": "geometry",
+    "class_boxes": "geometry",
+    "clip_boxes": "geometry",
+    "display_region": "geometry",
+    "feature_map_to_original": "geometry",
+    "feature_map_to_tensor_space": "geometry",
+    "tensor_map_to_original": "geometry",
+    "view_region": "geometry",
+    "EvidenceMap": "evidence",
+    "class_evidence": "evidence",
+    "evidence_on_source": "evidence",
+}
+
+__all__ = [
+    "DISPLAY_PERCENTILES", "HEATMAP_ALPHA_MAX", "HEATMAP_ALPHA_MIN", "HEATMAP_CMAP", "display_window",
+    "grey_rgb", "heat_overlay", "heatmap_colormap", "to_display_uint8", *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"spine_dfl.heatmap.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'spine_dfl.heatmap' has no attribute {name!r}")
