@@ -1,10 +1,6 @@
-"""Run a DFLNet over manifest records and build the predictions table.
+"""Run a DFLNet over manifest records and build the predictions table (`spine_dfl.predictions`).
 
-The predictions table (one row per sample) is the hand-over point to ``report``:
-``image, vertebra, patient_id, label, pred, prob_<class>..., pred_g, pred_p, pred_side,
-g_prob_<class>..., p_prob_<class>..., side_prob_<class>..., x_min, y_min, x_max, y_max,
-sop_instance_uid``. Probabilities are softmaxes of each branch's logits; ``prob_`` is
-the fused prediction.
+Probabilities are softmaxes of each branch's logits; ``prob_`` is the fused prediction.
 """
 
 from __future__ import annotations
@@ -21,9 +17,7 @@ from spine_dfl.data.dataset import build_dataset
 from spine_dfl.data.transforms import Preprocessing
 from spine_dfl.engine.device import resolve_device
 from spine_dfl.model import DFLNet
-
-BRANCHES = ("g", "p", "side")
-ROI_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+from spine_dfl.predictions import BRANCHES, build_predictions
 
 
 def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -81,31 +75,15 @@ def predictions_table(
     logits: dict[str, np.ndarray],
     class_names: Sequence[str],
 ) -> pd.DataFrame:
-    """Build the predictions table from records (in index order) and branch logits."""
-    names = np.asarray(class_names, dtype=object)
+    """The predictions table (`spine_dfl.predictions`) of records (in index order) and branch logits."""
     rows = [records[i] for i in logits["index"]]
-    table = pd.DataFrame(
-        {
-            "image": [str(r["image"]) for r in rows],
-            "vertebra": [r.get("vertebra", "") or "" for r in rows],
-            "patient_id": [r.get("patient_id", "") or "" for r in rows],
-            "label": [r.get("label_name", "") or "" for r in rows],
-        }
-    )
-    fused = softmax(logits["fused"])
-    table["pred"] = names[fused.argmax(axis=1)]
-    for j, name in enumerate(class_names):
-        table[f"prob_{name}"] = fused[:, j]
+    identities = [
+        {"image": r["image"], "vertebra": r.get("vertebra"), "patient_id": r.get("patient_id"),
+         "label": r.get("label_name"), "sop_instance_uid": r.get("sop_instance_uid"), "roi": r.get("roi")}
+        for r in rows
+    ]
     branch_probs = {b: softmax(logits[b]) for b in BRANCHES}
-    for branch in BRANCHES:
-        table[f"pred_{branch}"] = names[branch_probs[branch].argmax(axis=1)]
-    for branch in BRANCHES:
-        for j, name in enumerate(class_names):
-            table[f"{branch}_prob_{name}"] = branch_probs[branch][:, j]
-    for k, column in enumerate(ROI_COLUMNS):
-        table[column] = [r["roi"][k] if r.get("roi") is not None else np.nan for r in rows]
-    table["sop_instance_uid"] = [r.get("sop_instance_uid", "") or "" for r in rows]
-    return table
+    return build_predictions(identities, softmax(logits["fused"]), class_names, branch_probs)
 
 
 def predict_records(
