@@ -98,7 +98,7 @@ def _child_score(args: argparse.Namespace) -> dict[str, Any]:
 def _child_forward(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from spine_dfl.checkpoint import load_checkpoint
+    from spine_dfl.engine.checkpoint import load_checkpoint
     from spine_dfl.io import find_inputs
     from spine_dfl.score import FileSamples, _Dist, _main_process_threads, _resolve_device, load_rois
 
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from spine_dfl.checkpoint import save_checkpoint
+    from spine_dfl.engine.checkpoint import save_checkpoint
     from spine_dfl.data.transforms import Preprocessing
     from spine_dfl.model import DFLNet
     from spine_dfl.synth import generate_cohort

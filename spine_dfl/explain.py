@@ -745,8 +745,8 @@ def explain(
     Returns the patches.json objects (small dicts, no images). Samples whose image cannot be read
     are skipped, logged, and listed in the gallery; raises ValueError when none could be explained.
     """
-    from spine_dfl.checkpoint import LoadedCheckpoint, load_checkpoint
-    from spine_dfl.predict import resolve_device
+    from spine_dfl.engine.checkpoint import LoadedCheckpoint, load_checkpoint
+    from spine_dfl.engine.device import resolve_device
 
     run_device = resolve_device(device) if isinstance(device, str) else device
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, map_location=run_device)
@@ -958,8 +958,8 @@ def explain_manifest(
     batch_size: int = 8,
 ) -> list[dict[str, Any]]:
     """`explain` over a manifest's rows (one split when given and the manifest has splits)."""
-    from spine_dfl.checkpoint import load_checkpoint
-    from spine_dfl.predict import resolve_device
+    from spine_dfl.engine.checkpoint import load_checkpoint
+    from spine_dfl.engine.device import resolve_device
 
     loaded = load_checkpoint(checkpoint, map_location=resolve_device(device))
     from spine_dfl.data.dataset import manifest_records
@@ -994,9 +994,9 @@ def _is_manifest(inputs: Sequence[Path]) -> bool:
 
 def run_explain_command(args: argparse.Namespace) -> int:
     """``spine-dfl explain``: 0 all explained, 1 some samples unreadable, 2 bad usage / input."""
-    from spine_dfl.checkpoint import CheckpointError, load_checkpoint
+    from spine_dfl.engine.checkpoint import CheckpointError, load_checkpoint
     from spine_dfl.data.dataset import manifest_records
-    from spine_dfl.predict import resolve_device
+    from spine_dfl.engine.device import resolve_device
 
     if args.top < 1:
         print("--top must be at least 1", file=sys.stderr)

@@ -23,7 +23,7 @@ import torch
 from pydicom.uid import DigitalXRayImageStorageForPresentation
 
 from dicom_factory import make_gray_dicom
-from spine_dfl.checkpoint import LoadedCheckpoint, atomic_torch_save, checkpoint_payload
+from spine_dfl.engine.checkpoint import LoadedCheckpoint, atomic_torch_save, checkpoint_payload
 from spine_dfl.data.transforms import Preprocessing, eval_transforms
 from spine_dfl.explain import (
     add_explain_arguments,

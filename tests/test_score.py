@@ -23,7 +23,7 @@ import torch
 
 from dicom_factory import make_gray_dicom
 from spine_dfl.atomic import output_file_mode
-from spine_dfl.checkpoint import save_checkpoint
+from spine_dfl.engine.checkpoint import save_checkpoint
 from spine_dfl.data.transforms import Preprocessing, eval_transforms
 from spine_dfl.io import find_inputs
 from spine_dfl.model import DFLNet
