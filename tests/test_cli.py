@@ -80,7 +80,7 @@ def test_bad_config_and_checkpoint_exit_2(small_cohort: Path, tmp_path: Path, ca
 
 
 def test_evaluate_names_the_row_of_a_label_the_checkpoint_does_not_know(small_cohort: Path, tmp_path: Path, capsys) -> None:
-    from spine_dfl.checkpoint import save_checkpoint
+    from spine_dfl.engine.checkpoint import save_checkpoint
     from spine_dfl.config import config_to_dict, load_config
     from spine_dfl.data.transforms import Preprocessing
     from spine_dfl.model import DFLNet
@@ -99,3 +99,36 @@ def test_evaluate_names_the_row_of_a_label_the_checkpoint_does_not_know(small_co
     err = capsys.readouterr().err
     assert "row 5" in err and "fractured" in err
     assert not (tmp_path / "e" / "metrics.json").exists()
+
+
+def _bad_manifest(small_cohort: Path, tmp_path: Path) -> Path:
+    table = pd.read_csv(small_cohort / "manifest.csv")
+    table["image"] = table["image"].map(lambda p: str(small_cohort / p))
+    table.loc[1, "split"] = "holdout"
+    table.loc[2, "label"] = ""
+    bad = tmp_path / "bad.csv"
+    table.to_csv(bad, index=False)
+    return bad
+
+
+@pytest.mark.parametrize("command", ["validate", "train"])
+def test_manifest_errors_are_printed_once(command: str, small_cohort: Path, tmp_path: Path) -> None:
+    bad = _bad_manifest(small_cohort, tmp_path)
+    argv = [str(bad)] if command == "validate" else [str(bad), "--out", str(tmp_path / "run")]
+    done = subprocess.run([sys.executable, "-m", "spine_dfl", command, *argv], capture_output=True, text=True)
+    assert done.returncode in (1, 2), done.stderr
+    lines = [line.strip() for line in done.stderr.splitlines() if "row " in line]
+    assert any("holdout" in line for line in lines) and any("empty label" in line for line in lines), done.stderr
+    assert len(lines) == len(set(lines)), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_help_and_validate_import_no_torch(small_cohort: Path) -> None:
+    probe = ("import sys\nfrom spine_dfl.cli import main\n"
+             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             "heavy = sorted(m for m in ('torch', 'torchvision', 'monai') if m in sys.modules)\n"
+             "print('HEAVY', ','.join(heavy))\n")
+    for argv in (["--help"], ["validate", "--help"], ["score", "--help"], ["explain", "--help"],
+                 ["validate", str(small_cohort / "manifest.csv")]):
+        done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True)
+        assert done.stdout.strip().splitlines()[-1] == "HEAVY", (argv, done.stdout[-500:], done.stderr[-2000:])

@@ -1,0 +1,33 @@
+"""``spine-dfl score``: batch-score folders of PACS exports."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="batch-score folders of PACS-exported DICOM (optionally results back as DICOM)",
+                       description="Score every file under the inputs; every file ends as scored or failed with a reason.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint written by `spine-dfl train`")
+    p.add_argument("inputs", nargs="+", help="files and folders (recursive; DICOM by content, DICOMDIR followed)")
+    p.add_argument("--rois", type=Path, default=None,
+                   help="ROI CSV for ROI models: sop_instance_uid or image, vertebra, x_min, y_min, x_max, y_max")
+    p.add_argument("--out", type=Path, default=Path("runs/score"), help="output folder (default runs/score)")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per model batch (default 16)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for decoding (default 2)")
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    p.add_argument("--resume", action="store_true", help="keep earlier results in --out and score only missing files")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any file failed")
+    p.add_argument("--keep-ids", action="store_true",
+                   help="add a patient_id column (patient IDs are omitted by default)")
+    p.add_argument("--dicom-out", type=Path, default=None,
+                   help="also write a Comprehensive SR and an overlay Secondary Capture per scored DICOM image here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from spine_dfl.score import run_score_command
+
+    return run_score_command(args)

@@ -1,0 +1,78 @@
+"""The runs that end in a report: ``evaluate`` (checkpoint + manifest split) and training with its
+validation report. The report itself needs only the predictions table; the engine is imported
+inside these functions, so importing ``spine_dfl.report`` stays light.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spine_dfl.atomic import atomic_output
+from spine_dfl.report.document import write_report
+
+log = logging.getLogger("spine_dfl")
+
+
+def write_evaluation(predictions: Any, out_dir: str | Path, title: str, n_bootstrap: int = 1000) -> dict[str, Any]:
+    """predictions.csv, metrics.json, per_vertebra.csv and report.html of one predictions table in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_dir / "predictions.csv", "w", newline="") as handle:
+        predictions.to_csv(handle, index=False)
+    metrics = write_report(predictions, out_dir, title=f"spine-dfl evaluation: {title}", n_bootstrap=n_bootstrap)
+    log.info("report written to %s", out_dir / "report.html")
+    return metrics
+
+
+def predict_split(checkpoint: str | Path, manifest: str | Path, split: str | None, device: str = "auto",
+                  batch_size: int = 32) -> Any:
+    """Predictions table of one manifest split (every row when the manifest has no split column)."""
+    from spine_dfl.data.dataset import manifest_records
+    from spine_dfl.engine.checkpoint import load_checkpoint
+    from spine_dfl.engine.device import resolve_device
+    from spine_dfl.engine.predict import predict_records
+
+    where = resolve_device(device)
+    loaded = load_checkpoint(checkpoint, map_location=where)
+    records = manifest_records(manifest, loaded.class_names, split, loaded.preprocessing.use_roi)
+    return predict_records(loaded.model, records, loaded.preprocessing, loaded.class_names,
+                           batch_size=batch_size, device=where)
+
+
+def evaluate(checkpoint: str | Path, manifest: str | Path, split: str, out_dir: str | Path, device: str = "auto",
+             batch_size: int = 32, n_bootstrap: int = 1000, title: str | None = None) -> dict[str, Any]:
+    """``spine-dfl evaluate``: predict ``split`` of ``manifest`` with ``checkpoint`` and write the report.
+
+    Returns metrics.json's content. Nothing is written when the manifest or checkpoint is bad.
+    """
+    predictions = predict_split(checkpoint, manifest, split, device=device, batch_size=batch_size)
+    title = title if title is not None else f"{Path(manifest).name} [{split}]"
+    return write_evaluation(predictions, out_dir, title, n_bootstrap)
+
+
+@dataclass
+class TrainRun:
+    """A training run: the engine's result, the selection metric's name, and whether this is rank 0."""
+
+    result: Any
+    select_metric: str
+    is_main_process: bool
+
+
+def train_and_report(manifest: str | Path, config: str | Path, overrides: list[str], out_dir: str | Path,
+                     resume: bool = False, report: bool = True) -> TrainRun:
+    """``spine-dfl train``: load the config (+ ``key=value`` overrides), train, and (rank 0) write the
+    validation split's report into ``out_dir/val_report``."""
+    from spine_dfl.config import load_config
+    from spine_dfl.engine.train import train
+
+    run_config = load_config(config, overrides)
+    result = train(manifest, run_config, out_dir, resume=resume)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process and report and result.val_predictions is not None:
+        write_evaluation(result.val_predictions, Path(out_dir) / "val_report", "validation split")
+    return TrainRun(result, run_config.train.select_metric, main_process)
