@@ -28,15 +28,12 @@ from spine_dfl.data.transforms import Preprocessing, eval_transforms
 from spine_dfl.io import find_inputs
 from spine_dfl.model import DFLNet
 from spine_dfl.score import (
-    KILL_AFTER_ENV,
     PARTIAL_DIR,
     PartWriter,
     ScoreError,
-    add_score_arguments,
     collect_done,
     load_rois,
     reason_category,
-    run_score_command,
     score,
 )
 from spine_dfl.synth import generate_cohort
@@ -107,9 +104,9 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def _cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    add_score_arguments(parser)
-    return run_score_command(parser.parse_args(list(argv)))
+    from spine_dfl.cli import main
+
+    return main(["score", *argv])
 
 
 # --------------------------------------------------------------------------- small units
@@ -173,7 +170,7 @@ def test_mixed_export_every_file_scored_or_failed_with_reason(
 
     expected_files = {os.path.abspath(p) for p in find_inputs(inputs)}
     rows = _read_rows(out / "predictions.csv")
-    per_file = Counter(r["file"] for r in rows)
+    per_file = Counter(r["image"] for r in rows)
     assert set(per_file) == expected_files and all(n == 1 for n in per_file.values())  # whole image: 1 row
     assert not any(Path(f).name == "DICOMDIR" for f in per_file)  # followed, not scored
     on_disk = json.loads((out / "summary.json").read_text())
@@ -187,12 +184,12 @@ def test_mixed_export_every_file_scored_or_failed_with_reason(
         else:
             assert row["status"] == "ok" and row["pred"] in CLASSES
             assert sum(float(row[f"prob_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
-    by_name = {Path(r["file"]).name: r for r in rows if Path(r["file"]).parent == broken}
+    by_name = {Path(r["image"]).name: r for r in rows if Path(r["image"]).parent == broken}
     for name, categories in BROKEN_EXPECTED.items():
         assert by_name[name]["status"] == "error"
         assert reason_category(by_name[name]["error"]) in categories, (name, by_name[name]["error"])
         assert str(broken) not in by_name[name]["error"]  # reason only: the path is in the file column
-    assert all(r["status"] == "ok" for r in rows if "/images/P" in r["file"])
+    assert all(r["status"] == "ok" for r in rows if "/images/P" in r["image"])
     if pydicom_data_dir() is not None:
         assert by_name_in(rows, "RG1_UNCI.dcm")["status"] == "ok"  # a real CR, MONOCHROME1
     # privacy: no patient names / IDs in outputs (paths aside), UIDs kept
@@ -208,7 +205,7 @@ def test_mixed_export_every_file_scored_or_failed_with_reason(
 
 
 def by_name_in(rows: list[dict[str, str]], name: str) -> dict[str, str]:
-    return next(r for r in rows if Path(r["file"]).name == name)
+    return next(r for r in rows if Path(r["image"]).name == name)
 
 
 # --------------------------------------------------------------------------- ROI models, ids, DICOM out
@@ -246,7 +243,7 @@ def test_roi_model_rows_per_vertebra_keep_ids_and_dicom_out(
     rois = _read_rows(cohort / "rois.csv")
     for image in sorted((cohort / "images").iterdir()):
         header = pydicom.dcmread(image, stop_before_pixels=True)
-        mine = [r for r in rows if r["file"] == str(image)]
+        mine = [r for r in rows if r["image"] == str(image)]
         listed = [r for r in rois if r["sop_instance_uid"] == header.SOPInstanceUID]
         assert [r["vertebra"] for r in mine] == [r["vertebra"] for r in listed]  # ROI order kept
         assert [float(r["x_min"]) for r in mine] == [float(r["x_min"]) for r in listed]
@@ -257,7 +254,7 @@ def test_roi_model_rows_per_vertebra_keep_ids_and_dicom_out(
         assert len(sr.ContentSequence[-1].ContentSequence) == len(listed)  # one ROI group per vertebra
         sc = pydicom.dcmread(tmp_path / "dicom" / f"{header.SOPInstanceUID}_SC.dcm")
         assert "heatmap" in sc.DerivationDescription  # evidence maps reached the writer processes
-    unlisted = next(r for r in rows if r["file"].endswith("unlisted"))
+    unlisted = next(r for r in rows if r["image"].endswith("unlisted"))
     assert unlisted["status"] == "error" and "ROI" in unlisted["error"]
     assert summary.dicom_out is not None and summary.dicom_out["written"] == 3
 
@@ -270,7 +267,7 @@ def test_dicom_out_sc_heatmap_is_the_predicted_class_evidence(
     filter responds elsewhere in every sample. The SC must be coloured at exactly that location of
     the first vertebra, nowhere else that a heatmap could not be, and plain grey outside every crop region."""
     from spine_dfl.dicom_out import VertebraFinding, render_roi_overlay
-    from spine_dfl.explain import display_region
+    from spine_dfl.heatmap.geometry import display_region
     from spine_dfl.io import read_image
 
     torch.manual_seed(0)
@@ -366,7 +363,7 @@ def reference_rows(tmp_path_factory: pytest.TempPathFactory, checkpoints: dict[s
 
 
 def _same_predictions(rows: list[dict[str, str]], reference: list[dict[str, str]]) -> None:
-    assert [r["file"] for r in rows] == [r["file"] for r in reference]  # input order, each file once
+    assert [r["image"] for r in rows] == [r["image"] for r in reference]  # input order, each file once
     for row, ref in zip(rows, reference):
         assert (row["status"], row["error"], row["pred"]) == (ref["status"], ref["error"], ref["pred"])
         for c in CLASSES:
@@ -404,7 +401,7 @@ def test_resume_after_sigkill_scores_only_missing_files(
     assert summary.scored_this_run == summary.found - done_before
     assert summary.found == summary.scored + summary.failed == len(reference_rows)
     rows = _read_rows(out / "predictions.csv")
-    assert "/torn/row/of/a/killed/run" not in {r["file"] for r in rows}
+    assert "/torn/row/of/a/killed/run" not in {r["image"] for r in rows}
     _same_predictions(rows, reference_rows)
 
     # a second --resume of a finished run scores nothing and changes nothing

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="ROI CSV for ROI models: sop_instance_uid or image, vertebra, x_min, y_min, x_max, y_max")
     p.add_argument("--out", type=Path, default=Path("runs/score"), help="output folder (default runs/score)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per model batch (default 16)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for decoding (default 2)")
+    p.add_argument("--workers", type=int, default=2, help="decode worker processes (default 2; 0 decodes in the scoring process, without crash isolation)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
     p.add_argument("--resume", action="store_true", help="keep earlier results in --out and score only missing files")
     p.add_argument("--strict", action="store_true", help="exit 1 when any file failed")

@@ -1,0 +1,42 @@
+"""Batch scoring of PACS exports: ``score(checkpoint, inputs, out_dir, ...)`` (``spine-dfl score``).
+
+- ``files``: one file -> its file item (header, ROIs, decode, transforms); never raises;
+- ``isolation``: decode workers, supervised so that a decoder that kills its process fails one file;
+- ``scorer``: model batches over file items, rows of finished files;
+- ``journal``: crash-safe partial outputs, ``--resume``, the final merge;
+- ``dicom_jobs``: SR and Secondary Capture results (``--dicom-out``) in writer processes;
+- ``run``: ``score()``, the library entry point; ``summary``: its outcome and exit status.
+
+Names load on first use, so that ``import spine_dfl.score`` costs nothing until something is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {
+    "score": "run",
+    "ScoreSummary": "summary",
+    "EXIT_OK": "summary",
+    "EXIT_FAILURES": "summary",
+    "EXIT_USAGE": "summary",
+    "ScoreError": "errors",
+    "DECODER_CRASHED": "errors",
+    "reason_category": "errors",
+    "FileSamples": "files",
+    "DecodePool": "isolation",
+    "PARTIAL_DIR": "journal",
+    "PartWriter": "journal",
+    "collect_done": "journal",
+    "load_rois": "rois",  # TEMPORARY shim until io.rois
+    "run_score_command": "command",  # TEMPORARY shim until cli.score
+}
+
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"spine_dfl.score.{_NAMES[name]}"), name)
+    raise AttributeError(f"module 'spine_dfl.score' has no attribute {name!r}")

@@ -1,0 +1,161 @@
+"""One input file -> one *file item*: its DICOM identifiers, its ROIs and its network inputs.
+
+This is the decode + transforms stage of scoring. It runs in the decode worker processes
+(``score.isolation``), so an item holds numpy arrays only (pickled back to the scoring process)
+and never raises: a file that cannot be scored becomes an item with ``ok=False`` and its reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spine_dfl.score.errors import reason_of
+
+Box = tuple[float, float, float, float]
+RoiEntry = tuple[str, Box]  # (vertebra, (x_min, y_min, x_max, y_max)) in original pixels, x = column
+
+
+def path_key(path: str | Path) -> str:
+    """The key an image path is matched by: absolute and resolved (symlinks followed) when possible."""
+    try:
+        return str(Path(path).resolve())
+    except OSError:
+        return os.path.abspath(path)
+
+
+@dataclass(frozen=True)
+class RoiLookup:
+    """ROIs per image, by SOP Instance UID first and by resolved image path second."""
+
+    by_uid: Mapping[str, list[RoiEntry]]
+    by_path: Mapping[str, list[RoiEntry]]
+
+    def lookup(self, sop_instance_uid: str | None, path: Path) -> list[RoiEntry]:
+        if sop_instance_uid and sop_instance_uid in self.by_uid:
+            return self.by_uid[sop_instance_uid]
+        return self.by_path.get(path_key(path), [])
+
+
+def failed_item(index: int, file: str, input_size: int, reason: str, **ids: str) -> dict[str, Any]:
+    """The item of a file that cannot be scored (no samples, ``reason`` in ``error``)."""
+    return {
+        "index": index, "file": file, "ok": False, "error": reason,
+        "sop_instance_uid": ids.get("sop_instance_uid", ""), "study_instance_uid": ids.get("study_instance_uid", ""),
+        "patient_id": ids.get("patient_id", ""), "vertebrae": [], "rois": [],
+        "images": np.zeros((0, 1, input_size, input_size), np.float32), "to_original": None, "regions": [],
+    }
+
+
+class FileSamples:
+    """Map-style dataset over input files; item i is one *file item* (a dict; never raises).
+
+    Item keys: ``index`` (position in ``files``), ``file`` (str), ``ok`` (bool), ``error`` (reason
+    or ""), ``sop_instance_uid``, ``study_instance_uid``, ``patient_id`` ("" unless keep_ids),
+    ``vertebrae`` (list[str], one per sample), ``rois`` (list of 4-tuples or None), ``images``
+    (float32 numpy (n, 1, S, S); (0, 1, S, S) when not ok). With ``geometry`` (for the DICOM
+    overlay's heatmaps) also ``to_original`` (float64 (n, 3, 3): each sample's network input ->
+    original pixel affine; None otherwise) and ``regions`` (per sample the integer (x0, y0, x1, y1)
+    original-pixel region the network saw, ``heatmap.geometry.display_region``; [] otherwise).
+    """
+
+    def __init__(
+        self, files: Sequence[str | Path], preprocessing: Any, rois: RoiLookup | None, keep_ids: bool,
+        geometry: bool = False,
+    ) -> None:
+        self.files = [Path(f) for f in files]
+        self.preprocessing = preprocessing
+        self.rois = rois
+        self.keep_ids = keep_ids
+        self.geometry = geometry
+        self._transforms: Any = None  # built lazily, in the process that decodes
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.preprocessing.input_size)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_transforms": None}  # MONAI transforms are rebuilt per process
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path = self.files[index]
+        ids = {"sop_instance_uid": "", "study_instance_uid": "", "patient_id": ""}
+        try:
+            return self._item(index, path, ids)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a decoder panic (pyo3: a BaseException) fails this file only
+            return failed_item(index, str(path), self.input_size, reason_of(exc) or type(exc).__name__, **ids)
+
+    def _item(self, index: int, path: Path, ids: dict[str, str]) -> dict[str, Any]:
+        from spine_dfl.io import ImageReadError, is_dicom, read_dicom_header, read_image
+
+        header = None
+        if path.is_file() and is_dicom(path):
+            header = read_dicom_header(path)
+            ids["sop_instance_uid"] = str(header.get("SOPInstanceUID", "") or "")
+            ids["study_instance_uid"] = str(header.get("StudyInstanceUID", "") or "")
+            if self.keep_ids:
+                ids["patient_id"] = str(header.get("PatientID", "") or "")
+        if self.rois is not None:
+            rois: list[tuple[str, Box | None]] = list(self.rois.lookup(ids["sop_instance_uid"], path))
+            if not rois:
+                if header is None or not ("Rows" in header and "Columns" in header):
+                    read_image(path)  # not an image at all: its own reason is the better one
+                raise ImageReadError(path, "no ROIs for this image in the ROI CSV (matched by sop_instance_uid or image path)")
+        else:
+            rois = [("", None)]
+        images, affines, regions = self._transform(path, [roi for _, roi in rois])
+        return {
+            "index": index, "file": str(path), "ok": True, "error": "", **ids,
+            "vertebrae": [vertebra for vertebra, _ in rois], "rois": [roi for _, roi in rois],
+            "images": images, "to_original": affines, "regions": regions,
+        }
+
+    def _transform(
+        self, path: Path, rois: list[Box | None]
+    ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[int, int, int, int] | None]]:
+        """(n, 1, S, S) float32 network inputs of ``path`` cropped to each ROI (None = whole image);
+        with ``geometry`` also their (n, 3, 3) input -> original affines and displayed regions."""
+        import torch
+
+        from spine_dfl.data.transforms import eval_transforms
+
+        if self._transforms is None:
+            self._transforms = eval_transforms(self.preprocessing)
+        size = self.input_size
+        images = np.empty((len(rois), 1, size, size), np.float32)
+        affines: list[np.ndarray] = []
+        regions: list[tuple[int, int, int, int] | None] = []
+        for j, roi in enumerate(rois):
+            sample = self._transforms({"image": str(path), "roi": roi})
+            image = sample["image"]
+            image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+            images[j] = image.float().reshape(1, size, size).numpy()
+            if self.geometry:
+                affine, region = self._geometry(sample, roi)
+                affines.append(affine)
+                regions.append(region)
+        return images, (np.stack(affines) if affines else None), regions
+
+    def _geometry(self, sample: Mapping[str, Any], roi: Box | None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+        """A sample's input -> original affine and the region it shows; no region (so no heatmap)
+        when the reader did not report the image size."""
+        import torch
+
+        from spine_dfl.heatmap.geometry import display_region
+
+        affine = torch.as_tensor(sample["to_original"], dtype=torch.float64).numpy()
+        meta = sample.get("meta") or {}
+        shape = (int(meta.get("rows", -1)), int(meta.get("cols", -1)))
+        if min(shape) < 1:
+            return affine, None
+        return affine, tuple(int(v) for v in display_region(affine, self.preprocessing, roi, shape))

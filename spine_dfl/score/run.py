@@ -1,0 +1,253 @@
+"""``score()``: the library entry point of ``spine-dfl score``.
+
+Every input file ends up either *scored* (one row per vertebra, or one row for a whole-image model)
+or *failed* (one row with ``status=error`` and the reason), in ``predictions.csv`` (the predictions
+table's columns with status, error and study UID, ``spine_dfl.predictions``) and counted in
+``summary.json``.
+
+Pipeline: ``io.find_inputs`` -> ``score.files.FileSamples`` (header, ROIs, decode, eval transforms),
+run by supervised decode workers (``score.isolation``: a decoder that kills its process fails
+one file, never the run) -> ``score.scorer.Scorer`` (model batches, rows of finished files) ->
+``score.journal`` (crash-safe parts, ``--resume``, the final merge).
+
+Distributed: under ``torchrun`` the pending files are split across ranks (rank r takes
+``pending[r::world]``), every rank writes its own part, and rank 0 merges after a barrier (gloo:
+barriers and object broadcasts work on CPU and GPU hosts, and ranks may finish far apart).
+
+Privacy: patient names never appear in outputs or logs; patient IDs only with ``keep_ids``. UIDs are
+kept. (The optional DICOM results carry the source's patient module, because PACS files them into
+the patient's study by it.)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spine_dfl.atomic import atomic_write_text
+from spine_dfl.engine.distributed import Distributed, init_distributed
+from spine_dfl.score.errors import ScoreError
+from spine_dfl.score.journal import PARTIAL_DIR, PartWriter, collect_done, merge
+from spine_dfl.score.summary import PREDICTIONS, SUMMARY, ScoreSummary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Setup:
+    """What a run scores and with what: the model and everything derived from the checkpoint."""
+
+    device: torch.device
+    model: torch.nn.Module
+    preprocessing: Any
+    class_names: list[str]
+    columns: list[str]
+    rois: Any
+    files: list[str]
+    dicom_config: Any
+
+
+def score(
+    checkpoint_path: str | Path,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    rois_csv: str | Path | None = None,
+    batch_size: int = 16,
+    workers: int = 2,
+    device: str = "auto",
+    resume: bool = False,
+    strict: bool = False,
+    keep_ids: bool = False,
+    dicom_out: str | Path | None = None,
+    progress: bool = True,
+) -> ScoreSummary:
+    """Score every file under ``inputs`` with the checkpoint; write predictions.csv + summary.json to out_dir.
+
+    ``workers``: decode processes (0: decode in this process, without crash isolation).
+    ``strict``: failed files make the run fail (``ScoreSummary.exit_status()`` is then 1).
+    Raises ScoreError (or CheckpointError) for bad arguments/checkpoint; per-file problems never
+    raise: they become ``status=error`` rows. Returns the merged summary (the same on every rank).
+    """
+    _check_arguments(inputs, batch_size, workers)
+    out_dir = Path(out_dir)
+    started = time.monotonic()
+    dist = init_distributed("cpu", backend="gloo", timeout=datetime.timedelta(hours=12))
+    try:
+        setup = _prepare(checkpoint_path, inputs, out_dir, rois_csv, device, keep_ids, dicom_out, dist)
+        if dist.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
+                for name in (PREDICTIONS, SUMMARY):
+                    (out_dir / name).unlink(missing_ok=True)
+        dist.barrier()
+        earlier = collect_done(out_dir, setup.columns) if resume else {}
+        pending = [f for f in setup.files if f not in earlier]
+        dist.barrier()  # every rank has read the earlier parts before anyone appends
+        if resume and dist.is_main:
+            log.info("resume: %d of %d files already done, %d to score",
+                     len(setup.files) - len(pending), len(setup.files), len(pending))
+        _score_files(setup, pending[dist.rank :: dist.world_size], out_dir, batch_size, workers, keep_ids, progress, dist)
+        dist.barrier()
+        summary: ScoreSummary | None = None
+        if dist.is_main:
+            summary = merge(out_dir, setup.files, setup.columns, earlier_count=len(setup.files) - len(pending))
+            summary.elapsed_s = round(time.monotonic() - started, 3)
+            summary.files_per_s = round(summary.scored_this_run / summary.elapsed_s, 3) if summary.elapsed_s > 0 else 0.0
+            summary.device, summary.world_size = str(setup.device), dist.world_size
+            summary.checkpoint, summary.class_names, summary.strict = str(checkpoint_path), setup.class_names, strict
+            atomic_write_text(out_dir / SUMMARY, json.dumps(asdict(summary), indent=2) + "\n")
+            shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)  # consumed by the final CSV
+        summary = dist.broadcast_object(summary)
+        assert summary is not None
+        return summary
+    finally:
+        dist.close()
+
+
+def _check_arguments(inputs: Sequence[str | Path], batch_size: int, workers: int) -> None:
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A spawned helper process is re-running an unguarded script: stop before anything touches
+        # out_dir, which belongs to the parent run.
+        raise ScoreError("score() called while a helper process was starting: call it under "
+                         "`if __name__ == '__main__':` in scripts")
+    if batch_size < 1:
+        raise ScoreError(f"batch size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise ScoreError(f"workers must be 0 or more, got {workers}")
+    if not inputs:
+        raise ScoreError("no inputs given")
+    missing = [str(p) for p in inputs if not Path(p).exists()]
+    if missing:
+        raise ScoreError(f"input(s) not found: {', '.join(missing[:5])}")
+
+
+def _prepare(
+    checkpoint_path: str | Path, inputs: Sequence[str | Path], out_dir: Path, rois_csv: str | Path | None,
+    device: str, keep_ids: bool, dicom_out: str | Path | None, dist: Distributed,
+) -> _Setup:
+    """Device, model, ROIs, the input files and the DICOM-output settings; usage errors raise ScoreError."""
+    from spine_dfl.engine.checkpoint import load_checkpoint
+    from spine_dfl.engine.device import DeviceUnavailable, resolve_device
+    from spine_dfl.io import find_inputs
+    from spine_dfl.predictions import predictions_columns
+
+    try:
+        torch_device = resolve_device(device, dist.local_rank if device == "auto" or dist.enabled else None)
+    except DeviceUnavailable as exc:
+        raise ScoreError(str(exc)) from None
+    loaded = load_checkpoint(checkpoint_path, map_location="cpu")  # CheckpointError: usage error
+    pre = loaded.preprocessing
+    class_names = list(loaded.class_names)
+    rois = None
+    if pre.use_roi:
+        if rois_csv is None:
+            raise ScoreError(
+                f"{checkpoint_path}: this model was trained on vertebra ROIs and needs --rois "
+                "(a CSV keyed by sop_instance_uid or image, with vertebra, x_min, y_min, x_max, y_max; "
+                "`spine-dfl synth` writes one as rois.csv)"
+            )
+        rois = _read_rois(rois_csv)
+    elif rois_csv is not None:
+        log.warning("the checkpoint scores whole images; --rois %s is ignored", rois_csv)
+    dicom_config = _dicom_config(dicom_out, class_names, checkpoint_path, out_dir) if dicom_out is not None else None
+    return _Setup(
+        device=torch_device, model=loaded.model.to(torch_device).eval(), preprocessing=pre, class_names=class_names,
+        columns=predictions_columns(class_names, status=True, study=True, patient_id=keep_ids), rois=rois,
+        # Absolute paths: unambiguous for whoever reads the CSV, and stable keys for --resume.
+        files=[os.path.abspath(p) for p in find_inputs([Path(p) for p in inputs])], dicom_config=dicom_config,
+    )
+
+
+def _read_rois(rois_csv: str | Path) -> Any:
+    from spine_dfl.score.rois import load_rois
+
+    return load_rois(rois_csv)
+
+
+def _dicom_config(dicom_out: str | Path, class_names: list[str], checkpoint_path: str | Path, out_dir: Path) -> Any:
+    from spine_dfl.dicom_out import DicomOutConfig
+    from spine_dfl.score.dicom_jobs import run_key
+
+    config = DicomOutConfig(
+        out_dir=str(Path(dicom_out).resolve()), class_names=tuple(class_names),
+        run_key=run_key(checkpoint_path, out_dir), algorithm_parameters=(f"checkpoint {Path(checkpoint_path).name}",),
+    )
+    try:
+        config.writer()  # the folder must be creatable: a usage error, not 1000 file errors
+    except OSError as exc:
+        raise ScoreError(f"--dicom-out {dicom_out}: cannot create the folder ({exc})") from exc
+    return config
+
+
+def _score_files(
+    setup: _Setup, mine: list[str], out_dir: Path, batch_size: int, workers: int, keep_ids: bool, progress: bool,
+    dist: Distributed,
+) -> None:
+    """Score this rank's files into its own part of ``out_dir``."""
+    from spine_dfl.score.dicom_jobs import DicomResults, writer_pool
+    from spine_dfl.score.files import FileSamples
+    from spine_dfl.score.isolation import iterate_items
+    from spine_dfl.score.scorer import Scorer
+
+    attempt = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}-rank{dist.rank}"
+    part = PartWriter(out_dir / PARTIAL_DIR, attempt, setup.columns)
+    bar = _progress_bar(len(mine), dist, progress)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(model_threads(setup.device, dist))
+    dicom = None
+    if setup.dicom_config is not None and mine:
+        model = setup.model
+        geometry = {"input_size": int(setup.preprocessing.input_size), "stride": float(model.stride),
+                    "center_offset": float(model.rf_center_offset)}
+        dicom = DicomResults(setup.dicom_config, writer_pool(workers), setup.class_names, geometry)
+    scorer = Scorer(setup.model, setup.class_names, setup.columns, setup.device, batch_size, part, dicom, bar)
+    try:
+        if mine:
+            dataset = FileSamples(mine, setup.preprocessing, setup.rois, keep_ids, geometry=dicom is not None)
+            for item in iterate_items(dataset, workers):
+                scorer.add(item)
+        scorer.flush()
+    finally:
+        part.close()
+        torch.set_num_threads(previous_threads)
+        if dicom is not None:
+            dicom.close()
+        if bar is not None:
+            bar.close()
+
+
+def model_threads(device: torch.device, dist: Distributed) -> int:
+    """Intra-op threads of the scoring process: every core of this rank (CPU), 1 (CUDA: it only stages
+    batches). The decode workers run at a lower priority, so they take only the time the model leaves."""
+    if device.type == "cuda":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size) or 1)
+    return max(1, cores // max(1, local_world))
+
+
+def _progress_bar(total: int, dist: Distributed, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    desc = "scoring" if dist.world_size == 1 else f"scoring [rank {dist.rank}]"
+    # tqdm shows files/s and the ETA from its rate; one line per rank.
+    return tqdm(total=total, unit="file", desc=desc, position=dist.rank, dynamic_ncols=True, file=sys.stderr)

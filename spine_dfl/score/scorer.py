@@ -1,0 +1,178 @@
+"""The scoring loop: file items -> model batches -> rows of finished files -> the part's journal.
+
+Samples of consecutive files are packed into batches of ``batch_size`` (a file may span batches);
+a file whose samples are all predicted becomes its rows. Nothing but the current batch and the
+files it spans is held in memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from spine_dfl.predictions import STATUS_ERROR, STATUS_OK, text_rows
+from spine_dfl.score.dicom_jobs import DicomResults, Finished
+from spine_dfl.score.journal import PartWriter
+
+# Completed files are made durable (rows, then journal, each flushed + fsynced) at most this often,
+# so that a kill loses at most this much work and fast GPU runs do not spend their time in fsync.
+COMMIT_INTERVAL_S = 0.5
+
+
+@dataclass
+class _Pending:
+    item: dict[str, Any]
+    probs: np.ndarray  # (n, M) float32, filled as batches complete
+    filled: int = 0
+    evidence: np.ndarray | None = None  # (n, H, W) float32 predicted-class evidence (DICOM output only)
+
+
+class Scorer:
+    """Runs the model over file items and commits completed files to a PartWriter."""
+
+    def __init__(
+        self, model: torch.nn.Module, class_names: Sequence[str], columns: Sequence[str], device: torch.device,
+        batch_size: int, part: PartWriter, dicom: DicomResults | None = None, progress: Any = None,
+    ) -> None:
+        self.model = model
+        self.class_names = list(class_names)
+        self.columns = list(columns)
+        self.device = device
+        self.batch_size = batch_size
+        self.part = part
+        self.dicom = dicom  # the overlay's heatmaps need the P-stream response maps: only then requested
+        self.progress = progress
+        self.finished: deque[Finished] = deque()
+        self.queue: deque[_Pending] = deque()
+        self.queued_samples = 0
+        self.ready_rows: list[list[str]] = []
+        self.ready_entries: list[dict[str, Any]] = []
+        self.last_commit = time.monotonic()
+        self.scored = self.failed = 0
+        self.amp_dtype = None
+        self.staging: torch.Tensor | None = None  # pinned host buffer of one batch (CUDA only)
+        if device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def add(self, item: dict[str, Any]) -> None:
+        if not item["ok"]:
+            self._finish(item, None)
+        else:
+            n = len(item["vertebrae"])
+            self.queue.append(_Pending(item, np.zeros((n, len(self.class_names)), np.float32)))
+            self.queued_samples += n
+        while self.queued_samples >= self.batch_size:
+            self._run_batch()
+        if (self.ready_entries or self.finished) and time.monotonic() - self.last_commit >= COMMIT_INTERVAL_S:
+            self.commit()
+
+    def flush(self) -> None:
+        while self.queued_samples > 0:
+            self._run_batch()
+        self._collect(keep_at_most=0)
+        self.commit()
+
+    def _batch(self) -> tuple[torch.Tensor, list[tuple[_Pending, int, int]]]:
+        """The next ``batch_size`` queued samples on the device, and which file each slice belongs to."""
+        pieces: list[np.ndarray] = []
+        owners: list[tuple[_Pending, int, int]] = []  # (file, first sample, count)
+        need = self.batch_size
+        for pending in self.queue:
+            if need == 0:
+                break
+            take = min(need, len(pending.item["vertebrae"]) - pending.filled)
+            pieces.append(pending.item["images"][pending.filled : pending.filled + take])
+            owners.append((pending, pending.filled, take))
+            need -= take
+        count = self.batch_size - need
+        if self.device.type != "cuda":
+            return torch.from_numpy(np.concatenate(pieces)), owners
+        if self.staging is None:
+            self.staging = torch.empty((self.batch_size, *pieces[0].shape[1:]), pin_memory=True)
+        # One copy into pinned memory, then an asynchronous host-to-device copy (the .cpu() of the
+        # results waits for this batch before the buffer is reused).
+        np.concatenate(pieces, out=self.staging[:count].numpy())
+        return self.staging[:count].to(self.device, non_blocking=True), owners
+
+    @torch.inference_mode()
+    def _run_batch(self) -> None:
+        """Forward the next ``batch_size`` queued samples (spanning one or more files)."""
+        from spine_dfl.heatmap.evidence import class_evidence
+
+        batch, owners = self._batch()
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            output = self.model(batch, return_maps=True) if self.dicom is not None else self.model(batch)
+        probs = torch.softmax(output.fused.float(), dim=1).cpu().numpy()
+        evidence = None
+        if self.dicom is not None:
+            evidence = class_evidence(output.response_maps, probs.argmax(axis=1),
+                                      self.model.filters_per_class).cpu().numpy()
+        del output
+        offset = 0
+        for pending, start, take in owners:
+            pending.probs[start : start + take] = probs[offset : offset + take]
+            if evidence is not None:
+                if pending.evidence is None:
+                    pending.evidence = np.empty((len(pending.item["vertebrae"]), *evidence.shape[1:]), np.float32)
+                pending.evidence[start : start + take] = evidence[offset : offset + take]
+            pending.filled = start + take
+            offset += take
+            self.queued_samples -= take
+        while self.queue and self.queue[0].filled == len(self.queue[0].item["vertebrae"]):
+            done = self.queue.popleft()
+            self._finish(done.item, done.probs, done.evidence)
+
+    def _rows(self, item: dict[str, Any], probs: np.ndarray | None) -> list[list[str]]:
+        fields = {
+            "image": item["file"], "status": STATUS_OK if item["ok"] else STATUS_ERROR, "error": item["error"],
+            "sop_instance_uid": item["sop_instance_uid"], "study_instance_uid": item["study_instance_uid"],
+            "patient_id": item["patient_id"],
+        }
+        return text_rows(self.columns, fields, item["vertebrae"], probs if item["ok"] else None, item["rois"],
+                         self.class_names)
+
+    def _finish(self, item: dict[str, Any], probs: np.ndarray | None, evidence: np.ndarray | None = None) -> None:
+        rows = self._rows(item, probs)
+        finished = Finished(rows, {"file": item["file"], "rows": len(rows)})
+        if item["ok"]:
+            self.scored += 1
+        else:
+            self.failed += 1
+        if self.dicom is not None:
+            self.dicom.start(item, probs, finished, evidence)
+        item["images"] = None  # drop the arrays as soon as the rows exist
+        self.finished.append(finished)
+        # A file is journaled only after its SR/SC exist, so --resume never skips missing DICOM output.
+        self._collect(keep_at_most=self.dicom.max_in_flight if self.dicom is not None else 0)
+
+    def _collect(self, keep_at_most: int | None = None) -> None:
+        """Move finished files (in order) to the rows ready for the next commit.
+
+        Files whose DICOM output is still being written stay queued, unless more than
+        ``keep_at_most`` are queued: then the oldest are waited for.
+        """
+        while self.finished and (
+            self.finished[0].done() or (keep_at_most is not None and len(self.finished) > keep_at_most)
+        ):
+            head = self.finished.popleft()
+            if self.dicom is not None:
+                self.dicom.resolve(head)
+            self.ready_rows.extend(head.rows)
+            self.ready_entries.append(head.entry)
+
+    def commit(self) -> None:
+        self._collect()
+        if not self.ready_entries:
+            return
+        self.part.commit(self.ready_rows, self.ready_entries)
+        if self.progress is not None:
+            self.progress.update(len(self.ready_entries))
+            self.progress.set_postfix(failed=self.failed, refresh=False)
+        self.ready_rows, self.ready_entries = [], []
+        self.last_commit = time.monotonic()
