@@ -1,0 +1,109 @@
+"""The serve tests' scorer, and a script that runs a Node with it (so tests can kill -9 it).
+
+``score_study_as_sc`` is a real, small scorer: it decodes every instance of the study (a file
+that cannot be decoded fails alone, with its reason), and writes one Secondary Capture built with
+highdicom from the first decodable image, in the source study, referencing every decoded source
+image, with UIDs derived from ``result_uid_seed`` (so scoring again writes the same instance).
+
+    python tests/serve_node.py --spool DIR --port P --send-to AET@HOST:PORT [--stable-age S]
+        [--score-delay S] [--allow AET ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from spine_dfl.serve import Node, RetryPolicy, ScoreOutcome, result_uid_seed
+
+MODEL_VERSION = "serve-test-1"
+NODE_AET = "SPINEDFL"
+TEST_SCU_AET = "TESTSCU"
+
+
+def _thumbnail(pixels: np.ndarray) -> np.ndarray:
+    step = max(1, max(pixels.shape) // 128)
+    small = pixels[::step, ::step].astype(np.float64)
+    low, high = float(small.min()), float(small.max())
+    return np.round((small - low) / max(high - low, 1.0) * 255).astype(np.uint8)
+
+
+def score_study_as_sc(study_uid: str, instance_paths: list[str], out_dir: str, delay: float = 0.0) -> ScoreOutcome:
+    decoded: list[tuple[Dataset, np.ndarray]] = []
+    failed: dict[str, str] = {}
+    for path in instance_paths:
+        try:
+            dataset = pydicom.dcmread(path)
+            decoded.append((dataset, np.asarray(dataset.pixel_array)))
+        except Exception as error:  # noqa: BLE001 - a file that cannot be decoded fails alone
+            failed[path] = f"{path}: cannot decode the pixel data ({type(error).__name__})"
+    if delay:
+        time.sleep(delay)
+    if not decoded:
+        return ScoreOutcome([], failed)
+    instance_uids = [Path(path).stem for path in instance_paths]
+    seed = result_uid_seed(study_uid, instance_uids, MODEL_VERSION)
+    reference, pixels = decoded[0]
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=reference,
+        pixel_array=_thumbnail(pixels),
+        photometric_interpretation="MONOCHROME2",
+        bits_allocated=8,
+        coordinate_system=None,
+        series_instance_uid=generate_uid(entropy_srcs=[seed, "series"]),
+        series_number=7702,
+        sop_instance_uid=generate_uid(entropy_srcs=[seed, "sc"]),
+        instance_number=1,
+        manufacturer="spine-dfl",
+    )
+    sources = []
+    for dataset, _ in decoded:
+        item = Dataset()
+        item.ReferencedSOPClassUID = dataset.SOPClassUID
+        item.ReferencedSOPInstanceUID = dataset.SOPInstanceUID
+        sources.append(item)
+    sc.SourceImageSequence = sources
+    sc.ImageComments = f"serve test result of {len(decoded)} instances"
+    target = Path(out_dir) / "overlay_sc.dcm"
+    sc.save_as(target, enforce_file_format=True)
+    return ScoreOutcome([str(target)], failed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--spool", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--send-to", required=True)
+    parser.add_argument("--stable-age", type=float, default=1.0)
+    parser.add_argument("--score-delay", type=float, default=0.0)
+    parser.add_argument("--allow", nargs="*", default=["ORTHANC", TEST_SCU_AET])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
+    node = Node(
+        args.spool,
+        lambda study, paths, out: score_study_as_sc(study, paths, out, args.score_delay),
+        send_to=args.send_to,
+        ae_title=NODE_AET,
+        port=args.port,
+        host="127.0.0.1",
+        allowed_callers=args.allow,
+        stable_age=args.stable_age,
+        retry=RetryPolicy(max_attempts=30, base_delay=0.3, max_delay=1.0),
+        lease_seconds=30.0,
+        poll_interval=0.1,
+    )
+    node.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
