@@ -120,3 +120,181 @@ def test_ddp_two_processes_gloo_cpu(small_cohort: Path, tmp_path: Path) -> None:
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2]  # written once (rank 0), not once per rank
     load_checkpoint(out / "best.pt")
+
+
+# ----------------------------------------------------------------------------- review bugs
+
+
+def test_collective_device_is_the_backends_device() -> None:
+    from spine_dfl.engine.distributed import collective_device
+
+    assert collective_device("nccl", torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert collective_device("NCCL", torch.device("cuda", 0)) == torch.device("cuda", 0)
+    assert collective_device("gloo", torch.device("cuda", 1)) == torch.device("cpu")
+    assert collective_device("gloo", torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA"):
+        collective_device("nccl", torch.device("cpu"))
+
+
+@pytest.fixture
+def single_process_group(tmp_path: Path):
+    """A real gloo process group of one process (the test process)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_train_collectives_go_through_the_helper_on_its_device(
+    small_cohort: Path, tmp_path: Path, monkeypatch, single_process_group
+) -> None:
+    """Every tensor train hands to a collective is made by engine.distributed on the device the backend
+    needs (NCCL takes CUDA tensors only; the old loop broadcast a CPU tensor)."""
+    import inspect
+
+    import torch.distributed as dist
+
+    import spine_dfl.engine.distributed as distributed
+    import spine_dfl.engine.train as train_module
+
+    # One real process, presented to train as rank 0 of two so that it runs its collectives.
+    helper = distributed.Distributed(rank=0, world_size=2, backend="gloo", device=torch.device("cpu"))
+    monkeypatch.setattr(train_module, "init_distributed", lambda *args, **kwargs: helper)
+    seen: list[tuple[str, torch.device, str]] = []
+
+    def recording(name: str, real):
+        def collective(tensor, *args, **kwargs):
+            caller = inspect.stack()[1].filename
+            seen.append((name, tensor.device, caller))
+            return real(tensor, *args, **kwargs)
+        return collective
+
+    monkeypatch.setattr(dist, "broadcast", recording("broadcast", dist.broadcast))
+    monkeypatch.setattr(dist, "all_reduce", recording("all_reduce", dist.all_reduce))
+    config = load_config("cpu_demo", [*QUICK, "device=cpu"])
+    train(small_cohort / "manifest.csv", config, tmp_path / "run")
+    epoch_flags = [entry for entry in seen if entry[0] == "broadcast"]
+    assert len(epoch_flags) >= 2  # one stop decision per epoch
+    assert all(device == helper.device for _, device, _ in seen)
+    assert all(Path(caller) == Path(distributed.__file__) for _, _, caller in seen), seen
+
+
+@pytest.mark.cuda
+def test_flag_broadcast_works_on_nccl(tmp_path: Path) -> None:
+    """On a real NCCL group the helper's flag is a CUDA tensor (a CPU one raises)."""
+    import torch.distributed as dist
+
+    from spine_dfl.engine.distributed import Distributed, collective_device
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        device = torch.device("cuda", 0)
+        # world_size=2 so the helper does not skip the collective of this one-process group
+        helper = Distributed(world_size=2, backend="nccl", device=collective_device("nccl", device))
+        assert helper.broadcast_code(2) == 2
+        with pytest.raises(Exception):
+            dist.broadcast(torch.zeros(1), src=0)  # what the old loop did
+    finally:
+        dist.destroy_process_group()
+
+
+def _nan_validation_from_epoch(monkeypatch, bad_epoch: int) -> None:
+    import spine_dfl.engine.train as train_module
+
+    real = train_module._validate
+    calls = {"n": 0}
+
+    def validate(*args, **kwargs):
+        loss, table = real(*args, **kwargs)
+        calls["n"] += 1
+        return (float("nan") if calls["n"] >= bad_epoch else loss), table
+
+    monkeypatch.setattr(train_module, "_validate", validate)
+
+
+def test_nan_validation_loss_stops_naming_the_epoch_and_keeps_the_good_checkpoint(
+    small_cohort: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from spine_dfl.engine.train import TrainingDiverged
+
+    _nan_validation_from_epoch(monkeypatch, bad_epoch=2)
+    config = load_config("cpu_demo", [*QUICK, "train.epochs=3", "train.select_metric=loss"])
+    with pytest.raises(TrainingDiverged, match="epoch 2") as info:
+        train(small_cohort / "manifest.csv", config, tmp_path)
+    assert "\n" not in str(info.value)
+    best = read_checkpoint(tmp_path / "best.pt")
+    last = read_checkpoint(tmp_path / "last.pt")
+    assert best["epoch"] == 0 and last["epoch"] == 0  # epoch 1's weights, not the diverged ones
+    assert list(pd.read_csv(tmp_path / "metrics.csv")["epoch"]) == [1]
+
+
+def test_nan_validation_loss_in_the_first_epoch_says_so(small_cohort: Path, tmp_path: Path, monkeypatch) -> None:
+    from spine_dfl.engine.train import TrainingDiverged
+
+    _nan_validation_from_epoch(monkeypatch, bad_epoch=1)
+    config = load_config("cpu_demo", [*QUICK, "train.select_metric=loss"])
+    with pytest.raises(TrainingDiverged, match="epoch 1.*no checkpoint"):
+        train(small_cohort / "manifest.csv", config, tmp_path)
+    assert not (tmp_path / "best.pt").exists() and not (tmp_path / "last.pt").exists()
+
+
+def test_selection_macro_auc_is_the_reports_on_a_table_missing_a_class() -> None:
+    """One definition of macro AUC: selection must agree with the report, also when the validation
+    rows lack a class (the old selection renormalised the probabilities over the present classes)."""
+    import numpy as np
+
+    from spine_dfl.engine.train import selection_score
+    from spine_dfl.report.metrics import compute_metrics
+
+    classes = ["normal", "mild", "severe"]
+    rng = np.random.default_rng(3)
+    n = 40
+    probs = rng.dirichlet([1.0, 1.0, 1.0], size=n)
+    labels = np.array(["normal", "mild"] * (n // 2))  # no "severe" row
+    table = pd.DataFrame({"image": [f"i{k}" for k in range(n)], "label": labels,
+                          "pred": np.array(classes)[probs.argmax(axis=1)],
+                          **{f"prob_{c}": probs[:, j] for j, c in enumerate(classes)}})
+    report = compute_metrics(table, classes, n_bootstrap=0)["overall"]
+    for metric in ("macro_auc", "accuracy", "balanced_accuracy", "macro_f1"):
+        assert selection_score(metric, table, classes, loss=1.0) == pytest.approx(report[metric], abs=1e-12), metric
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("text", "not a torch file"),
+        ({"weights": torch.zeros(2)}, "no 'format' key"),
+        ({"format": "spine-dfl-checkpoint/99"}, "format 'spine-dfl-checkpoint/99' is not supported"),
+        ([1, 2, 3], "holds a list, not a dict"),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_named_in_one_line(tmp_path: Path, content, reason: str) -> None:
+    from spine_dfl.engine.checkpoint import CheckpointError
+
+    path = tmp_path / "model.pt"
+    if content == "text":
+        path.write_text("patient,grade\nA,1\n")
+    else:
+        torch.save(content, path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a spine-dfl checkpoint")
+    assert reason in message
+    assert "\n" not in message and "weights_only" not in message
+
+
+def test_a_torch_file_with_python_objects_is_refused_without_torch_advice(tmp_path: Path) -> None:
+    """torch's own message here advises weights_only=False, which runs the file's code: never say that."""
+    from argparse import Namespace
+
+    from spine_dfl.engine.checkpoint import CheckpointError
+
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": "spine-dfl-checkpoint/1", "extra": Namespace(a=1)}, path)
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert "not a spine-dfl checkpoint" in message and "Python objects" in message
+    assert "\n" not in message and "weights_only" not in message

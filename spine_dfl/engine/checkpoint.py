@@ -7,6 +7,8 @@ never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -87,17 +89,37 @@ def save_checkpoint(
     atomic_torch_save(checkpoint_payload(model, config, class_names, preprocessing, extra), path)
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load refused a zip file, in a few words.
+
+    torch's own message for a refused object advises ``weights_only=False``, that is running the
+    file's code: never advice for the user of a medical tool, so it is not passed on.
+    """
+    if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in str(exc):
+        return "it holds Python objects other than tensors and plain data"
+    return f"damaged torch file ({type(exc).__name__})"
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """The raw checkpoint dict, checked for format; raises CheckpointError with the reason."""
+    """The raw checkpoint dict, checked for format; raises CheckpointError saying in one line why not."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    not_ours = f"{path}: not a spine-dfl checkpoint"
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{not_ours}: not a torch file")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt/foreign pickles
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a spine-dfl checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError, UnpicklingError ...
+        raise CheckpointError(f"{not_ours}: {_load_failure(exc)}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{not_ours}: it holds a {type(raw).__name__}, not a dict")
+    if "format" not in raw:
+        raise CheckpointError(f"{not_ours}: no 'format' key")
+    if raw["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{not_ours}: format {raw['format']!r} is not supported (this version reads {CHECKPOINT_FORMAT!r})"
+        )
     return raw
 
 
