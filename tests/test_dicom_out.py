@@ -31,7 +31,7 @@ from spine_dfl.dicom_out import (
     render_roi_overlay,
     result_uids,
 )
-from spine_dfl.explain import display_region, feature_map_to_tensor_space, tensor_map_to_original
+from spine_dfl.heatmap import display_region, feature_map_to_tensor_space, tensor_map_to_original
 from tests.conftest import pydicom_test_dir
 
 DCIODVFY = Path("/usr/bin/dciodvfy")

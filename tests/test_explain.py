@@ -25,15 +25,8 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation
 from dicom_factory import make_gray_dicom
 from spine_dfl.engine.checkpoint import LoadedCheckpoint, atomic_torch_save, checkpoint_payload
 from spine_dfl.data.transforms import Preprocessing, eval_transforms
-from spine_dfl.explain import (
-    add_explain_arguments,
-    explain,
-    feature_map_to_tensor_space,
-    render_gallery,
-    run_explain_command,
-    tensor_map_to_original,
-    view_region,
-)
+from spine_dfl.explain import add_explain_arguments, explain, render_gallery, run_explain_command
+from spine_dfl.heatmap import feature_map_to_tensor_space, tensor_map_to_original
 from spine_dfl.model import DFLNet
 
 CLASSES = ["normal", "mild", "severe"]
@@ -189,26 +182,6 @@ def test_whole_image_model_without_roi_clips_boxes(tmp_path: Path) -> None:
         assert 0.0 <= box["x_min"] <= box["x_max"] <= cols
         assert 0.0 <= box["y_min"] <= box["y_max"] <= rows
     assert (tmp_path / "out" / entry["png"]).is_file()
-
-
-def test_geometry_helpers_follow_receptive_field_centres() -> None:
-    # One hot location (row 2, col 3) of a stride-8 grid whose location 0 is centred at 4.0.
-    maps = torch.zeros(1, 1, 8, 8)
-    maps[0, 0, 2, 3] = 1.0
-    tensor_map = feature_map_to_tensor_space(maps, 64, 8, 4.0)[0, 0]
-    row, col = np.unravel_index(int(tensor_map.argmax()), tensor_map.shape)
-    assert (col + 0.5, row + 0.5) in {(28.5, 20.5), (27.5, 19.5), (27.5, 20.5), (28.5, 19.5)}  # centre (28, 20)
-    # Input pixel (x, y) shows at original 2x + 10, 3y + 5: the peak moves with it.
-    to_original = np.array([[2.0, 0.0, 10.0], [0.0, 3.0, 5.0], [0.0, 0.0, 1.0]])
-    region = view_region(to_original, 64, (500, 500))
-    assert region == (10, 5, 138, 197)
-    warped = tensor_map_to_original(tensor_map[None], to_original, region)[0]
-    peak_row, peak_col = np.unravel_index(np.nanargmax(warped), warped.shape)
-    assert abs(region[0] + peak_col + 0.5 - (2 * 28 + 10)) <= 2
-    assert abs(region[1] + peak_row + 0.5 - (3 * 20 + 5)) <= 3
-    # A region larger than the input's footprint: pixels the network never saw are NaN.
-    wider = tensor_map_to_original(tensor_map[None], to_original, (0, 0, 150, 200))[0]
-    assert np.isnan(wider[:, :5]).all() and np.isfinite(wider[10:190, 12:136]).all()
 
 
 def _entry(name: str, vertebra: str, pred: str, confidence: float, label: str | None) -> dict:

@@ -1,0 +1,110 @@
+"""Library entry points of ``spine-dfl explain``: a manifest's rows, or image files with a ROI table.
+
+Both load the checkpoint, turn their input into records and call ``explain_run``. Bad input
+(checkpoint, manifest, ROI table, no files) raises ``ExplainInputError`` or ``CheckpointError``
+naming the file and what is wrong; a run in which no sample could be explained raises
+``NoSampleExplained``. Samples that fail on their own are listed in the returned ``ExplainRun``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from spine_dfl.explain.run import ExplainRun, explain_run
+
+log = logging.getLogger("spine_dfl.explain")
+
+__all__ = ["ExplainInputError", "explain_inputs", "explain_records", "input_records"]
+
+
+class ExplainInputError(ValueError):
+    """The input of an explain run cannot be used (message names the file and why)."""
+
+
+def _load(checkpoint: str | Path, device: str) -> Any:
+    from spine_dfl.engine.checkpoint import load_checkpoint
+    from spine_dfl.engine.device import resolve_device
+
+    return load_checkpoint(checkpoint, map_location=resolve_device(device))
+
+
+def explain_records(
+    checkpoint: str | Path,
+    manifest: str | Path,
+    out_dir: str | Path,
+    split: str | None = None,
+    top_n: int = 5,
+    device: str = "auto",
+    batch_size: int = 8,
+) -> ExplainRun:
+    """Explain a manifest's rows (only `split`'s when given and the manifest has splits).
+
+    Unlabelled rows are fine (the gallery then has no correct / wrong). For a model trained on
+    vertebra ROIs the manifest needs ROI columns, and a row with empty ROI cells fails on its own.
+    """
+    from spine_dfl.data.dataset import manifest_records
+
+    loaded = _load(checkpoint, device)
+    try:
+        records = manifest_records(manifest, loaded.class_names, split, loaded.preprocessing.use_roi,
+                                   require_labels=False)
+    except ValueError as exc:  # ManifestError names every bad row; ValueError an empty split
+        raise ExplainInputError(str(exc)) from exc
+    return explain_run(loaded, records, out_dir, top_n=top_n, device=device, batch_size=batch_size)
+
+
+def explain_inputs(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    rois_csv: str | Path | None,
+    out_dir: str | Path,
+    top_n: int = 5,
+    device: str = "auto",
+    batch_size: int = 8,
+) -> ExplainRun:
+    """Explain image files and folders (DICOM, NIfTI, PNG/TIFF), with vertebra ROIs from `rois_csv`.
+
+    A model trained on vertebra ROIs needs `rois_csv` (read by ``spine_dfl.io.read_rois``: one rule
+    for every caller, a bad row rejects the table naming the row); a whole-image model gets one
+    sample per file and reads no ROI table.
+    """
+    loaded = _load(checkpoint, device)
+    records = input_records(inputs, rois_csv, bool(loaded.preprocessing.use_roi))
+    return explain_run(loaded, records, out_dir, top_n=top_n, device=device, batch_size=batch_size)
+
+
+def input_records(inputs: Sequence[str | Path], rois_csv: str | Path | None, use_roi: bool) -> list[dict[str, Any]]:
+    """Records of the image files under `inputs`: one per ROI row of each file, or one per file.
+
+    Raises ExplainInputError when an input is missing, no image is found, or ROIs are needed but
+    missing, unusable or matching no file. ROI rows matching no file are logged.
+    """
+    from spine_dfl.io import RoiTableError, dicom_uid, find_inputs, read_rois
+
+    paths = [Path(p) for p in inputs]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ExplainInputError(f"input not found: {', '.join(missing)}")
+    files = find_inputs(paths)
+    if not files:
+        raise ExplainInputError(f"no image files under {', '.join(str(p) for p in paths)}")
+    if not use_roi:
+        return [{"image": str(f), "roi": None, "vertebra": "", "label": None, "sop_instance_uid": dicom_uid(f) or ""}
+                for f in files]
+    if rois_csv is None:
+        raise ExplainInputError("this model was trained on vertebra ROIs: pass --rois rois.csv (sop_instance_uid or "
+                                "image, vertebra, x_min, y_min, x_max, y_max)")
+    try:
+        table = read_rois(rois_csv)
+    except RoiTableError as exc:
+        raise ExplainInputError(str(exc)) from exc
+    pairs, unmatched = table.match(files)
+    if unmatched:
+        log.warning("explain: %d ROI row(s) of %s match none of the input files", len(unmatched), rois_csv)
+    if not pairs:
+        raise ExplainInputError(f"{rois_csv}: no ROI row matches any of the {len(files)} input file(s)")
+    return [{"image": str(file), "roi": row.box, "vertebra": row.vertebra, "label": None,
+             "sop_instance_uid": row.sop_instance_uid} for file, row in pairs]

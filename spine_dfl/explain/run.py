@@ -1,0 +1,233 @@
+"""``explain``: per-sample PNGs, ``patches.json`` and ``index.html`` for a trained model.
+
+For every sample, into the output folder:
+
+``<NNNNN>_<image stem>_<vertebra>.png``
+    Three panels of the region the network saw (``spine_dfl.explain.render``):
+      1. the top-N patches of the PREDICTED class: each of that class's k P-stream filters' peak,
+         mapped back through pad / resize / crop to original pixels, as a receptive-field-sized box
+         (clipped to the image), numbered by rank (highest filter response first);
+      2. P-stream class evidence (``spine_dfl.heatmap.class_evidence``: max over the predicted
+         class's k response maps), warped to original pixels through the sample's ``to_original``;
+      3. MONAI Grad-CAM of the G-stream (target: last block of the G-stream head; class = predicted),
+         mapped back the same way.
+``patches.json``
+    A JSON list, one object per sample: image, vertebra, sop_instance_uid, label, pred, correct,
+    confidence, probs {class: p}, roi, region, png, boxes [{rank, filter, filter_in_class, class,
+    class_index, score, x_min, y_min, x_max, y_max, peak_x, peak_y, in_image}] (original pixels,
+    x = column, y = row, continuous coordinates, max exclusive), streamed to a temporary file while
+    the run goes and renamed into place at the end.
+``index.html``
+    The gallery (``spine_dfl.explain.gallery``), written atomically.
+
+Memory stays flat: samples are transformed, batched through the model, rendered and written one
+batch at a time; only small per-sample dicts are kept for the gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from spine_dfl.atomic import atomic_output, atomic_write_text
+from spine_dfl.explain.gallery import render_gallery
+from spine_dfl.explain.gradcam import GradCamRunner
+from spine_dfl.explain.render import render_sample_figure
+from spine_dfl.explain.samples import PreparedSample, batches, label_name, png_name, prepare_samples, record_roi
+from spine_dfl.heatmap.evidence import class_evidence
+from spine_dfl.heatmap.geometry import (
+    class_boxes,
+    feature_map_to_original,
+    feature_map_to_tensor_space,
+    tensor_map_to_original,
+)
+
+log = logging.getLogger("spine_dfl.explain")
+
+__all__ = ["ExplainRun", "NoSampleExplained", "explain", "explain_run"]
+
+
+class NoSampleExplained(ValueError):
+    """Not a single sample of an explain run could be explained (every one failed; the message counts them)."""
+
+
+@dataclass
+class ExplainRun:
+    """What an explain run wrote: the patches.json objects, and the samples that failed (with why)."""
+
+    out_dir: Path
+    entries: list[dict[str, Any]]
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def index_html(self) -> Path:
+        return self.out_dir / "index.html"
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every sample of one run shares."""
+
+    model: nn.Module
+    class_names: list[str]
+    input_size: int
+    gradcam: GradCamRunner
+    top_n: int
+    out: Path
+
+
+@dataclass(frozen=True)
+class _SampleOutput:
+    """The model's output for one sample of a batch (CPU tensors)."""
+
+    probs: Tensor  # (M,)
+    pred: int
+    peak_index: Tensor  # (M*k,)
+    peak_score: Tensor  # (M*k,)
+    evidence: Tensor  # (H, W) predicted class's evidence on the feature grid
+    cam: Tensor  # (1, h, w) Grad-CAM on the G-stream head's grid
+    feature_size: tuple[int, int]  # (H, W) of the conv4 grid the peak indices count on
+
+
+def explain(
+    checkpoint: Any,
+    samples: Iterable[Mapping[str, Any]],
+    out_dir: str | Path,
+    top_n: int = 5,
+    device: str | torch.device = "auto",
+    batch_size: int = 8,
+) -> list[dict[str, Any]]:
+    """Write per-sample PNGs, ``patches.json`` and ``index.html`` into `out_dir`; the patches.json objects.
+
+    checkpoint: a checkpoint path or a `LoadedCheckpoint` (model, class_names, preprocessing).
+    samples: records (mappings) with ``image`` (path), ``roi`` ((x_min, y_min, x_max, y_max) original
+        pixels, or None for whole-image models), ``vertebra``, ``label`` (class name, class index, or
+        None / -1 when unknown; ``label_name`` wins when present) and ``sop_instance_uid``.
+        Consumed lazily (a generator over thousands of records is fine).
+    top_n: boxes per sample (the predicted class's strongest filters; at most k).
+    Samples that fail (unreadable image; no ROI for a model trained on ROIs) are skipped, logged,
+    and listed in the gallery; raises NoSampleExplained (a ValueError) when none could be explained.
+    """
+    return explain_run(checkpoint, samples, out_dir, top_n, device, batch_size).entries
+
+
+def explain_run(
+    checkpoint: Any,
+    samples: Iterable[Mapping[str, Any]],
+    out_dir: str | Path,
+    top_n: int = 5,
+    device: str | torch.device = "auto",
+    batch_size: int = 8,
+) -> ExplainRun:
+    """``explain``, returning the failures too (an `ExplainRun`)."""
+    from spine_dfl.engine.checkpoint import LoadedCheckpoint, load_checkpoint
+    from spine_dfl.engine.device import resolve_device
+
+    run_device = resolve_device(device) if isinstance(device, str) else device
+    loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, map_location=run_device)
+    model = loaded.model.to(run_device).eval()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    context = _Context(model, list(loaded.class_names), int(loaded.preprocessing.input_size), GradCamRunner(model),
+                       int(top_n), out)
+    run = ExplainRun(out, [])
+    started = time.monotonic()
+    with atomic_output(out / "patches.json", "w") as json_file:
+        json_file.write("[")
+        samples_in = prepare_samples(samples, loaded.preprocessing, run.failures)
+        for batch in batches(samples_in, max(1, int(batch_size))):
+            for item, output in zip(batch, _run_batch(model, context.gradcam, batch, run_device)):
+                entry = _explain_one(context, item, output)
+                json_file.write(("\n" if not run.entries else ",\n") + json.dumps(entry))
+                run.entries.append(entry)
+        json_file.write("\n]\n")
+        if not run.entries:
+            raise NoSampleExplained(f"no sample could be explained ({len(run.failures)} unreadable)")
+    meta = [
+        f"{len(run.entries)} samples, model {getattr(model, 'backbone_name', '?')} (stride {model.stride} px, receptive "
+        f"field {model.receptive_field} px in a {context.input_size} px input), {model.filters_per_class} filters "
+        f"per class, classes {', '.join(context.class_names)}; written in {time.monotonic() - started:.0f} s",
+    ]
+    atomic_write_text(run.index_html, render_gallery(run.entries, context.class_names, meta_lines=meta,
+                                                     failures=run.failures))
+    log.info("explain: %d samples -> %s (%d unreadable)", len(run.entries), run.index_html, len(run.failures))
+    return run
+
+
+def _run_batch(
+    model: nn.Module, gradcam: GradCamRunner, batch: Sequence[PreparedSample], device: torch.device
+) -> list[_SampleOutput]:
+    """One forward pass (plus Grad-CAM from the caught trunk features) for a batch of samples."""
+    images = torch.stack([item.image for item in batch]).to(device)
+    captured: list[Tensor] = []
+    # The trunk's output is caught on the way through the one forward pass (Grad-CAM starts from
+    # it) instead of running the trunk a second time.
+    hook = model.trunk.register_forward_hook(lambda _m, _i, output: captured.append(output))
+    try:
+        with torch.no_grad():
+            result = model(images, return_maps=True)
+    finally:
+        hook.remove()
+    probs = torch.softmax(result.fused.float(), dim=1).cpu()
+    preds = probs.argmax(dim=1)
+    cams = gradcam.maps(captured[-1], preds.to(device)).cpu()
+    evidence = class_evidence(result.response_maps, preds.to(device), int(model.filters_per_class)).cpu()
+    peak_index, peak_score = result.peak_index.cpu(), result.peak_score.cpu()
+    feature_size = (int(result.feature_size[0]), int(result.feature_size[1]))
+    return [_SampleOutput(probs[i], int(preds[i]), peak_index[i], peak_score[i], evidence[i], cams[i], feature_size)
+            for i in range(len(batch))]
+
+
+def _explain_one(context: _Context, item: PreparedSample, output: _SampleOutput) -> dict[str, Any]:
+    """Boxes, maps, PNG and the patches.json object of one sample. Images are dropped on return."""
+    model, class_names = context.model, context.class_names
+    record, region, pred = item.record, item.region, output.pred
+    pred_name = class_names[pred]
+    boxes = class_boxes(model, output.peak_index, output.peak_score, output.feature_size, pred, pred_name,
+                        item.to_original, item.image_shape, context.top_n)
+    _, evidence = feature_map_to_original(output.evidence, context.input_size, float(model.stride),
+                                          float(model.rf_center_offset), item.to_original, region, item.image_shape)
+    # Grad-CAM is shown relative to its maximum on the input grid (MONAI's maps have no fixed scale).
+    cam_s = feature_map_to_tensor_space(output.cam.unsqueeze(0), context.input_size, context.gradcam.stride,
+                                        context.gradcam.center_offset)[0]
+    cam_max = float(cam_s.max())
+    cam_s = cam_s / cam_max if cam_max > 0 else cam_s
+    cam_original = tensor_map_to_original(cam_s, item.to_original, region)[0]
+
+    label = label_name(record, class_names)
+    confidence = float(output.probs[pred])
+    vertebra = str(record.get("vertebra", "") or "")
+    png = png_name(item.seq, record)
+    roi = record_roi(record)
+    probs = output.probs.tolist()
+    verdict = "" if label is None else (f"  |  truth {label}: " + ("correct" if label == pred_name else "WRONG"))
+    title = (f"{Path(str(record['image'])).name}  {vertebra or 'whole image'}  |  predicted {pred_name} "
+             f"(p = {confidence:.3f}){verdict}\n"
+             + "   ".join(f"{name}: {float(p):.3f}" for name, p in zip(class_names, probs)))
+    render_sample_figure(
+        context.out / png, item.pixels, region, boxes, evidence, cam_original, title, pred_name, roi,
+        evidence_label=f"filter response (max of {pred_name}'s {model.filters_per_class} filters)",
+        gradcam_label="Grad-CAM, relative to this image's maximum" + ("" if cam_max > 0 else " (zero everywhere)"),
+    )
+    return {
+        "image": str(record["image"]),
+        "vertebra": vertebra,
+        "sop_instance_uid": item.sop_instance_uid,
+        "label": label,
+        "pred": pred_name,
+        "correct": None if label is None else bool(label == pred_name),
+        "confidence": round(confidence, 6),
+        "probs": {name: round(float(p), 6) for name, p in zip(class_names, probs)},
+        "roi": list(roi) if roi is not None else None,
+        "region": list(region),
+        "png": png,
+        "boxes": boxes,
+    }
