@@ -443,7 +443,6 @@ def test_thumbnail_crop_and_box() -> None:
 
 
 def test_worst_error_thumbnails_from_dicom(tmp_path: Path) -> None:
-    pytest.importorskip("spine_dfl.io", reason="spine_dfl.io (image reader) is not available yet")
     from pydicom.uid import SecondaryCaptureImageStorage
 
     from dicom_factory import make_gray_dicom

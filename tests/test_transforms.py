@@ -14,25 +14,22 @@ from monai.transforms import Randomizable
 
 import spine_dfl.io
 from dicom_factory import make_gray_dicom
-from spine_dfl.data.dataset import (
-    DistributedWeightedSampler,
-    build_dataset,
-    class_balanced_weights,
-    sample_seed,
-)
+from spine_dfl.data.dataset import build_dataset
+from spine_dfl.data.samplers import DistributedWeightedSampler, class_balanced_weights, sample_seed
 from spine_dfl.data.transforms import (
     AffineResampled,
     AugmentConfig,
-    CropResizePad,
     Preprocessing,
     RandRadiographAffined,
-    clip_boxes,
+    ResizePad,
+    RoiCrop,
     eval_transforms,
     map_boxes_to_original,
     map_points_to_original,
     roi_crop_box,
     train_transforms,
 )
+from spine_dfl.heatmap import clip_boxes
 
 FULL_RANGE = (0.0, 100.0)  # percentile window that keeps a single planted pixel the maximum
 
@@ -110,7 +107,9 @@ def test_roi_crop_box_and_affine_are_exact() -> None:
     image = torch.arange(100 * 200, dtype=torch.float32).reshape(1, 100, 200)
     roi = (40.0, 30.0, 110.0, 60.0)  # 70 x 30
     assert roi_crop_box(roi, 0.1, 100, 200) == (33, 23, 117, 67)
-    out, to_original = CropResizePad(size=84, margin=0.1)(image, roi)
+    crop, crop_to_input = RoiCrop(margin=0.1)(image, roi)
+    out, resized_to_crop = ResizePad(84, fill=float(image.min()))(crop)
+    to_original = crop_to_input @ resized_to_crop
     # crop 84 x 44 -> 84 x 44 (no resize), padded 20 rows above and below
     assert out.shape == (1, 84, 84)
     assert torch.allclose(to_original, torch.tensor([[1.0, 0, 33], [0, 1, 23 - 20], [0, 0, 1]], dtype=torch.float64))
@@ -127,7 +126,7 @@ def test_map_and_clip_boxes_numpy_and_batched() -> None:
     mapped = map_boxes_to_original(boxes, to_original)
     assert isinstance(mapped, np.ndarray)
     np.testing.assert_allclose(mapped, [[10, -5, 18, 7], [12, 1, 16, 10]])
-    np.testing.assert_allclose(clip_boxes(mapped, rows=8, cols=15), [[10, 0, 15, 7], [12, 1, 15, 8]])
+    np.testing.assert_allclose(clip_boxes(mapped, (8, 15)), [[10, 0, 15, 7], [12, 1, 15, 8]])
     batched = map_boxes_to_original(torch.tensor(boxes)[None].repeat(2, 1, 1), torch.tensor(to_original)[None].repeat(2, 1, 1))
     assert batched.shape == (2, 2, 4) and torch.allclose(batched[1], torch.tensor(mapped))
 

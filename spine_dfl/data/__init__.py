@@ -1,8 +1,8 @@
-"""Manifests, transforms and datasets.
+"""Manifests, patient splits, transforms, datasets and samplers.
 
-``spine_dfl.data.manifest`` (pandas only) is imported eagerly; the MONAI-based
-``transforms`` and ``dataset`` modules load on first use of one of their names, so
-``spine-dfl validate`` does not pay for importing MONAI and torch.
+``manifest``, ``splits`` and ``summary`` (pandas only) are imported eagerly; the torch- and
+MONAI-based ``transforms``, ``dataset`` and ``samplers`` load on first use of one of their names,
+so ``spine-dfl validate`` does not pay for importing MONAI and torch.
 """
 
 from __future__ import annotations
@@ -10,16 +10,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from spine_dfl.data.manifest import (
-    Manifest,
-    ManifestError,
-    class_order,
-    format_summary,
-    load_manifest,
-    patient_split,
-    summarize,
-    validate_manifest,
-)
+from spine_dfl.data.manifest import Manifest, ManifestError, class_order, load_manifest, validate_manifest
+from spine_dfl.data.splits import patient_keys, patient_split
+from spine_dfl.data.summary import format_summary, summarize
 
 _LAZY = {
     "Preprocessing": "transforms",
@@ -28,15 +21,15 @@ _LAZY = {
     "train_transforms": "transforms",
     "map_points_to_original": "transforms",
     "map_boxes_to_original": "transforms",
-    "clip_boxes": "transforms",
     "records_from_table": "dataset",
+    "manifest_records": "dataset",
     "build_dataset": "dataset",
-    "class_balanced_weights": "dataset",
-    "DistributedWeightedSampler": "dataset",
+    "class_balanced_weights": "samplers",
+    "DistributedWeightedSampler": "samplers",
 }
 
 __all__ = [
-    "Manifest", "ManifestError", "class_order", "format_summary", "load_manifest", "patient_split",
+    "Manifest", "ManifestError", "class_order", "format_summary", "load_manifest", "patient_keys", "patient_split",
     "summarize", "validate_manifest", *_LAZY,
 ]
 

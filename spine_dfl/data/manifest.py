@@ -1,4 +1,4 @@
-"""Manifest CSV: loading, validation, patient-level splitting and a text summary.
+"""Manifest CSV: loading and validation (splits: ``data.splits``; counts: ``data.summary``).
 
 A manifest is the training and evaluation contract: one row per sample (normally one
 vertebra of one radiograph). Columns (names are case-insensitive, surrounding spaces
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,14 +39,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spine_dfl.vertebrae import level_sort_key, normalize_level
+from spine_dfl.data.splits import SPLITS, patient_keys, patient_split
+from spine_dfl.data.summary import format_summary, summarize
+from spine_dfl.io import GENANT_GRADES, ROI_COLUMNS, normalize_level
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image", "label")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("vertebra", "patient_id", "split")
-ROI_COLUMNS: tuple[str, ...] = ("x_min", "y_min", "x_max", "y_max")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
-# Genant semiquantitative grades, in order of severity; used to order class names.
-GENANT_GRADES: tuple[str, ...] = ("normal", "mild", "moderate", "severe")
+
+SizeReader = Callable[[str], "tuple[int, int] | str"]
+
+__all__ = [
+    "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "ImageSizeReader", "Manifest", "ManifestError", "class_order",
+    "load_manifest", "validate_manifest",
+]
 
 
 class ManifestError(ValueError):
@@ -148,21 +153,10 @@ def _canonical_labels(labels: pd.Series) -> pd.Series:
     return labels
 
 
-def patient_keys(table: pd.DataFrame) -> pd.Series:
-    """Patient of every row: ``patient_id`` when given, else the image path (each image its own patient)."""
-    image = table["image"].astype(str)
-    if "patient_id" not in table.columns:
-        return "image:" + image
-    pid = table["patient_id"].fillna("").astype(str)
-    return pid.where(pid != "", "image:" + image)
-
-
 class ImageSizeReader:
-    """(rows, cols) of image files, read as cheaply as possible and cached per path.
+    """(rows, cols) of image files from their headers alone (``spine_dfl.io.image_size``), cached per path.
 
-    DICOM: header only (pydicom ``stop_before_pixels``; Rows/Columns). Anything else (or a
-    DICOM whose header lacks them): the full reader ``spine_dfl.io.read_image``, so the size is
-    exactly what training will see. Unreadable files give the reader's reason.
+    Unreadable files give the reader's reason as a string.
     """
 
     def __init__(self) -> None:
@@ -176,29 +170,14 @@ class ImageSizeReader:
 
     @staticmethod
     def _read(path: str) -> tuple[int, int] | str:
-        from spine_dfl import io as sio
+        from spine_dfl.io import ImageReadError, image_size
 
         try:
-            if sio.is_dicom(path):
-                import pydicom
-
-                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                                     specific_tags=["Rows", "Columns", "NumberOfFrames", "SamplesPerPixel"])
-                rows, cols = ds.get("Rows"), ds.get("Columns")
-                frames = int(ds.get("NumberOfFrames", 1) or 1)
-                samples = int(ds.get("SamplesPerPixel", 1) or 1)
-                if rows and cols and frames == 1 and samples == 1:
-                    return int(rows), int(cols)
-        except Exception:  # noqa: BLE001 - any header problem: let the full reader say what is wrong
-            pass
-        try:
-            image = sio.read_image(path)
-        except sio.ImageReadError as exc:
+            return image_size(path)
+        except ImageReadError as exc:
             return f"unreadable image: {exc}"
         except Exception as exc:  # noqa: BLE001 - a reader bug must still point at the row
             return f"unreadable image ({type(exc).__name__}: {exc})"
-        rows, cols = image.pixels.shape[:2]
-        return int(rows), int(cols)
 
 
 # --------------------------------------------------------------------------- loading
@@ -215,214 +194,254 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise ManifestError(path, [f"{path}: not a readable CSV file ({exc})"]) from exc
 
 
-def _load(
-    path: str | Path,
-    check_files: bool = True,
-    check_rois: bool = True,
-    require_labels: bool = True,
-    class_names: Sequence[str] | None = None,
-    size_reader: Callable[[str], tuple[int, int] | str] | None = None,
-) -> tuple[Manifest | None, list[str]]:
-    """Parse and validate; returns the manifest (None when unusable) and every error found."""
-    path = Path(path).expanduser().resolve()
-    raw = _read_csv(path)
-    errors: list[str] = []
-    raw.columns = [str(c).strip().lower() for c in raw.columns]
+@dataclass
+class _Parse:
+    """A manifest being validated: the text table, its data row numbers and every error so far."""
 
-    duplicated_cols = sorted({c for c in raw.columns if list(raw.columns).count(c) > 1})
-    for col in duplicated_cols:
-        errors.append(f"{_where(path, None, col)}: column appears more than once")
-    required = [c for c in REQUIRED_COLUMNS if c != "label" or require_labels]
-    for col in required:
-        if col not in raw.columns:
+    path: Path
+    raw: pd.DataFrame
+    table: pd.DataFrame
+    rows: np.ndarray
+    errors: list[str] = field(default_factory=list)
+
+    def error(self, row: int | None, column: str | Sequence[str], message: str) -> None:
+        self.errors.append(f"{_where(self.path, row, column)}: {message}")
+
+
+def _header_errors(path: Path, columns: list[str], require_labels: bool) -> list[str]:
+    """Problems of the header alone: duplicated, missing required and incomplete ROI columns."""
+    errors = [f"{_where(path, None, c)}: column appears more than once"
+              for c in sorted({c for c in columns if columns.count(c) > 1})]
+    for col in (c for c in REQUIRED_COLUMNS if c != "label" or require_labels):
+        if col not in columns:
             errors.append(f"{_where(path, None, col)}: missing required column (columns found: "
-                          f"{', '.join(raw.columns) or 'none'})")
-    roi_present = [c for c in ROI_COLUMNS if c in raw.columns]
+                          f"{', '.join(columns) or 'none'})")
+    roi_present = [c for c in ROI_COLUMNS if c in columns]
     if roi_present and len(roi_present) < len(ROI_COLUMNS):
-        missing = [c for c in ROI_COLUMNS if c not in raw.columns]
+        missing = [c for c in ROI_COLUMNS if c not in columns]
         errors.append(f"{_where(path, None, missing)}: ROI columns must come as all four of "
                       f"{', '.join(ROI_COLUMNS)} (found only {', '.join(roi_present)})")
-    if errors:
-        return None, errors
-    if raw.empty:
-        return None, [f"{path}: manifest has a header but no data rows"]
+    return errors
 
+
+def _text_table(raw: pd.DataFrame) -> pd.DataFrame:
+    """Stripped text cells plus ``row``, ``label``, normalised ``vertebra`` and ``patient_id`` columns."""
     table = pd.DataFrame(index=raw.index)
     table["row"] = np.arange(1, len(raw) + 1)
     for col in raw.columns:
         table[col] = raw[col].astype(str).str.strip()
     if "label" not in table.columns:
         table["label"] = ""
-    has_vertebra = "vertebra" in raw.columns
-    has_patient_id = "patient_id" in raw.columns
-    has_split = "split" in raw.columns
-    has_roi = len(roi_present) == len(ROI_COLUMNS)
-    table["vertebra"] = table["vertebra"].map(normalize_level) if has_vertebra else ""
-    if not has_patient_id:
+    table["vertebra"] = table["vertebra"].map(normalize_level) if "vertebra" in raw.columns else ""
+    if "patient_id" not in raw.columns:
         table["patient_id"] = ""
-    rows = table["row"].to_numpy()
+    return table
 
-    # image paths: relative to the manifest's folder
+
+def _resolve_images(p: _Parse, check_files: bool) -> None:
+    """Image paths relative to the manifest's folder, absolute and normalised (symlinks kept: results
+    name the files as the user does); with ``check_files`` every file must exist."""
     resolved: list[str] = []
-    for row, text in zip(rows, table["image"]):
+    for row, text in zip(p.rows, p.table["image"]):
         if text == "":
-            errors.append(f"{_where(path, row, 'image')}: empty image path")
+            p.error(row, "image", "empty image path")
             resolved.append("")
             continue
-        p = Path(text).expanduser()
-        p = p if p.is_absolute() else path.parent / p
-        # absolute and normalised, but symlinks kept: results name the files as the user does
-        resolved.append(os.path.normpath(os.path.abspath(p)))
-    table["image"] = resolved
+        image = Path(text).expanduser()
+        image = image if image.is_absolute() else p.path.parent / image
+        resolved.append(os.path.normpath(os.path.abspath(image)))
+    p.table["image"] = resolved
     if check_files:
-        for row, text, image in zip(rows, raw["image"], resolved):
+        for row, text, image in zip(p.rows, p.raw["image"], resolved):
             if image and not Path(image).is_file():
                 what = "is a folder, not a file" if Path(image).is_dir() else "file not found"
-                errors.append(f"{_where(path, row, 'image')}: {what}: {text!r} (resolved to {image})")
+                p.error(row, "image", f"{what}: {text!r} (resolved to {image})")
 
-    # labels
-    table["label"] = _canonical_labels(table["label"])
+
+def _check_labels(p: _Parse, require_labels: bool, class_names: Sequence[str] | None) -> list[str]:
+    """Canonical labels, empty-label and unknown-label errors; returns the class order."""
+    p.table["label"] = _canonical_labels(p.table["label"])
     if require_labels:
-        for row in rows[(table["label"] == "").to_numpy()]:
-            errors.append(f"{_where(path, row, 'label')}: empty label")
-    if class_names is not None:
-        known = set(class_names)
-        for row, label in zip(rows, table["label"]):
-            if label != "" and label not in known:
-                errors.append(f"{_where(path, row, 'label')}: label {label!r} is not one of the classes "
-                              f"{', '.join(class_names)}")
-        names = list(class_names)
-    else:
-        names = class_order(table["label"])
+        for row in p.rows[(p.table["label"] == "").to_numpy()]:
+            p.error(row, "label", "empty label")
+    if class_names is None:
+        return class_order(p.table["label"])
+    known = set(class_names)
+    for row, label in zip(p.rows, p.table["label"]):
+        if label != "" and label not in known:
+            p.error(row, "label", f"label {label!r} is not one of the classes {', '.join(class_names)}")
+    return list(class_names)
 
-    # split
-    if has_split:
-        table["split"] = table["split"].str.lower()
-        for row, value in zip(rows, table["split"]):
-            if value not in SPLITS:
-                shown = "empty split" if value == "" else f"unknown split {value!r}"
-                errors.append(f"{_where(path, row, 'split')}: {shown} (allowed: {', '.join(SPLITS)})")
 
-    # ROI
-    roi_ok = np.zeros(len(table), dtype=bool)
-    if has_roi:
-        values = np.full((len(table), 4), np.nan)
-        for j, col in enumerate(ROI_COLUMNS):
-            values[:, j] = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=np.float64)
-        texts = table[list(ROI_COLUMNS)].to_numpy()
-        for i, row in enumerate(rows):
-            empty = [c for c, t in zip(ROI_COLUMNS, texts[i]) if t == ""]
-            if len(empty) == 4:
-                continue  # whole-image sample
-            if empty:
-                errors.append(f"{_where(path, row, empty)}: partial ROI: {', '.join(empty)} empty while the other "
-                              f"ROI cells are filled (give all four or none)")
-                continue
-            bad = [c for c, v in zip(ROI_COLUMNS, values[i]) if not math.isfinite(v)]
-            for c in bad:
-                errors.append(f"{_where(path, row, c)}: ROI value {texts[i][ROI_COLUMNS.index(c)]!r} is not a finite number")
-            if bad:
-                continue
-            x0, y0, x1, y1 = values[i]
-            inverted = False
-            if x1 <= x0:
-                errors.append(f"{_where(path, row, 'x_max')}: inverted ROI: x_max {x1:g} <= x_min {x0:g}")
-                inverted = True
-            if y1 <= y0:
-                errors.append(f"{_where(path, row, 'y_max')}: inverted ROI: y_max {y1:g} <= y_min {y0:g}")
-                inverted = True
-            roi_ok[i] = not inverted
-        for j, col in enumerate(ROI_COLUMNS):
-            table[col] = values[:, j]
-        table.loc[~roi_ok, list(ROI_COLUMNS)] = np.nan
-        if check_rois:
-            sizes = size_reader or ImageSizeReader()
-            for i, row in enumerate(rows):
-                image = table["image"].iat[i]
-                if not roi_ok[i] or not image or not Path(image).is_file():
-                    continue
-                size = sizes(image)
-                if isinstance(size, str):
-                    errors.append(f"{_where(path, row, 'image')}: {size}")
-                    continue
-                n_rows, n_cols = size
-                x0, y0, x1, y1 = values[i]
-                for col, value, low, high in (("x_min", x0, 0, n_cols), ("y_min", y0, 0, n_rows),
-                                              ("x_max", x1, 0, n_cols), ("y_max", y1, 0, n_rows)):
-                    if value < low or value > high:
-                        axis = "columns" if col.startswith("x") else "rows"
-                        errors.append(f"{_where(path, row, col)}: ROI outside the image: {col} = {value:g} but the image "
-                                      f"has {high} {axis} (allowed 0..{high}; {n_rows} rows x {n_cols} columns)")
-    else:
-        for col in ROI_COLUMNS:
-            table[col] = np.nan
+def _check_splits(p: _Parse) -> None:
+    p.table["split"] = p.table["split"].str.lower()
+    for row, value in zip(p.rows, p.table["split"]):
+        if value not in SPLITS:
+            shown = "empty split" if value == "" else f"unknown split {value!r}"
+            p.error(row, "split", f"{shown} (allowed: {', '.join(SPLITS)})")
 
-    # duplicates: same image + vertebra + ROI
-    roi_values = table[list(ROI_COLUMNS)].to_numpy(dtype=np.float64)
 
-    def roi_key(i: int) -> tuple[Any, ...]:
-        return tuple(None if math.isnan(v) else round(float(v), 6) for v in roi_values[i])
+def _roi_row_ok(p: _Parse, row: int, texts: Sequence[str], values: np.ndarray) -> bool:
+    """Errors of one row's ROI cells; True when they give a usable box (all four empty: whole image)."""
+    empty = [c for c, t in zip(ROI_COLUMNS, texts) if t == ""]
+    if len(empty) == 4:
+        return False
+    if empty:
+        p.error(row, empty, f"partial ROI: {', '.join(empty)} empty while the other ROI cells are filled "
+                            f"(give all four or none)")
+        return False
+    bad = [c for c, v in zip(ROI_COLUMNS, values) if not math.isfinite(v)]
+    for c in bad:
+        p.error(row, c, f"ROI value {texts[ROI_COLUMNS.index(c)]!r} is not a finite number")
+    if bad:
+        return False
+    x0, y0, x1, y1 = values
+    if x1 <= x0:
+        p.error(row, "x_max", f"inverted ROI: x_max {x1:g} <= x_min {x0:g}")
+    if y1 <= y0:
+        p.error(row, "y_max", f"inverted ROI: y_max {y1:g} <= y_min {y0:g}")
+    return bool(x1 > x0 and y1 > y0)
 
+
+def _parse_rois(p: _Parse) -> tuple[np.ndarray, np.ndarray]:
+    """ROI cells -> (N, 4) float boxes (NaN where unusable) and which rows have a usable box."""
+    values = np.full((len(p.table), 4), np.nan)
+    for j, col in enumerate(ROI_COLUMNS):
+        values[:, j] = pd.to_numeric(p.table[col], errors="coerce").to_numpy(dtype=np.float64)
+    texts = p.table[list(ROI_COLUMNS)].to_numpy()
+    roi_ok = np.array([_roi_row_ok(p, row, texts[i], values[i]) for i, row in enumerate(p.rows)], dtype=bool)
+    for j, col in enumerate(ROI_COLUMNS):
+        p.table[col] = values[:, j]
+    p.table.loc[~roi_ok, list(ROI_COLUMNS)] = np.nan
+    return values, roi_ok
+
+
+def _check_rois_inside(p: _Parse, values: np.ndarray, roi_ok: np.ndarray, sizes: SizeReader) -> None:
+    """Every usable ROI lies inside its image (sizes from the image headers)."""
+    for i, row in enumerate(p.rows):
+        image = p.table["image"].iat[i]
+        if not roi_ok[i] or not image or not Path(image).is_file():
+            continue
+        size = sizes(image)
+        if isinstance(size, str):
+            p.error(row, "image", size)
+            continue
+        n_rows, n_cols = size
+        x0, y0, x1, y1 = values[i]
+        for col, value, high in (("x_min", x0, n_cols), ("y_min", y0, n_rows), ("x_max", x1, n_cols),
+                                 ("y_max", y1, n_rows)):
+            if value < 0 or value > high:
+                axis = "columns" if col.startswith("x") else "rows"
+                p.error(row, col, f"ROI outside the image: {col} = {value:g} but the image has {high} {axis} "
+                                  f"(allowed 0..{high}; {n_rows} rows x {n_cols} columns)")
+
+
+def _check_duplicates(p: _Parse) -> None:
+    """No two rows with the same image, vertebra and ROI; one ROI per vertebra of an image."""
+    roi_values = p.table[list(ROI_COLUMNS)].to_numpy(dtype=np.float64)
     first_seen: dict[tuple[Any, ...], int] = {}
-    vertebra_seen: dict[tuple[str, str], tuple[int, tuple[Any, ...]]] = {}
-    for i, row in enumerate(rows):
-        image, vertebra = table["image"].iat[i], table["vertebra"].iat[i]
+    vertebra_seen: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(p.rows):
+        image, vertebra = p.table["image"].iat[i], p.table["vertebra"].iat[i]
         if not image:
             continue
-        key = (image, vertebra, roi_key(i))
+        roi = tuple(None if math.isnan(v) else round(float(v), 6) for v in roi_values[i])
+        key = (image, vertebra, roi)
         if key in first_seen:
-            errors.append(f"{_where(path, row, ['image', 'vertebra', *ROI_COLUMNS])}: duplicate row: same image, vertebra "
-                          f"and ROI as row {first_seen[key]}")
+            p.error(row, ["image", "vertebra", *ROI_COLUMNS],
+                    f"duplicate row: same image, vertebra and ROI as row {first_seen[key]}")
             continue
         first_seen[key] = row
         if vertebra:
             seen = vertebra_seen.get((image, vertebra))
             if seen is not None:
-                errors.append(f"{_where(path, row, 'vertebra')}: vertebra {vertebra} of this image already appears in "
-                              f"row {seen[0]} with another ROI")
+                p.error(row, "vertebra", f"vertebra {vertebra} of this image already appears in row {seen} "
+                                         f"with another ROI")
             else:
-                vertebra_seen[(image, vertebra)] = (row, key[2])
+                vertebra_seen[(image, vertebra)] = row
 
-    # one image belongs to one patient
-    if has_patient_id:
-        by_image: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for row, image, pid in zip(rows, table["image"], table["patient_id"]):
-            if image:
-                by_image[image][pid].append(row)
-        for image, pids in by_image.items():
-            if len(pids) > 1:
-                ordered = sorted(pids.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))
-                main_pid = ordered[0][0]
-                for pid, pid_rows in ordered[1:]:
-                    for row in pid_rows:
-                        errors.append(f"{_where(path, row, 'patient_id')}: image {Path(image).name} is given patient "
-                                      f"{pid!r} here but {main_pid!r} in {_rows_text(pids[main_pid])}")
 
-    # one patient in one split
-    if has_split:
-        keys = patient_keys(table)
-        groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for row, key, split in zip(rows, keys, table["split"]):
-            if split in SPLITS:
-                groups[key][split].append(row)
-        for key, splits in groups.items():
-            if len(splits) < 2:
-                continue
-            who = f"patient {key!r}" if not key.startswith("image:") else f"image {Path(key[6:]).name} (no patient_id)"
-            ordered = sorted(splits.items(), key=lambda kv: (-len(kv[1]), SPLITS.index(kv[0])))
-            main_split, main_rows = ordered[0]
-            for split, split_rows in ordered[1:]:
-                for row in split_rows:
-                    errors.append(f"{_where(path, row, 'split')}: {who} is in split {split!r} here but in "
-                                  f"{main_split!r} in {_rows_text(main_rows)} (one patient must stay in one split)")
+def _check_one_patient_per_image(p: _Parse) -> None:
+    by_image: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for row, image, pid in zip(p.rows, p.table["image"], p.table["patient_id"]):
+        if image:
+            by_image[image][pid].append(row)
+    for image, pids in by_image.items():
+        if len(pids) < 2:
+            continue
+        ordered = sorted(pids.items(), key=lambda kv: (-len(kv[1]), kv[1][0]))
+        main_pid = ordered[0][0]
+        for pid, pid_rows in ordered[1:]:
+            for row in pid_rows:
+                p.error(row, "patient_id", f"image {Path(image).name} is given patient {pid!r} here but "
+                                           f"{main_pid!r} in {_rows_text(pids[main_pid])}")
 
-    errors.sort(key=lambda message: _row_of(path, message))  # stable: per row, in check order
+
+def _check_one_split_per_patient(p: _Parse) -> None:
+    groups: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for row, key, split in zip(p.rows, patient_keys(p.table), p.table["split"]):
+        if split in SPLITS:
+            groups[key][split].append(row)
+    for key, splits in groups.items():
+        if len(splits) < 2:
+            continue
+        who = f"patient {key!r}" if not key.startswith("image:") else f"image {Path(key[6:]).name} (no patient_id)"
+        ordered = sorted(splits.items(), key=lambda kv: (-len(kv[1]), SPLITS.index(kv[0])))
+        main_split, main_rows = ordered[0]
+        for split, split_rows in ordered[1:]:
+            for row in split_rows:
+                p.error(row, "split", f"{who} is in split {split!r} here but in {main_split!r} in "
+                                      f"{_rows_text(main_rows)} (one patient must stay in one split)")
+
+
+def _load(
+    path: str | Path,
+    check_files: bool = True,
+    check_rois: bool = True,
+    require_labels: bool = True,
+    class_names: Sequence[str] | None = None,
+    size_reader: SizeReader | None = None,
+) -> tuple[Manifest | None, list[str]]:
+    """Parse and validate; returns the manifest (None when unusable) and every error found.
+
+    The checks run in a fixed order, and the errors are then sorted by row (stably), so one row's
+    problems are listed together in check order.
+    """
+    path = Path(path).expanduser().resolve()
+    raw = _read_csv(path)
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    header_errors = _header_errors(path, list(raw.columns), require_labels)
+    if header_errors:
+        return None, header_errors
+    if raw.empty:
+        return None, [f"{path}: manifest has a header but no data rows"]
+    has = {c: c in raw.columns for c in ("vertebra", "patient_id", "split")}
+    has_roi = all(c in raw.columns for c in ROI_COLUMNS)
+    table = _text_table(raw)
+    p = _Parse(path, raw, table, table["row"].to_numpy())
+    _resolve_images(p, check_files)
+    names = _check_labels(p, require_labels, class_names)
+    if has["split"]:
+        _check_splits(p)
+    if has_roi:
+        values, roi_ok = _parse_rois(p)
+        if check_rois:
+            _check_rois_inside(p, values, roi_ok, size_reader or ImageSizeReader())
+    else:
+        for col in ROI_COLUMNS:
+            p.table[col] = np.nan
+    _check_duplicates(p)
+    if has["patient_id"]:
+        _check_one_patient_per_image(p)
+    if has["split"]:
+        _check_one_split_per_patient(p)
+    errors = sorted(p.errors, key=lambda message: _row_of(path, message))
     extra = [c for c in raw.columns if c not in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *ROI_COLUMNS)]
-    ordered_cols = ["row", "image", "label", "vertebra", "patient_id", *(["split"] if has_split else []),
+    ordered_cols = ["row", "image", "label", "vertebra", "patient_id", *(["split"] if has["split"] else []),
                     *ROI_COLUMNS, *extra]
-    table = table[ordered_cols].reset_index(drop=True)
-    manifest = Manifest(table=table, class_names=names, has_roi=has_roi, has_split=has_split, path=path,
-                        has_vertebra=has_vertebra, has_patient_id=has_patient_id, extra_columns=extra)
+    manifest = Manifest(table=p.table[ordered_cols].reset_index(drop=True), class_names=names, has_roi=has_roi,
+                        has_split=has["split"], path=path, has_vertebra=has["vertebra"],
+                        has_patient_id=has["patient_id"], extra_columns=extra)
     return manifest, errors
 
 
@@ -436,7 +455,7 @@ def load_manifest(
     """Load and validate a manifest CSV; raise :class:`ManifestError` listing every problem.
 
     check_files: every image file must exist.
-    check_rois: every ROI must lie inside its image (reads image sizes: DICOM header only).
+    check_rois: every ROI must lie inside its image (reads image sizes from the headers).
     require_labels: labels are required (training, evaluation); False for unlabelled scoring.
     class_names: fix the class order (e.g. a checkpoint's); labels outside it are errors.
     """
@@ -445,175 +464,6 @@ def load_manifest(
     if errors or manifest is None:
         raise ManifestError(Path(path), errors)
     return manifest
-
-
-# --------------------------------------------------------------------------- split
-def patient_split(
-    table: pd.DataFrame,
-    seed: int = 0,
-    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-) -> pd.Series:
-    """Patient-level stratified train/val/test split by ``seed``; returns a Series aligned with ``table``.
-
-    - Patients: ``patient_id`` when present and non-empty, else the image (each image its own
-      patient). No patient is ever in two splits.
-    - Presence first (greedy, rarest class first): for each class, patients carrying it who are
-      not yet assigned are put into the splits (positive fraction only) that still lack the class,
-      so every class is present in every split whenever enough unassigned patients carry it
-      (a class on >= 3 patients always reaches all three splits when classes are processed
-      rarest first and each patient carries one class; patients with several classes may
-      already cover a split).
-    - The rest: each patient is stratified by its rarest class (fewest patients overall) and
-      goes to the split furthest below its target share within that stratum (ties: furthest
-      below its overall target, then train, val, test).
-    Shuffling uses ``numpy.random.default_rng(seed)``: same seed, same split.
-    """
-    fr = np.asarray(fractions, dtype=np.float64)
-    if fr.shape != (3,) or (fr < 0).any() or fr.sum() <= 0:
-        raise ValueError(f"split fractions must be three non-negative numbers with a positive sum, got {fractions}")
-    fr = fr / fr.sum()
-    active = [k for k in range(3) if fr[k] > 0]
-    keys = patient_keys(table).to_numpy()
-    labels = table["label"].fillna("").astype(str).to_numpy() if "label" in table.columns else np.full(len(table), "")
-
-    patient_classes: dict[str, set[str]] = defaultdict(set)
-    for key, label in zip(keys, labels):
-        patient_classes[key]  # every patient appears even without labels
-        if label != "":
-            patient_classes[key].add(label)
-    rng = np.random.default_rng(seed)
-    patients = sorted(patient_classes)
-    patients = [patients[i] for i in rng.permutation(len(patients))]
-    class_patients = Counter(c for p in patients for c in patient_classes[p])
-    # rarest first; ties by name so the order does not depend on row order
-    classes = sorted(class_patients, key=lambda c: (class_patients[c], c))
-    rank = {c: i for i, c in enumerate(classes)}
-
-    assigned: dict[str, int] = {}
-    split_classes: list[set[str]] = [set(), set(), set()]
-    split_count = np.zeros(3)
-
-    def assign(patient: str, k: int) -> None:
-        assigned[patient] = k
-        split_classes[k].update(patient_classes[patient])
-        split_count[k] += 1
-
-    for c in classes:
-        candidates = [p for p in patients if c in patient_classes[p] and p not in assigned]
-        # Fill the largest splits first so a class with too few patients lands in train, then val.
-        for k in sorted(active, key=lambda k: (-fr[k], k)):
-            if c in split_classes[k] or not candidates:
-                continue
-            # Prefer the candidate with the fewest other classes: it covers c without skewing others.
-            best_pos = min(range(len(candidates)), key=lambda j: (len(patient_classes[candidates[j]]), j))
-            best = candidates.pop(best_pos)
-            assign(best, k)
-
-    def stratum(p: str) -> str:
-        return min(patient_classes[p], key=lambda c: rank[c]) if patient_classes[p] else ""
-
-    strata: dict[str, list[str]] = defaultdict(list)
-    for p in patients:
-        strata[stratum(p)].append(p)
-    total = len(patients)
-    for s in sorted(strata, key=lambda s: (rank.get(s, len(rank)), s)):
-        members = strata[s]
-        counts = np.zeros(3)
-        for p in members:
-            if p in assigned:
-                counts[assigned[p]] += 1
-        for p in members:
-            if p in assigned:
-                continue
-            deficit = fr * len(members) - counts
-            overall = fr * total - split_count
-            k = max(active, key=lambda k: (deficit[k], overall[k], -k))
-            counts[k] += 1
-            assign(p, k)
-    return pd.Series([SPLITS[assigned[key]] for key in keys], index=table.index, name="split")
-
-
-# --------------------------------------------------------------------------- summary
-def summarize(manifest: Manifest) -> dict[str, Any]:
-    """Counts for ``spine-dfl validate``: rows, images, patients; classes per split; vertebra x class.
-
-    Returns ``{"manifest", "rows", "images", "patients", "class_names", "has_roi", "has_split",
-    "splits": {name: {"rows", "images", "patients", "classes": {class: rows}}},
-    "vertebrae": {level: {class: rows}}}``; ``splits`` holds ``all`` and, with a split
-    column, train/val/test.
-    """
-    table = manifest.table
-    keys = patient_keys(table)
-    names = list(manifest.class_names)
-    if (table["label"] == "").any():
-        names.append("")
-
-    def block(mask: pd.Series) -> dict[str, Any]:
-        sub = table[mask]
-        counts = sub["label"].value_counts()
-        return {
-            "rows": int(len(sub)),
-            "images": int(sub["image"].nunique()),
-            "patients": int(keys[mask].nunique()),
-            "classes": {c: int(counts.get(c, 0)) for c in names},
-        }
-
-    splits = {"all": block(pd.Series(True, index=table.index))}
-    if manifest.has_split:
-        for s in SPLITS:
-            splits[s] = block(table["split"] == s)
-    vertebrae: dict[str, dict[str, int]] = {}
-    if manifest.has_vertebra:
-        for level in sorted(set(table["vertebra"]), key=level_sort_key):
-            counts = table.loc[table["vertebra"] == level, "label"].value_counts()
-            vertebrae[level or "(none)"] = {c: int(counts.get(c, 0)) for c in names}
-    return {
-        "manifest": str(manifest.path),
-        "rows": int(len(table)),
-        "images": int(table["image"].nunique()),
-        "patients": int(keys.nunique()),
-        "class_names": list(manifest.class_names),
-        "has_roi": bool(manifest.has_roi),
-        "has_split": bool(manifest.has_split),
-        "splits": splits,
-        "vertebrae": vertebrae,
-    }
-
-
-def _table_text(header: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]:
-    cells = [list(map(str, header))] + [[str(v) for v in r] for r in body]
-    widths = [max(len(r[j]) for r in cells) for j in range(len(header))]
-    lines = []
-    for i, r in enumerate(cells):
-        lines.append("  ".join(v.ljust(widths[j]) if j == 0 else v.rjust(widths[j]) for j, v in enumerate(r)))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return lines
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """Plain-text tables of :func:`summarize`'s dict (fixed-width, for a terminal)."""
-    names = [c for c in summary["class_names"]]
-    label_cols = names + ([""] if any("" in b["classes"] for b in summary["splits"].values()) else [])
-    shown = [c if c else "(no label)" for c in label_cols]
-    lines = [
-        f"manifest: {summary['manifest']}",
-        f"rows: {summary['rows']}   images: {summary['images']}   patients: {summary['patients']}   "
-        f"ROI: {'yes' if summary['has_roi'] else 'no (whole images)'}",
-        f"classes: {', '.join(names) if names else '(none)'}",
-        "",
-    ]
-    if not summary["has_split"]:
-        lines.append("no split column: training makes a patient-level stratified split by seed")
-    body = [[name, b["rows"], b["images"], b["patients"], *(b["classes"].get(c, 0) for c in label_cols)]
-            for name, b in summary["splits"].items()]
-    lines += _table_text(["split", "rows", "images", "patients", *shown], body)
-    if summary["vertebrae"]:
-        lines.append("")
-        body = [[level, sum(counts.values()), *(counts.get(c, 0) for c in label_cols)]
-                for level, counts in summary["vertebrae"].items()]
-        lines += _table_text(["vertebra", "rows", *shown], body)
-    return "\n".join(lines)
 
 
 def validate_manifest(

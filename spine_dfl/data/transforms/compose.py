@@ -1,0 +1,61 @@
+"""The pipelines: the cacheable deterministic part and the random augmentation (see the package docstring)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    RandAdjustContrastd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    ScaleIntensityRangePercentilesd,
+    Transform,
+)
+
+from spine_dfl.data.transforms.augment import RandRadiographAffined
+from spine_dfl.data.transforms.crop import ResizePadd, RoiCropd
+from spine_dfl.data.transforms.load import LoadRadiographd
+from spine_dfl.data.transforms.settings import AugmentConfig, Preprocessing
+
+
+def deterministic_transforms(pre: Preprocessing, keys: str = "image", lru_size: int = 2) -> list[Transform]:
+    """The cacheable part: load, ROI crop, percentile normalisation, resize + pad, plain tensor."""
+    low, high = pre.intensity_percentiles
+    return [
+        LoadRadiographd(keys, lru_size=lru_size),
+        RoiCropd(keys, margin=pre.roi_margin, use_roi=pre.use_roi),
+        ScaleIntensityRangePercentilesd(keys, lower=float(low), upper=float(high), b_min=0.0, b_max=1.0,
+                                        clip=True, dtype=np.float32),
+        ResizePadd(keys, size=pre.input_size, fill=0.0),
+        EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
+    ]
+
+
+def augment_transforms(aug: AugmentConfig, keys: str = "image") -> list[Transform]:
+    """The random part (applied after :func:`deterministic_transforms`; intensities in [0, 1])."""
+    sigma = (float(aug.blur_sigma[0]), float(aug.blur_sigma[1]))
+    return [
+        RandRadiographAffined(keys, prob=aug.prob, rotate_deg=aug.rotate_deg, scale=aug.scale,
+                              translate=aug.translate, fill=0.0),
+        RandAdjustContrastd(keys, prob=aug.prob, gamma=(float(aug.gamma[0]), float(aug.gamma[1]))),
+        RandGaussianSmoothd(keys, sigma_x=sigma, sigma_y=sigma, prob=aug.prob),
+        RandGaussianNoised(keys, prob=aug.prob, mean=0.0, std=float(aug.noise_std)),
+        EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
+    ]
+
+
+def eval_transforms(pre: Preprocessing) -> Compose:
+    """Deterministic pipeline: {"image": path, "roi": ROI | None, ...} -> sample dict (see module doc)."""
+    return Compose(deterministic_transforms(pre))
+
+
+def train_transforms(pre: Preprocessing, aug: AugmentConfig, seed: int = 0) -> Compose:
+    """Eval pipeline followed by the random augmentation, seeded with ``Compose.set_random_state(seed)``.
+
+    MONAI's CacheDataset caches up to the first Randomizable, i.e. exactly the eval part.
+    """
+    compose = Compose([*deterministic_transforms(pre), *augment_transforms(aug)])
+    compose.set_random_state(seed=int(seed))
+    return compose
