@@ -1,5 +1,7 @@
-"""spine_dfl.io against real files: pydicom's test files, pydicom-data's CR radiographs, and
-NIfTI/PNG/TIFF files written here with nibabel and scikit-image.
+"""spine_dfl.io's DICOM reader against real files: pydicom's test files and pydicom-data's CR radiographs.
+
+NIfTI/PNG/TIFF are in test_io_raster.py, input discovery in test_io_discovery.py, header-only facts
+in test_io_header.py, decoder failures in test_io_decoders.py, ROI tables in test_io_rois.py.
 
 Where a test needs a variant that no real file offers (no preamble, a cut file, a header value
 changed), it starts from a real file and changes only that one thing.
@@ -11,12 +13,9 @@ import shutil
 import struct
 from pathlib import Path
 
-import imageio.v3
-import nibabel
 import numpy as np
 import pydicom
 import pytest
-import skimage.io
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.uid import JPEG2000Lossless, MPEG2MPML
 
@@ -24,9 +23,7 @@ from conftest import all_dicom_test_files, pydicom_data_dir, pydicom_test_dir, r
 from spine_dfl.io import (
     ImageReadError,
     Radiograph,
-    find_inputs,
     is_dicom,
-    is_dicomdir,
     read_dicom_header,
     read_image,
 )
@@ -436,144 +433,3 @@ def test_read_dicom_header_skips_pixels_and_rejects_non_dicom() -> None:
     assert "PixelData" not in header
     with pytest.raises(ImageReadError, match="README.txt: not a DICOM file"):
         read_dicom_header(TEST_FILES / "README.txt")
-
-
-# ------------------------------------------------------------------------------------------
-# NIfTI and PNG/TIFF/JPEG
-
-
-def _nifti(path: Path, data: np.ndarray, zooms: tuple[float, ...]) -> Path:
-    image = nibabel.Nifti1Image(data, affine=np.eye(4))
-    image.header.set_zooms(zooms)
-    image.header.set_xyzt_units("mm")
-    nibabel.save(image, path)
-    return path
-
-
-def test_nifti_2d_transposed_with_spacing_in_row_col_order(tmp_path: Path) -> None:
-    data = np.arange(6 * 4, dtype=np.int16).reshape(6, 4)  # (i, j) = (6 columns, 4 rows)
-    radiograph = read_image(_nifti(tmp_path / "plane.nii", data, (0.5, 0.8)))
-    assert radiograph.pixels.shape == (4, 6)
-    np.testing.assert_array_equal(radiograph.pixels, data.T.astype(np.float32))
-    assert radiograph.pixels[3, 5] == data[5, 3]
-    assert radiograph.spacing_mm == (0.8, 0.5)
-    assert radiograph.meta["source"] == "nifti" and radiograph.meta["spacing_source"] == "nifti"
-
-
-def test_nifti_single_slice_volume_and_units(tmp_path: Path) -> None:
-    data = np.random.default_rng(1).normal(size=(6, 4, 1)).astype(np.float32)
-    radiograph = read_image(_nifti(tmp_path / "slice.nii.gz", data, (0.5, 0.8, 3.0)))
-    np.testing.assert_array_equal(radiograph.pixels, data[:, :, 0].T)
-    assert radiograph.spacing_mm == (0.8, 0.5)
-    in_microns = nibabel.Nifti1Image(data, affine=np.eye(4))
-    in_microns.header.set_zooms((500.0, 800.0, 1.0))
-    in_microns.header.set_xyzt_units("micron")
-    nibabel.save(in_microns, tmp_path / "microns.nii")
-    assert read_image(tmp_path / "microns.nii").spacing_mm == pytest.approx((0.8, 0.5))
-
-
-def test_nifti_multi_slice_volume_is_rejected(tmp_path: Path) -> None:
-    path = _nifti(tmp_path / "volume.nii.gz", np.zeros((6, 4, 3), dtype=np.int16), (1.0, 1.0, 1.0))
-    assert "single slice" in _read_error(path).reason
-
-
-def test_png_tiff_jpeg_gray_keep_values(tmp_path: Path) -> None:
-    rng = np.random.default_rng(2)
-    gray8 = rng.integers(0, 256, size=(20, 30), dtype=np.uint8)
-    gray16 = rng.integers(0, 65536, size=(20, 30), dtype=np.uint16)
-    skimage.io.imsave(tmp_path / "gray8.png", gray8, check_contrast=False)
-    skimage.io.imsave(tmp_path / "gray16.png", gray16, check_contrast=False)
-    skimage.io.imsave(tmp_path / "gray16.tif", gray16, check_contrast=False)
-    for name, expected in (("gray8.png", gray8), ("gray16.png", gray16), ("gray16.tif", gray16)):
-        radiograph = read_image(tmp_path / name)
-        assert radiograph.meta["source"] == "image" and radiograph.spacing_mm is None
-        np.testing.assert_array_equal(radiograph.pixels, expected.astype(np.float32))
-    smooth = np.tile(np.linspace(0, 255, 64), (48, 1)).astype(np.uint8)
-    imageio.v3.imwrite(tmp_path / "smooth.jpg", smooth, quality=95)
-    assert np.abs(read_image(tmp_path / "smooth.jpg").pixels - smooth).max() <= 8
-    no_suffix = tmp_path / "exported_image"
-    shutil.copyfile(tmp_path / "gray16.png", no_suffix)
-    np.testing.assert_array_equal(read_image(no_suffix).pixels, gray16.astype(np.float32))
-
-
-def test_rgb_and_rgba_fold_to_gray(tmp_path: Path) -> None:
-    from skimage.color import rgb2gray
-
-    rgb = np.random.default_rng(3).integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
-    skimage.io.imsave(tmp_path / "rgb.png", rgb, check_contrast=False)
-    expected = rgb2gray(rgb.astype(np.float64)).astype(np.float32)  # stays on the 0..255 scale
-    np.testing.assert_allclose(read_image(tmp_path / "rgb.png").pixels, expected, atol=1e-3)
-    rgba = np.concatenate([rgb, np.full((20, 30, 1), 7, dtype=np.uint8)], axis=-1)
-    skimage.io.imsave(tmp_path / "rgba.png", rgba, check_contrast=False)
-    np.testing.assert_allclose(read_image(tmp_path / "rgba.png").pixels, expected, atol=1e-3)
-
-
-def test_multipage_tiff_is_rejected(tmp_path: Path) -> None:
-    import tifffile
-
-    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((5, 20, 30), dtype=np.uint16), photometric="minisblack")
-    assert "5 pages/frames" in _read_error(tmp_path / "pages.tif").reason
-
-
-# ------------------------------------------------------------------------------------------
-# find_inputs, is_dicomdir
-
-
-def _referenced_files(dicomdir: Path) -> set[Path]:
-    dataset = pydicom.dcmread(dicomdir)
-    return {
-        dicomdir.parent.joinpath(*record.ReferencedFileID)
-        for record in dataset.DirectoryRecordSequence
-        if "ReferencedFileID" in record
-    }
-
-
-def test_find_inputs_follows_dicomdir_and_drops_it() -> None:
-    dicomdir = TEST_FILES / "dicomdirtests" / "DICOMDIR"
-    assert is_dicomdir(dicomdir) and not is_dicomdir(CT_SMALL) and not is_dicomdir(TEST_FILES / "README.txt")
-    expected = _referenced_files(dicomdir)
-    assert len(expected) == 31
-    found = find_inputs([dicomdir])
-    assert set(found) == expected and len(found) == len(expected)
-    assert all(path.is_file() for path in found)
-    assert found == sorted(found, key=lambda p: p.as_posix())
-
-
-def test_find_inputs_on_a_folder_with_dicomdirs(tmp_path: Path) -> None:
-    folder = TEST_FILES / "dicomdirtests"
-    found = find_inputs([folder])
-    assert not any(path.name.startswith("DICOMDIR") for path in found)
-    assert _referenced_files(folder / "DICOMDIR") <= set(found)
-    assert (folder / "README.txt") in found  # every other file is an input (fails later with a reason)
-    assert len(found) == len({path.resolve() for path in found})
-    assert find_inputs([folder]) == found
-
-
-def test_find_inputs_resolves_upper_case_dicomdir_ids_on_lower_case_copies(tmp_path: Path) -> None:
-    source = TEST_FILES / "dicomdirtests"
-    shutil.copyfile(source / "DICOMDIR", tmp_path / "DICOMDIR")
-    for path in source.rglob("*"):
-        relative = path.relative_to(source)
-        if path.is_file() and not relative.name.startswith(("DICOMDIR", "README")):
-            target = tmp_path / Path(*[part.lower() for part in relative.parts])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-    found = find_inputs([tmp_path / "DICOMDIR"])
-    assert len(found) == 31 and all(path.is_file() for path in found)
-    assert tmp_path / "77654033" / "cr1" / "6154" in found
-
-
-def test_find_inputs_walks_sorted_skips_hidden_and_deduplicates(tmp_path: Path) -> None:
-    for relative in ("b/2.dcm", "b/10.dcm", "a.png", ".hidden", ".git/config", "c/.DS_Store", "c/d/no_suffix"):
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / relative).write_bytes(b"x")
-    expected = [tmp_path / "a.png", tmp_path / "b/10.dcm", tmp_path / "b/2.dcm", tmp_path / "c/d/no_suffix"]
-    assert find_inputs([tmp_path]) == expected
-    # an explicit file first keeps its place; the folder adds the rest once
-    assert find_inputs([tmp_path / "b/2.dcm", tmp_path, tmp_path / "a.png"]) == [
-        tmp_path / "b/2.dcm",
-        tmp_path / "a.png",
-        tmp_path / "b/10.dcm",
-        tmp_path / "c/d/no_suffix",
-    ]
-    assert find_inputs([tmp_path / "missing.dcm"]) == [tmp_path / "missing.dcm"]
