@@ -198,7 +198,7 @@ def _decode(path: Path, dataset: Any, transfer_syntax_name: str) -> np.ndarray:
     except BaseException as error:  # noqa: BLE001 - a Rust decoder's panic (pyo3 PanicException) is a BaseException
         first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
         reason = (
-            f"compressed '{transfer_syntax_name}' pixel data is corrupt: the decoder aborted with "
+            f"compressed '{transfer_syntax_name}' pixel data is corrupt: the decoder failed with "
             f"{type(error).__name__}: {first_line}"
         )
         raise ImageReadError(path, reason) from error
