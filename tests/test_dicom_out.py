@@ -18,20 +18,23 @@ import torch
 from pydicom.dataset import Dataset
 
 from dicom_factory import make_gray_dicom
-import spine_dfl.dicom_out as dicom_out
 from spine_dfl.data.transforms import Preprocessing, eval_transforms
 from spine_dfl.dicom_out import (
     PRIVATE_SCHEME,
     DicomOutputError,
     DicomResultWriter,
-    EvidenceMap,
     VertebraFinding,
     build_sr,
-    evidence_in_source,
     render_roi_overlay,
     result_uids,
 )
-from spine_dfl.heatmap import display_region, feature_map_to_tensor_space, tensor_map_to_original
+from spine_dfl.heatmap import (
+    EvidenceMap,
+    display_region,
+    evidence_on_source,
+    feature_map_to_tensor_space,
+    tensor_map_to_original,
+)
 from tests.conftest import pydicom_test_dir
 
 DCIODVFY = Path("/usr/bin/dciodvfy")
@@ -218,19 +221,19 @@ def test_sc_shows_the_evidence_heatmap_where_the_evidence_is(tmp_path: Path) -> 
     assert np.all(np.maximum(np.abs(xs + 0.5 - hx), np.abs(ys + 0.5 - hy)) <= reach)
 
 
-def test_evidence_in_source_is_explains_mapping_in_strips(tmp_path: Path, monkeypatch) -> None:
+def test_evidence_on_source_is_explains_mapping_in_strips(tmp_path: Path) -> None:
     source = make_cr(tmp_path / "src.dcm")
     shape = (int(source.Rows), int(source.Columns))
     evidence = hot_evidence(tmp_path / "src.dcm", findings_for(*shape)[0].roi, shape)
     evidence = dataclasses.replace(evidence, values=np.random.default_rng(0).random((GRID, GRID), dtype=np.float32))
     in_input = feature_map_to_tensor_space(torch.from_numpy(evidence.values)[None, None], 64, STRIDE, OFFSET)[0]
     expected = tensor_map_to_original(in_input, evidence.to_original, evidence.region)[0]
-    monkeypatch.setattr(dicom_out, "_STRIP_PIXELS", 7 * (evidence.region[2] - evidence.region[0]))  # 7-row strips
-    region, values = evidence_in_source(evidence, shape)
+    strips = 7 * (evidence.region[2] - evidence.region[0])  # 7-row strips
+    region, values = evidence_on_source(evidence, shape, strip_pixels=strips)
     assert region == evidence.region
     np.testing.assert_array_equal(values, expected)
     outside = dataclasses.replace(evidence, region=(500, 500, 600, 600))
-    assert evidence_in_source(outside, shape) is None
+    assert evidence_on_source(outside, shape) is None
 
 
 def test_overlay_keeps_grey_outside_boxes() -> None:
@@ -260,6 +263,42 @@ def test_outputs_pass_dciodvfy(tmp_path: Path, written) -> None:
     paths += [bare_result.sr_path, bare_result.sc_path]
     for path in paths:
         assert dciodvfy_errors(path) == [], path.name
+
+
+# Type 2 attributes of the Patient and General Study modules that the PS3.15 Basic Application
+# Level Confidentiality Profile blanks or removes (action Z / X); a de-identified export may lack them all.
+BASIC_PROFILE_REMOVED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                         "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def deidentified_cr(path: Path) -> Dataset:
+    """A CR as the Basic Profile leaves it when it removes (not empties) the identifying attributes."""
+    source = make_cr(path)
+    for keyword in BASIC_PROFILE_REMOVED + ("Manufacturer",):
+        delattr(source, keyword)
+    source.PatientIdentityRemoved = "YES"
+    source.DeidentificationMethod = "PS3.15 Basic Application Level Confidentiality Profile"
+    source.save_as(path, enforce_file_format=True)
+    return source
+
+
+def test_sources_without_type2_patient_and_study_attributes_still_get_results(tmp_path: Path) -> None:
+    source = deidentified_cr(tmp_path / "deid.dcm")
+    assert not any(keyword in pydicom.dcmread(tmp_path / "deid.dcm") for keyword in BASIC_PROFILE_REMOVED)
+    shape = (int(source.Rows), int(source.Columns))
+    findings = with_l1_evidence(tmp_path / "deid.dcm", findings_for(*shape), shape)
+    result = DicomResultWriter(tmp_path / "out", CLASSES, "run").write(tmp_path / "deid.dcm", findings)
+    for path in (result.sr_path, result.sc_path):
+        written = pydicom.dcmread(path)
+        assert written.StudyInstanceUID == source.StudyInstanceUID
+        # Present and empty: "unknown", as the standard allows for Type 2; never invented values.
+        assert all(keyword in written and written[keyword].value in ("", None) for keyword in BASIC_PROFILE_REMOVED)
+        if DCIODVFY.exists():
+            assert dciodvfy_errors(path) == [], path.name
+    assert [str(g.tracking_identifier) for g in
+            hd.sr.srread(result.sr_path).content.get_planar_roi_measurement_groups()] == ["vertebra L1", "vertebra S1"]
+    # The caller's header is not changed by filling in the copy.
+    assert not any(keyword in source for keyword in BASIC_PROFILE_REMOVED)
 
 
 def _free_port() -> int:

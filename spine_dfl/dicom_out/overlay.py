@@ -1,0 +1,153 @@
+"""The overlay the Secondary Capture shows: grey radiograph, evidence heatmaps, ROI boxes, captions.
+
+The windowed grey radiograph (``spine_dfl.heatmap.display``, the explain figures' window) with,
+inside each vertebra's crop region (ROI + margin, what the network saw), the predicted grade's
+P-stream evidence map (``spine_dfl.heatmap.evidence``) blended in the explain figures' colour map
+and opacities, scaled per vertebra; ROI boxes coloured by grade and "level grade probability"
+captions burned in on top. Outside every crop region the image stays plain grey (R = G = B).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from spine_dfl.dicom_out.findings import VertebraFinding
+from spine_dfl.heatmap.display import heat_overlay, heatmap_colormap, to_display_uint8
+
+__all__ = ["blend_evidence", "render_roi_overlay"]
+
+
+def _grade_colour(index: int, count: int) -> tuple[int, int, int]:
+    """Colours by grade rank: first class green, last red, the ones between from yellow to orange."""
+    if count <= 1:
+        return (0, 220, 0)
+    t = index / (count - 1)
+    return (int(round(255 * min(1.0, 2 * t))), int(round(220 * min(1.0, 2 * (1 - t)))), 0)
+
+
+def _evidence_on_source(findings: Sequence[VertebraFinding], image_shape: tuple[int, int]) -> list[Any]:
+    """(region, map) on source pixels of every finding whose evidence map reaches the image."""
+    mapped = []
+    for finding in findings:
+        if finding.evidence is not None:
+            from spine_dfl.heatmap.evidence import evidence_on_source  # torch: only with heatmaps
+
+            on_source = evidence_on_source(finding.evidence, image_shape)
+            if on_source is not None:
+                mapped.append(on_source)
+    return mapped
+
+
+def blend_evidence(gray: np.ndarray, findings: Sequence[VertebraFinding]) -> tuple[np.ndarray, bool]:
+    """(rows, cols) uint8 grey -> ((rows, cols, 3) uint8 RGB, whether any heatmap was drawn).
+
+    Each finding's evidence map is blended over the grey image inside its region with
+    ``heatmap.heat_overlay`` (colour scale = that map's own min..max, i.e. per vertebra). Where
+    regions of neighbouring vertebrae overlap, each pixel shows the map that is relatively hottest
+    there. Every pixel outside all regions (and every pixel its maps never saw) keeps R = G = B.
+    """
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    mapped = _evidence_on_source(findings, gray.shape)
+    if not mapped:
+        return rgb, False
+    from spine_dfl.heatmap.geometry import STRIP_PIXELS
+
+    cmap = heatmap_colormap()
+    ux0, uy0 = min(r[0] for r, _ in mapped), min(r[1] for r, _ in mapped)
+    ux1, uy1 = max(r[2] for r, _ in mapped), max(r[3] for r, _ in mapped)
+    best = np.full((uy1 - uy0, ux1 - ux0), -np.inf, dtype=np.float32)  # relative value shown so far
+    for (x0, y0, x1, y1), values in mapped:
+        finite = values[np.isfinite(values)]
+        value_range = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        step = max(1, STRIP_PIXELS // (x1 - x0))
+        for top in range(0, y1 - y0, step):
+            part = values[top : top + step]
+            grey = gray[y0 + top : y0 + top + part.shape[0], x0:x1].astype(np.float32) / 255.0
+            # The map's own range for every strip: the same as heat_overlay on the whole map.
+            blended, vmin, vmax = heat_overlay(np.repeat(grey[..., None], 3, axis=2), part, cmap, value_range)
+            relative = np.where(np.isfinite(part), np.clip((part - vmin) / (vmax - vmin), 0.0, 1.0), -1.0)
+            window = best[y0 + top - uy0 : y0 + top + part.shape[0] - uy0, x0 - ux0 : x1 - ux0]
+            take = relative > window
+            target = rgb[y0 + top : y0 + top + part.shape[0], x0:x1]
+            target[take] = (np.clip(blended[take], 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            window[take] = relative[take]
+    return rgb, True
+
+
+def _draw_colour_legend(canvas: Any, draw: Any, font: Any, x: int, y: int, font_size: int) -> None:
+    """ "evidence for predicted grade: low [colour ramp] high" at (x, y) (top-left of the line)."""
+    from PIL import Image
+
+    label = "heatmap: evidence for the predicted grade (per vertebra)  low"
+    style = {"font": font, "stroke_width": 1, "stroke_fill": (0, 0, 0)}
+    draw.text((x, y), label, fill=(255, 255, 255), **style)
+    left = int(draw.textbbox((x, y), label, font=font, stroke_width=1)[2]) + font_size // 2
+    width, height = max(20, 5 * font_size), max(4, int(font_size * 0.8))
+    ramp = (heatmap_colormap()(np.linspace(0.0, 1.0, width))[:, :3] * 255.0 + 0.5).astype(np.uint8)
+    canvas.paste(Image.fromarray(np.ascontiguousarray(np.repeat(ramp[None], height, axis=0))),
+                 (left, y + max(0, (font_size - height) // 2)))
+    draw.text((left + width + font_size // 2, y), "high", fill=(255, 255, 255), **style)
+
+
+def _pixel_box(roi: tuple[float, float, float, float] | None, rows: int, cols: int) -> tuple[int, int, int, int] | None:
+    """Continuous box -> inclusive pixel rectangle clipped to the image (so boxes at the border stay
+    visible), or None when it misses the image."""
+    from spine_dfl.heatmap.geometry import clip_boxes
+
+    box = (0.0, 0.0, float(cols), float(rows)) if roi is None else roi
+    x0, y0, x1, y1 = (float(v) for v in clip_boxes(np.asarray(box, dtype=np.float64), (rows, cols)))
+    pixels = (int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)) - 1, int(np.ceil(y1)) - 1)
+    return None if pixels[2] < pixels[0] or pixels[3] < pixels[1] else pixels
+
+
+def render_roi_overlay(
+    image: np.ndarray,
+    findings: Sequence[VertebraFinding],
+    class_names: Sequence[str],
+    banner: str | None = "spine-dfl AI result - for review",
+) -> np.ndarray:
+    """The heatmap overlay as (rows, cols, 3) uint8 RGB: evidence heatmaps, ROI boxes, captions.
+
+    image: (rows, cols) float or uint8, bone bright; findings' ROIs in the same pixel grid.
+    Findings with an ``evidence`` map get it blended in inside their region (``blend_evidence``).
+    Boxes are coloured by predicted grade (first class green ... last class red), each captioned
+    "level grade probability". ``banner`` (bottom left) says it is for review; with heatmaps a
+    colour legend line goes above it.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    gray = image if image.dtype == np.uint8 else to_display_uint8(image)
+    rows, cols = gray.shape
+    rgb, heatmaps = blend_evidence(gray, findings)
+    canvas = Image.fromarray(rgb)
+    del rgb
+    draw = ImageDraw.Draw(canvas)
+    short_side = min(rows, cols)
+    line_width = max(1, round(short_side / 400))
+    font_size = max(10, round(short_side / 45))
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
+        font = ImageFont.load_default()
+    for finding in findings:
+        box = _pixel_box(finding.roi, rows, cols)
+        if box is None:
+            continue
+        colour = _grade_colour(list(class_names).index(finding.predicted), len(class_names))
+        draw.rectangle(box, outline=colour, width=line_width)
+        probability = float(finding.probabilities.get(finding.predicted, float("nan")))
+        caption = f"{finding.vertebra or 'image'} {finding.predicted} {probability:.2f}"
+        text_x = box[2] + 2 * line_width if box[2] + font_size * 6 < cols else max(0, box[0] - font_size * 6)
+        text_y = box[1] if finding.roi is not None else box[1] + font_size
+        draw.text((text_x, text_y), caption, fill=colour, font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+    if banner:
+        # Bottom-left, where whole-image captions (top-left) and ROI captions do not go.
+        banner_y = rows - font_size - 4 * line_width
+        draw.text((line_width * 2, banner_y), banner, fill=(255, 255, 0), font=font, stroke_width=1,
+                  stroke_fill=(0, 0, 0))
+        if heatmaps:
+            _draw_colour_legend(canvas, draw, font, line_width * 2, banner_y - font_size - 4 * line_width, font_size)
+    return np.asarray(canvas, dtype=np.uint8)

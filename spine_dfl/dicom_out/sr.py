@@ -1,0 +1,147 @@
+"""The Comprehensive SR (TID 1500 Measurement Report via highdicom) of one scored image.
+
+Per vertebra one ``PlanarROIMeasurementsAndQualitativeEvaluations`` group: the ROI rectangle as a
+closed 2-D SCOORD POLYLINE on the source image, the vertebra as tracking identifier and finding
+site, the predicted grade as a coded qualitative evaluation and its probability as a measurement,
+the model as algorithm identification. ``VerificationFlag`` UNVERIFIED and ``PreliminaryFlag``
+PRELIMINARY: unverified machine output for review. The per-class probabilities stay in
+predictions.csv (each SR content item costs highdicom time).
+
+Coordinates: ROIs are ``(x_min, y_min, x_max, y_max)`` in source pixels, continuous (pixel column i
+covers [i, i+1)), x = column, y = row; the same convention as DICOM image-relative SCOORDs (0,0 =
+top-left corner of the top-left pixel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from spine_dfl import __version__
+from spine_dfl.dicom_out.codes import (
+    CODES,
+    DEVICE_OBSERVER_UID,
+    MANUFACTURER,
+    MODEL_NAME,
+    SR_SERIES_DESCRIPTION,
+    SR_SERIES_NUMBER,
+    class_code,
+    coding_scheme_item,
+    vertebra_code,
+)
+from spine_dfl.dicom_out.findings import DicomOutputError, VertebraFinding
+from spine_dfl.dicom_out.source import result_uids, with_study_context
+
+__all__ = ["build_sr", "roi_polyline"]
+
+
+def roi_polyline(roi: tuple[float, float, float, float] | None, rows: int, cols: int) -> np.ndarray:
+    """Closed polyline (5, 2) of (column, row) points of the ROI clipped to the image, or the whole image."""
+    from spine_dfl.heatmap.geometry import clip_boxes
+
+    box = (0.0, 0.0, float(cols), float(rows)) if roi is None else tuple(float(v) for v in roi)
+    x0, y0, x1, y1 = (float(v) for v in clip_boxes(np.asarray(box, dtype=np.float64), (rows, cols)))
+    if not (x1 > x0 and y1 > y0):
+        raise DicomOutputError(f"ROI {roi} does not overlap the {cols} x {rows} image")
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=np.float32)
+
+
+def _measurement_group(
+    finding: VertebraFinding,
+    number: int,
+    source: Dataset,
+    class_names: Sequence[str],
+    algorithm: hd.sr.AlgorithmIdentification,
+    tracking_root: str,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The SR group of one finding: region, tracking, finding site, probability, predicted grade."""
+    label = finding.vertebra.strip() or "whole image"
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=roi_polyline(finding.roi, int(source.Rows), int(source.Columns)),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=str(source.SOPClassUID),
+            referenced_sop_instance_uid=str(source.SOPInstanceUID),
+        ),
+    )
+    # Only the predicted grade's probability: every extra content item costs highdicom
+    # noticeable time per vertebra, and the full distribution is in predictions.csv.
+    probability = hd.sr.Measurement(
+        name=CODES["probability"],
+        value=float(finding.probabilities[finding.predicted]),
+        unit=CODES["no_units"],
+    )
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[tracking_root, str(number), label]),
+            identifier=f"vertebra {label}",
+        ),
+        referenced_region=region,
+        finding_type=CODES["finding_type"],
+        algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=vertebra_code(finding.vertebra))],
+        measurements=[probability],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=CODES["predicted_grade"], value=class_code(class_names, finding.predicted))
+        ],
+    )
+
+
+def _device_observer() -> hd.sr.ObserverContext:
+    return hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept(*codes.DCM.Device),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=DEVICE_OBSERVER_UID,
+            name=MANUFACTURER,
+            manufacturer_name=MANUFACTURER,
+            model_name=MODEL_NAME,
+        ),
+    )
+
+
+def build_sr(
+    source: Dataset,
+    findings: Sequence[VertebraFinding],
+    class_names: Sequence[str],
+    run_key: str,
+    algorithm_parameters: Sequence[str] = (),
+) -> hd.sr.ComprehensiveSR:
+    """Comprehensive SR (TID 1500) of ``findings`` on ``source`` (a header dataset of the scored image).
+
+    Missing Type 2 patient and study attributes of the source are present and empty in the SR.
+    """
+    if not findings:
+        raise DicomOutputError("no findings to report")
+    source = with_study_context(source)
+    uids = result_uids(run_key, source)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=MODEL_NAME, version=__version__, parameters=list(algorithm_parameters) or None
+    )
+    groups = [_measurement_group(finding, number, source, class_names, algorithm, uids["tracking"])
+              for number, finding in enumerate(findings, start=1)]
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=_device_observer()),
+        procedure_reported=CODES["procedure"],
+        imaging_measurements=groups,
+    )
+    return hd.sr.ComprehensiveSR(
+        evidence=[source],
+        content=report,
+        series_instance_uid=uids["sr_series"],
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=uids["sr_instance"],
+        instance_number=int(source.get("InstanceNumber") or 1),
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        series_description=SR_SERIES_DESCRIPTION,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=__version__,
+        coding_schemes=[coding_scheme_item()],
+    )
