@@ -22,6 +22,8 @@ from typing import Any
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 ORTHANC_AET = "ORTHANC"
+# Orthanc's own transcoder cannot write JPEG 2000; the GDCM plugin (Debian orthanc-gdcm) can.
+GDCM_PLUGIN = (Path("/usr/share/orthanc/plugins/libOrthancGdcm.so"),)
 _USER, _PASSWORD = "tester", "serve-test"
 
 
@@ -54,7 +56,7 @@ class Orthanc:
             "RegisteredUsers": {_USER: _PASSWORD},
             "DicomModalities": {"spine": [node_aet, "127.0.0.1", node_port]},
             "DicomScuTimeout": 20,
-            "Plugins": [],
+            "Plugins": [str(p) for p in GDCM_PLUGIN if p.is_file()],
             "ConcurrentJobs": 2,
         }
         self.config_path.write_text(json.dumps(config, indent=2))

@@ -21,7 +21,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from spine_dfl.serve import Node, RetryPolicy, ScoreOutcome, result_uid_seed
 
@@ -58,12 +58,14 @@ def score_study_as_sc(study_uid: str, instance_paths: list[str], out_dir: str, d
         pixel_array=_thumbnail(pixels),
         photometric_interpretation="MONOCHROME2",
         bits_allocated=8,
-        coordinate_system=None,
+        coordinate_system="PATIENT",
+        patient_orientation=("A", "F"),  # a lateral view: columns to anterior, rows to feet
         series_instance_uid=generate_uid(entropy_srcs=[seed, "series"]),
         series_number=7702,
         sop_instance_uid=generate_uid(entropy_srcs=[seed, "sc"]),
         instance_number=1,
         manufacturer="spine-dfl",
+        transfer_syntax_uid=ExplicitVRLittleEndian,
     )
     sources = []
     for dataset, _ in decoded:
@@ -72,6 +74,7 @@ def score_study_as_sc(study_uid: str, instance_paths: list[str], out_dir: str, d
         item.ReferencedSOPInstanceUID = dataset.SOPInstanceUID
         sources.append(item)
     sc.SourceImageSequence = sources
+    sc.BodyPartExamined = "SPINE"  # unpaired: General Series Laterality must then be absent
     sc.ImageComments = f"serve test result of {len(decoded)} instances"
     target = Path(out_dir) / "overlay_sc.dcm"
     sc.save_as(target, enforce_file_format=True)
