@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import make_gray_dicom
-from orthanc import ORTHANC_AET, Orthanc, free_port, orthanc_available, wait_for
+from orthanc import GDCM_PLUGIN, ORTHANC_AET, Orthanc, free_port, orthanc_available, wait_for
 from pydicom.uid import JPEG2000Lossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
@@ -210,6 +210,8 @@ def test_a_study_split_over_two_associations_is_scored_once(orthanc, node, tmp_p
 
 
 def test_a_jpeg2000_instance_is_accepted(orthanc, node, synth_images):
+    if not any(plugin.is_file() for plugin in GDCM_PLUGIN):
+        pytest.skip("Orthanc transcodes to JPEG 2000 only with its GDCM plugin (Debian orthanc-gdcm)")
     node.start()
     source = pydicom.dcmread(synth_images[0])  # a study of its own: the happy path scored the synthetic one
     source.StudyInstanceUID, source.SeriesInstanceUID = generate_uid(), generate_uid()
