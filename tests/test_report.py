@@ -5,6 +5,7 @@ scikit-learn, patient bootstrap against a slow reference loop, ordering, validat
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import os
@@ -400,32 +401,65 @@ def test_report_html_self_contained(report_dir: Path) -> None:
     assert page.count('class="thumb"') == 4 and page.count('class="missing"') == 4
 
 
-def _console_messages(page: Path, workdir: Path) -> tuple[list[str], str]:
-    """Console lines that headless Chromium logs for ``page`` (with --enable-logging=stderr, every
-    console message, errors and uncaught exceptions included, is a ':CONSOLE' log line), and the DOM."""
+# Appended to a copy of the page: after layout, the box of every section and image goes into the DOM
+# as JSON, which --dump-dom prints.
+_MEASURE = """<script>
+window.addEventListener("load", () => {
+  const box = e => { const r = e.getBoundingClientRect(); return {id: e.id || e.alt || "", w: r.width, h: r.height}; };
+  const images = [...document.images].map(i => ({...box(i), natural: i.naturalWidth * i.naturalHeight}));
+  const out = {sections: [...document.querySelectorAll("section")].map(box), images: images};
+  const pre = document.createElement("pre"); pre.id = "rendered-layout";
+  pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+});
+</script>"""
+
+
+def rendered_layout(page: Path, workdir: Path) -> dict:
+    """What headless Chromium lays out for ``page``: the width and height of every ``<section>`` and
+    ``<img>``, and each image's decoded pixel count (0 when it cannot be decoded). The page is measured
+    by a script appended to a copy of it, so the report itself stays script-free."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    copy = workdir / page.name
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", _MEASURE + "</body>"), encoding="utf-8")
     command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={workdir / 'profile'}", "--enable-logging=stderr", "--v=0", "--dump-dom",
-               page.resolve().as_uri()]
+               f"--user-data-dir={workdir / 'profile'}", "--run-all-compositor-stages-before-draw",
+               "--virtual-time-budget=5000", "--window-size=1280,900", "--dump-dom", copy.resolve().as_uri()]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    lines = [ln for ln in done.stderr.splitlines() if re.search(r":CONSOLE[:(\]]|Uncaught", ln)]
-    return lines, done.stdout
+    found = re.search(r'<pre id="rendered-layout">(.*?)</pre>', done.stdout, flags=re.DOTALL)
+    assert found, "the measuring script did not run: " + done.stdout[-1000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def assert_every_part_rendered(layout: dict, sections: list[str], min_images: int) -> None:
+    """Every expected section and every image is laid out with a non-zero size and decoded."""
+    shown = {s["id"]: s for s in layout["sections"]}
+    for name in sections:
+        assert name in shown, (name, sorted(shown))
+        assert shown[name]["w"] > 0 and shown[name]["h"] > 0, shown[name]
+    assert len(layout["images"]) >= min_images
+    for image in layout["images"]:
+        assert image["w"] > 0 and image["h"] > 0 and image["natural"] > 0, image
+
+
+REPORT_SECTIONS = ["summary", "levels", "confusion", "roc", "calibration", "branches", "errors", "definitions"]
 
 
 def test_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
     if shutil.which("chromium") is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium); cannot render report.html")
-    # positive control: the detector must see a script error
+    # positive control: a page whose figure cannot be decoded and whose section is hidden must fail
     broken = tmp_path / "broken.html"
-    broken.write_text("<html><body><script>undefined_function_call();</script></body></html>")
-    lines, _ = _console_messages(broken, tmp_path / "a")
-    assert any("undefined_function_call" in ln for ln in lines), "console-error detection does not work"
-    lines, dom = _console_messages(report_dir / "report.html", tmp_path / "b")
-    assert lines == []
-    for level in ("T11", "T12", "L1", "L2", "L3", "S1", "Th-x"):
-        assert f">{level}<" in dom
-    assert "Per vertebra level" in dom
+    broken.write_text('<html><body><section id="summary" style="display:none">x</section>'
+                      '<img src="data:image/png;base64,AAAA" alt="bad"></body></html>')
+    with pytest.raises(AssertionError):
+        assert_every_part_rendered(rendered_layout(broken, tmp_path / "a"), ["summary"], 1)
+    page = report_dir / "report.html"
+    n_images = page.read_text(encoding="utf-8").count("<img ")
+    layout = rendered_layout(page, tmp_path / "b")
+    assert_every_part_rendered(layout, REPORT_SECTIONS, n_images)
+    assert len(layout["images"]) == n_images
 
 
 # ----------------------------------------------------------------- thumbnails

@@ -1,6 +1,7 @@
 """The self-contained ``report.html`` and ``write_report`` (metrics.json, per_vertebra.csv, report.html).
 
-The HTML has inline CSS, figures as base64 PNG, no scripts and no external links, so it opens from a
+The HTML has inline CSS (package data: ``static/report.css``, with the definitions in
+``static/definitions.html``), figures as base64 PNG, no scripts and no external links, so it opens from a
 USB stick in any browser. Thumbnails of the worst errors are read with ``spine_dfl.io.read_image``
 (imported lazily: the rest of the report needs only the predictions table).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +22,11 @@ from spine_dfl import __version__
 from spine_dfl.atomic import atomic_write_text
 from spine_dfl.report import figures
 from spine_dfl.report.metrics import (
-    SMALL_SAMPLE, branch_differences, metrics_from_arrays, patient_level, per_vertebra_table, sorted_levels,
+    SMALL_SAMPLE, PatientArrays, branch_differences, metrics_from_arrays, patient_level, per_vertebra_table,
+    sorted_levels,
 )
 from spine_dfl.report.table import PredictionArrays, load_predictions, prepare
-from spine_dfl.vertebrae import LEVELS
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;
-background:#fafafa;line-height:1.45}
-main{max-width:1260px;margin:0 auto;padding:1.2rem 1.6rem 3rem;background:#fff}
-h1{font-size:1.6rem;margin:.2rem 0 .3rem}h2{font-size:1.25rem;border-bottom:2px solid #004488;padding-bottom:.2rem;
-margin-top:2.2rem}h3{font-size:1.05rem;margin-bottom:.3rem}
-.meta{color:#555;font-size:.9rem}
-nav{font-size:.9rem;margin:.6rem 0 0}nav a{margin-right:1rem;color:#004488}
-table{border-collapse:collapse;font-size:.8rem;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.2rem .35rem;
-text-align:right;vertical-align:top}th{background:#eef2f7;text-align:center}td.l,th.l{text-align:left}
-tr:nth-child(even) td{background:#f8f8f8}tr.small td{background:#fff4e5}tr.all td{font-weight:600;
-border-top:2px solid #555}
-.ci{color:#666;font-size:.74rem;white-space:nowrap}
-.warn{background:#fff4e5;border-left:4px solid #e69500;padding:.45rem .8rem;margin:.5rem 0}
-.note{background:#eef5fb;border-left:4px solid #4477aa;padding:.45rem .8rem;margin:.5rem 0}
-.flag{color:#a15c00;font-weight:600;white-space:nowrap}
-.cards{display:flex;flex-wrap:wrap;gap:.7rem;margin:.6rem 0}.card{border:1px solid #ddd;border-radius:6px;
-padding:.5rem .8rem;min-width:9.5rem}.card .v{font-size:1.35rem;font-weight:600}.card .k{font-size:.8rem;color:#555}
-img.fig{max-width:100%;height:auto;display:block;margin:.4rem 0}
-.thumbs{display:flex;flex-wrap:wrap;gap:.8rem}.thumb{width:236px;border:1px solid #ddd;border-radius:6px;padding:.3rem;
-font-size:.8rem}.path{word-break:break-all}.wide{overflow-x:auto}.lnote{display:block;font-weight:400;font-size:.76rem;
-color:#555;max-width:11rem}.thumb img{width:100%;height:auto;display:block}
-.thumb .missing{height:120px;display:flex;align-items:center;justify-content:center;background:#f2f2f2;color:#777;
-text-align:center;padding:.3rem}
-dl dt{font-weight:600;margin-top:.4rem}dl dd{margin-left:1.2rem}
-@media print{nav{display:none}main{max-width:none}}
-"""
-
+from spine_dfl.io.vocabulary import LEVELS
 
 def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
@@ -160,12 +134,8 @@ def _resolve_image(image: str, image_root: Path | None) -> Path:
 
 def _thumbnail_cards(arrays: PredictionArrays, rows: np.ndarray, image_root: Path | None, thumbnails: bool) -> str:
     classes = list(arrays.classes)
-    try:
-        from spine_dfl.io import read_image  # only the thumbnails need images
-        reader_problem = None
-    except ImportError as exc:
-        read_image = None
-        reader_problem = f"image reader unavailable ({exc})"
+    from spine_dfl.io import read_image  # only the thumbnails need images
+
     cards = []
     for row in rows:
         image = str(arrays.image[row])
@@ -174,8 +144,6 @@ def _thumbnail_cards(arrays: PredictionArrays, rows: np.ndarray, image_root: Pat
             problem = "thumbnails switched off"
         elif not image:
             problem = "no image path in the table"
-        elif reader_problem is not None:
-            problem = reader_problem
         else:
             problem = None
             try:
@@ -194,59 +162,14 @@ def _thumbnail_cards(arrays: PredictionArrays, rows: np.ndarray, image_root: Pat
     return f'<div class="thumbs">{"".join(cards)}</div>'
 
 
-_DEFINITIONS = """
-<dl>
-<dt>Unit of analysis</dt><dd>Rows are vertebrae (one ROI each). <em>Per patient</em>: a patient's grade is their worst
-vertebra (highest class), for the truth and for the prediction. Rows without a patient id count as one patient per
-image.</dd>
-<dt>Accuracy, balanced accuracy</dt><dd>Fraction correct; balanced accuracy = mean recall over the classes present
-(not fooled by a dominant normal class).</dd>
-<dt>Sensitivity, specificity, abnormal AUC</dt><dd>Abnormal = any class but the first. Sensitivity = abnormal
-vertebrae called abnormal; specificity = normal vertebrae called normal; AUC of P(abnormal) = 1 &minus; P(first class).
-</dd>
-<dt>Macro AUC</dt><dd>Mean one-vs-rest ROC AUC over the classes present in the truth, using each class's probability as
-given (no renormalisation); undefined with fewer than two classes present.</dd>
-<dt>Weighted &kappa;</dt><dd>Cohen's kappa with quadratic weights over the ordered classes: large grade errors cost more.
-</dd>
-<dt>ECE</dt><dd>Expected calibration error: confidence = highest class probability, 10 equal-width bins; the
-sample-weighted mean gap between confidence and accuracy. 0 = perfectly calibrated.</dd>
-<dt>Per-patient probabilities</dt><dd>P(patient grade &ge; c) = max over the patient's vertebrae of
-P(vertebra grade &ge; c); the class distribution is the difference of consecutive values.</dd>
-<dt>95% confidence intervals</dt><dd>Percentile bootstrap resampling <em>patients</em> (all vertebrae of a drawn
-patient together), fixed seed. Resamples where a metric is undefined are skipped. Wide intervals mean few patients,
-not a bad model; levels with fewer than {small} vertebrae are flagged.</dd>
-</dl>
-"""
+def _static(name: str) -> str:
+    """A file of the report's package data (``spine_dfl/report/static``)."""
+    return resources.files("spine_dfl.report").joinpath("static", name).read_text(encoding="utf-8")
 
 
-def render_html(arrays: PredictionArrays, metrics: dict[str, Any], title: str, image_root: Path | None = None,
-                thumbnails: bool = True, max_errors: int = 12) -> str:
-    """The complete report page as one HTML string (see module doc)."""
-    classes = list(metrics["classes"])
-    overall, per_patient = metrics["overall"], metrics["per_patient"]
-    levels = sorted_levels(arrays.level)
-    patients = patient_level(arrays)
-    boot = metrics["bootstrap"]
-    parts: list[str] = []
-
-    # --- summary
-    class_counts = ", ".join(f"{_esc(c)}: {overall['support'][c]}" for c in classes)
-    parts.append('<section id="summary"><h2>Summary</h2><div class="cards">')
-    cards = [
-        ("vertebrae (rows)", str(overall["n"])), ("patients", str(per_patient["n"])), ("levels", str(len(levels))),
-        ("accuracy", _with_ci(overall, "accuracy")), ("balanced accuracy", _with_ci(overall, "balanced_accuracy")),
-        ("sensitivity", _with_ci(overall, "sensitivity")), ("specificity", _with_ci(overall, "specificity")),
-        ("macro AUC", _with_ci(overall, "macro_auc", percent=False)),
-        ("weighted &kappa;", _dec(overall["quadratic_kappa"])),
-    ]
-    parts.extend(f'<div class="card"><div class="v">{v}</div><div class="k">{k}</div></div>' for k, v in cards)
-    parts.append("</div>")
-    parts.append(f"<p>Classes in grade order: <b>{_esc(' < '.join(classes))}</b>. True labels: {class_counts}. "
-                 f"95% intervals: percentile bootstrap over patients, {boot['n_resamples']} resamples, "
-                 f"seed {boot['seed']}.</p>")
-    parts.append('<div class="wide"><table>' + _metric_header("", classes)
-                 + _metric_row("all vertebrae", overall, classes)
-                 + _metric_row("per patient (worst grade)", per_patient, classes) + "</table></div>")
+def _summary_warnings(arrays: PredictionArrays, metrics: dict[str, Any], levels: list[str],
+                      patients: PatientArrays) -> list[str]:
+    classes, overall, per_patient = list(metrics["classes"]), metrics["overall"], metrics["per_patient"]
     warnings = []
     small = [lv for lv in levels if metrics["per_vertebra"][lv]["n"] < SMALL_SAMPLE]
     if small:
@@ -264,45 +187,76 @@ def render_html(arrays: PredictionArrays, metrics: dict[str, Any], title: str, i
     no_id = sum(1 for p in patients.patient if str(p).startswith(("image:", "row:")))
     if no_id:
         warnings.append(f"{no_id} patient(s) had no patient id; each image was counted as its own patient.")
-    parts.extend(f'<div class="warn">{w}</div>' for w in warnings)
-    parts.append("</section>")
+    return warnings
 
-    # --- per level
-    blocks = [metrics["per_vertebra"][lv] for lv in levels]
-    parts.append('<section id="levels"><h2>Per vertebra level</h2>'
-                 '<p>Point estimate and 95% CI per level, top to bottom in anatomical order. Hollow red markers: '
-                 f'fewer than {SMALL_SAMPLE} vertebrae.</p>')
-    parts.append(f'<img class="fig" src="{figures.forest_figure(levels, blocks)}" alt="per-level forest plot">')
+
+def _summary_section(arrays: PredictionArrays, metrics: dict[str, Any], levels: list[str],
+                     patients: PatientArrays) -> str:
+    classes, overall, per_patient, boot = (list(metrics["classes"]), metrics["overall"], metrics["per_patient"],
+                                           metrics["bootstrap"])
+    class_counts = ", ".join(f"{_esc(c)}: {overall['support'][c]}" for c in classes)
+    cards = [
+        ("vertebrae (rows)", str(overall["n"])), ("patients", str(per_patient["n"])), ("levels", str(len(levels))),
+        ("accuracy", _with_ci(overall, "accuracy")), ("balanced accuracy", _with_ci(overall, "balanced_accuracy")),
+        ("sensitivity", _with_ci(overall, "sensitivity")), ("specificity", _with_ci(overall, "specificity")),
+        ("macro AUC", _with_ci(overall, "macro_auc", percent=False)),
+        ("weighted &kappa;", _dec(overall["quadratic_kappa"])),
+    ]
+    parts = ['<section id="summary"><h2>Summary</h2><div class="cards">']
+    parts.extend(f'<div class="card"><div class="v">{v}</div><div class="k">{k}</div></div>' for k, v in cards)
+    parts.append("</div>")
+    parts.append(f"<p>Classes in grade order: <b>{_esc(' < '.join(classes))}</b>. True labels: {class_counts}. "
+                 f"95% intervals: percentile bootstrap over patients, {boot['n_resamples']} resamples, "
+                 f"seed {boot['seed']}.</p>")
+    parts.append('<div class="wide"><table>' + _metric_header("", classes)
+                 + _metric_row("all vertebrae", overall, classes)
+                 + _metric_row("per patient (worst grade)", per_patient, classes) + "</table></div>")
+    parts.extend(f'<div class="warn">{w}</div>' for w in _summary_warnings(arrays, metrics, levels, patients))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _levels_section(metrics: dict[str, Any], levels: list[str]) -> str:
+    classes, per_vertebra = list(metrics["classes"]), metrics["per_vertebra"]
+    blocks = [per_vertebra[lv] for lv in levels]
     rows_html = "".join(
-        _metric_row(_esc(lv), metrics["per_vertebra"][lv], classes,
-                    css="small" if metrics["per_vertebra"][lv]["n"] < SMALL_SAMPLE else "",
-                    note=_level_note(lv, metrics["per_vertebra"][lv], classes))
+        _metric_row(_esc(lv), per_vertebra[lv], classes, css="small" if per_vertebra[lv]["n"] < SMALL_SAMPLE else "",
+                    note=_level_note(lv, per_vertebra[lv], classes))
         for lv in levels
     )
-    parts.append('<div class="wide"><table>' + _metric_header("level", classes) + rows_html
-                 + _metric_row("all", overall, classes, css="all") + "</table></div></section>")
+    return ('<section id="levels"><h2>Per vertebra level</h2>'
+            '<p>Point estimate and 95% CI per level, top to bottom in anatomical order. Hollow red markers: '
+            f'fewer than {SMALL_SAMPLE} vertebrae.</p>'
+            f'<img class="fig" src="{figures.forest_figure(levels, blocks)}" alt="per-level forest plot">'
+            '<div class="wide"><table>' + _metric_header("level", classes) + rows_html
+            + _metric_row("all", metrics["overall"], classes, css="all") + "</table></div></section>")
 
-    # --- confusion matrices
+
+def _confusion_section(arrays: PredictionArrays, classes: list[str], levels: list[str], patients: PatientArrays) -> str:
     panels = [(lv, arrays.y_true[arrays.level == lv], arrays.y_pred[arrays.level == lv]) for lv in levels]
-    parts.append('<section id="confusion"><h2>Confusion matrices</h2><p>Rows: true grade, columns: predicted. '
-                 'Numbers are counts; shading is the fraction of the true grade (row).</p>')
-    parts.append(f'<img class="fig" src="{figures.confusion_pair((arrays.y_true, arrays.y_pred), (patients.y_true, patients.y_pred), classes)}" alt="confusion matrices">')
-    parts.append(f'<h3>Per level</h3><p>(!) = fewer than {SMALL_SAMPLE} vertebrae. Class names abbreviated to three '
-                 f'letters: {_esc(", ".join(f"{c[:3]} = {c}" for c in classes))}.</p>')
-    parts.append(f'<img class="fig" src="{figures.confusion_grid(panels, classes)}" alt="per-level confusion matrices"></section>')
+    pair = figures.confusion_pair((arrays.y_true, arrays.y_pred), (patients.y_true, patients.y_pred), classes)
+    return ('<section id="confusion"><h2>Confusion matrices</h2><p>Rows: true grade, columns: predicted. '
+            'Numbers are counts; shading is the fraction of the true grade (row).</p>'
+            f'<img class="fig" src="{pair}" alt="confusion matrices">'
+            f'<h3>Per level</h3><p>(!) = fewer than {SMALL_SAMPLE} vertebrae. Class names abbreviated to three '
+            f'letters: {_esc(", ".join(f"{c[:3]} = {c}" for c in classes))}.</p>'
+            f'<img class="fig" src="{figures.confusion_grid(panels, classes)}" alt="per-level confusion matrices">'
+            "</section>")
 
-    # --- ROC
-    parts.append('<section id="roc"><h2>ROC curves</h2>')
-    parts.append(f'<img class="fig" src="{figures.roc_figure(arrays.y_true, arrays.probs, classes, (patients.y_true, patients.probs))}" alt="ROC curves"></section>')
 
-    # --- calibration
-    probs_by_branch = {**arrays.branch_probs, "fused": arrays.probs}
-    parts.append('<section id="calibration"><h2>Calibration</h2><p>Points on the diagonal: the stated confidence '
-                 'matches how often the model is right. Below the diagonal: over-confident.</p>')
-    parts.append(f'<img class="fig" src="{figures.reliability_figure(arrays.y_true, probs_by_branch)}" alt="reliability diagram"></section>')
+def _roc_and_calibration_sections(arrays: PredictionArrays, classes: list[str], patients: PatientArrays) -> str:
+    roc = figures.roc_figure(arrays.y_true, arrays.probs, classes, (patients.y_true, patients.probs))
+    reliability = figures.reliability_figure(arrays.y_true, {**arrays.branch_probs, "fused": arrays.probs})
+    return ('<section id="roc"><h2>ROC curves</h2>'
+            f'<img class="fig" src="{roc}" alt="ROC curves"></section>'
+            '<section id="calibration"><h2>Calibration</h2><p>Points on the diagonal: the stated confidence '
+            'matches how often the model is right. Below the diagonal: over-confident.</p>'
+            f'<img class="fig" src="{reliability}" alt="reliability diagram"></section>')
 
-    # --- branches
-    parts.append('<section id="branches"><h2>Branch comparison: is the P-stream helping?</h2>')
+
+def _branches_section(arrays: PredictionArrays, metrics: dict[str, Any]) -> str:
+    classes, boot = list(metrics["classes"]), metrics["bootstrap"]
+    parts = ['<section id="branches"><h2>Branch comparison: is the P-stream helping?</h2>']
     branch_rows = "".join(_metric_row(figures.BRANCH_LABELS.get(b, b), block, classes)
                           for b, block in metrics["branches"].items())
     parts.append('<div class="wide"><table>' + _metric_header("branch", classes) + branch_rows + "</table></div>")
@@ -317,31 +271,48 @@ def render_html(arrays: PredictionArrays, metrics: dict[str, Any], title: str, i
         parts.append('<div class="note">The table has no G-stream columns (g_prob_&lt;class&gt;), so the branches '
                      "cannot be compared.</div>")
     parts.append("</section>")
+    return "".join(parts)
 
-    # --- worst errors
+
+def _errors_section(arrays: PredictionArrays, image_root: Path | None, thumbnails: bool, max_errors: int) -> str:
     worst = _worst_errors(arrays, max_errors)
     n_wrong = int((arrays.y_pred != arrays.y_true).sum())
-    parts.append(f'<section id="errors"><h2>Worst errors</h2><p>{n_wrong} of {len(arrays.y_true)} vertebrae are '
-                 f"misclassified. Shown: up to {max_errors}, largest grade distance first, then most confident. "
-                 "Yellow box: the ROI the model saw.</p>")
-    parts.append(_thumbnail_cards(arrays, worst, image_root, thumbnails) if len(worst) else "<p>No errors.</p>")
-    parts.append("</section>")
+    cards = _thumbnail_cards(arrays, worst, image_root, thumbnails) if len(worst) else "<p>No errors.</p>"
+    return (f'<section id="errors"><h2>Worst errors</h2><p>{n_wrong} of {len(arrays.y_true)} vertebrae are '
+            f"misclassified. Shown: up to {max_errors}, largest grade distance first, then most confident. "
+            f"Yellow box: the ROI the model saw.</p>{cards}</section>")
 
-    parts.append('<section id="definitions"><h2>How the figures are computed</h2>'
-                 + _DEFINITIONS.replace("{small}", str(SMALL_SAMPLE)) + "</section>")
 
+_NAVIGATION = (("summary", "Summary"), ("levels", "Per level"), ("confusion", "Confusion"), ("roc", "ROC"),
+               ("calibration", "Calibration"), ("branches", "Branches"), ("errors", "Worst errors"),
+               ("definitions", "Definitions"))
+
+
+def render_html(arrays: PredictionArrays, metrics: dict[str, Any], title: str, image_root: Path | None = None,
+                thumbnails: bool = True, max_errors: int = 12) -> str:
+    """The complete report page as one HTML string (see module doc)."""
+    classes = list(metrics["classes"])
+    levels = sorted_levels(arrays.level)
+    patients = patient_level(arrays)
+    sections = [
+        _summary_section(arrays, metrics, levels, patients),
+        _levels_section(metrics, levels),
+        _confusion_section(arrays, classes, levels, patients),
+        _roc_and_calibration_sections(arrays, classes, patients),
+        _branches_section(arrays, metrics),
+        _errors_section(arrays, image_root, thumbnails, max_errors),
+        '<section id="definitions"><h2>How the figures are computed</h2>'
+        + _static("definitions.html").replace("{small}", str(SMALL_SAMPLE)) + "</section>",
+    ]
     generated = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in [
-        ("summary", "Summary"), ("levels", "Per level"), ("confusion", "Confusion"), ("roc", "ROC"),
-        ("calibration", "Calibration"), ("branches", "Branches"), ("errors", "Worst errors"),
-        ("definitions", "Definitions")])
+    nav = "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in _NAVIGATION)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body><main>"
+        f"<title>{_esc(title)}</title><style>{_static('report.css')}</style></head><body><main>"
         f'<h1>{_esc(title)}</h1><div class="meta">Generated {generated} by spine-dfl {_esc(__version__)}. '
         "Research use only: not a medical device.</div>"
-        f"<nav>{nav}</nav>" + "".join(parts) + "</main></body></html>\n"
+        f"<nav>{nav}</nav>" + "".join(sections) + "</main></body></html>\n"
     )
 
 

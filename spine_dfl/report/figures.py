@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from sklearn.metrics import confusion_matrix, roc_curve
 
+from spine_dfl.heatmap.display import display_window
 from spine_dfl.report.metrics import SMALL_SAMPLE, reliability_bins
 
 _DPI = 96
@@ -235,11 +236,10 @@ def thumbnail(pixels: np.ndarray, roi: np.ndarray | None, context: float = 0.75,
         r1 = int(np.clip(math.ceil(y_max + margin), r0 + 1, rows))
     step = max(1, math.ceil(max(r1 - r0, c1 - c0) / max_side))
     crop = np.asarray(pixels[r0:r1:step, c0:c1:step], dtype=np.float64)
-    finite = crop[np.isfinite(crop)]
-    low, high = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    low, high = display_window(crop)
     figure = new_figure(2.4, 2.4 * min(2.0, max(0.5, (r1 - r0) / max(c1 - c0, 1))))
     ax = figure.subplots()
-    ax.imshow(crop, cmap="gray", vmin=low, vmax=high if high > low else low + 1, extent=(c0, c1, r1, r0),
+    ax.imshow(crop, cmap="gray", vmin=low, vmax=high, extent=(c0, c1, r1, r0),
               interpolation="lanczos" if step == 1 else "antialiased")
     if box is not None:
         ax.add_patch(Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,

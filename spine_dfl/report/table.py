@@ -1,10 +1,8 @@
-"""Reading and validating the predictions table (``predictions.csv``) that the report works from.
+"""Validating the predictions table (``predictions.csv``) that the report works from.
 
-The table format is fixed by the interface spec ("Predictions table"): one row per sample with
-``image, vertebra, patient_id, label, pred``, ``prob_<class>`` (fused softmax, one column per class in
-checkpoint order), optionally ``pred_g, pred_p, pred_side`` and ``g_prob_<class>, p_prob_<class>,
-side_prob_<class>``, ROI ``x_min, y_min, x_max, y_max`` (original pixels, empty for whole images) and
-``sop_instance_uid``. The class order is the order of the ``prob_<class>`` columns.
+The columns and the reader are ``spine_dfl.predictions``' (one definition for evaluate, score and
+the report); this module checks what a report needs on top: labels, predictions and probabilities
+on every row, and turns the table into arrays.
 """
 
 from __future__ import annotations
@@ -15,18 +13,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine_dfl.vertebrae import normalize_level
-
-PROB_PREFIX = "prob_"
-#: branch name -> prefix of its probability columns; "fused" uses the plain ``prob_`` columns.
-BRANCH_PROB_PREFIXES: dict[str, str] = {"g": "g_prob_", "p": "p_prob_", "side": "side_prob_"}
-BRANCH_PRED_COLUMNS: dict[str, str] = {"g": "pred_g", "p": "pred_p", "side": "pred_side"}
+from spine_dfl.io import ROI_COLUMNS, normalize_level
+from spine_dfl.predictions import (
+    BRANCH_PRED_COLUMNS,
+    BRANCH_PROB_PREFIXES,
+    PROB_PREFIX,
+    PredictionsError,
+    read_predictions,
+    table_classes,
+)
+from spine_dfl.predictions import row_names as _row_names
 #: level name used for rows whose ``vertebra`` is empty or the column is absent.
 MISSING_LEVEL = "(missing)"
 #: a probability row may differ from summing to one by this much (CSV rounding) before it is an error.
 PROB_SUM_TOLERANCE = 1e-2
-
-_ROI_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
 
 
 class ReportError(ValueError):
@@ -61,22 +61,6 @@ class PredictionArrays:
 def _is_blank(values: pd.Series) -> np.ndarray:
     """(n,) bool: missing or whitespace-only cells."""
     return (values.isna() | values.astype(str).str.strip().eq("")).to_numpy()
-
-
-def _row_names(table: pd.DataFrame, mask: np.ndarray, limit: int = 5) -> str:
-    """Human-readable list of the first offending rows (index and image when present)."""
-    index = table.index[mask]
-    names = []
-    for idx in index[:limit]:
-        image = table.at[idx, "image"] if "image" in table.columns else None
-        names.append(f"row {idx}" + (f" ({image})" if isinstance(image, str) and image else ""))
-    more = f" and {len(index) - limit} more" if len(index) > limit else ""
-    return ", ".join(names) + more
-
-
-def table_classes(table: pd.DataFrame) -> list[str]:
-    """Class names in the order of the ``prob_<class>`` columns."""
-    return [str(c)[len(PROB_PREFIX):] for c in table.columns if str(c).startswith(PROB_PREFIX)]
 
 
 def _prob_matrix(table: pd.DataFrame, prefix: str, classes: list[str], what: str) -> np.ndarray:
@@ -189,8 +173,8 @@ def prepare(table: pd.DataFrame, classes: list[str] | None = None, source: str =
     else:
         level = np.full(n, MISSING_LEVEL, dtype=object)
     roi = np.full((n, 4), np.nan)
-    if all(c in table.columns for c in _ROI_COLUMNS):
-        roi = table[list(_ROI_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    if all(c in table.columns for c in ROI_COLUMNS):
+        roi = table[list(ROI_COLUMNS)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     return PredictionArrays(
         classes=tuple(classes), y_true=y_true, y_pred=y_pred, probs=probs, patient=patient, level=level,
         branch_pred=branch_pred, branch_probs=branch_probs, image=image, roi=roi,
@@ -198,30 +182,13 @@ def prepare(table: pd.DataFrame, classes: list[str] | None = None, source: str =
 
 
 def load_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
-    """Read ``predictions.csv`` and validate it; returns (table, classes in ``prob_`` column order).
-
-    Text columns are read as text (a class or patient called ``"NA"`` or ``"001"`` stays as written);
-    probability and ROI columns are converted to float. Raises ReportError for a missing or unreadable
-    file and for every problem ``prepare`` finds.
+    """Read ``predictions.csv`` (``spine_dfl.predictions.read_predictions``) and validate it for a report;
+    returns (table, classes in ``prob_`` column order). Raises ReportError naming the file for every
+    problem the reader or ``prepare`` finds.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ReportError(f"{path}: predictions file not found")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ReportError(f"{path}: cannot read the predictions table ({exc})") from exc
-    classes = table_classes(table)
-    numeric = [c for c in table.columns
-               if str(c).startswith(PROB_PREFIX) or any(str(c).startswith(p) for p in BRANCH_PROB_PREFIXES.values())]
-    for column in numeric:
-        converted = pd.to_numeric(table[column].str.strip(), errors="coerce")
-        bad = converted.isna().to_numpy()
-        if bad.any():
-            raise ReportError(f"{path}: column '{column}' is not a number in {_row_names(table, bad)}")
-        table[column] = converted.astype(np.float64)
-    for column in _ROI_COLUMNS:
-        if column in table.columns:
-            table[column] = pd.to_numeric(table[column].str.strip(), errors="coerce")
+        table, classes = read_predictions(path)
+    except PredictionsError as exc:
+        raise ReportError(str(exc)) from exc
     prepare(table, classes, source=str(path))  # validate now so errors name the file
     return table, classes
