@@ -26,8 +26,9 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from spine_dfl import predict
-from spine_dfl.model import DFLNet, kmeans
+from spine_dfl.engine import device as engine_device
+from spine_dfl.model import DFLNet
+from spine_dfl.model.kmeans import kmeans
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,8 +48,8 @@ def parse_args() -> argparse.Namespace:
 
 def resolve_device(name: str) -> torch.device:
     try:
-        return predict.resolve_device(name)
-    except ValueError:
+        return engine_device.resolve_device(name)
+    except engine_device.DeviceUnavailable:
         raise SystemExit("--device cuda: no CUDA device available") from None
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models
 
-from spine_dfl import predict
+from spine_dfl.engine import device as engine_device
 from spine_dfl.model import BACKBONES, DFLNet, dfl_loss
 
 
@@ -45,8 +45,8 @@ def parse_args() -> argparse.Namespace:
 
 def resolve_device(name: str) -> torch.device:
     try:
-        return predict.resolve_device(name)
-    except ValueError:
+        return engine_device.resolve_device(name)
+    except engine_device.DeviceUnavailable:
         raise SystemExit("--device cuda: no CUDA device available") from None
 
 

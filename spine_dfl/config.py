@@ -12,7 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from spine_dfl.data.transforms import AugmentConfig
+from spine_dfl.data.transforms.settings import AugmentConfig
+from spine_dfl.model.defaults import DEFAULT_BRANCH_WEIGHTS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -29,9 +30,9 @@ class _Strict(BaseModel):
 class BranchWeights(_Strict):
     """Weights of the G-stream, P-stream and side-branch terms (loss or fused logits)."""
 
-    g: float = 1.0
-    p: float = 1.0
-    side: float = 0.1
+    g: float = DEFAULT_BRANCH_WEIGHTS[0]
+    p: float = DEFAULT_BRANCH_WEIGHTS[1]
+    side: float = DEFAULT_BRANCH_WEIGHTS[2]
 
     def as_tuple(self) -> tuple[float, float, float]:
         return (self.g, self.p, self.side)

@@ -66,3 +66,27 @@ def test_augmentation_settings_are_the_transforms_own_and_checked() -> None:
         load_config("cpu_demo", ["data.augment.prob=2"])
     with pytest.raises(ConfigError, match="gama"):
         load_config("cpu_demo", ["data.augment.gama=[1, 2]"])
+
+
+def test_importing_the_config_imports_no_torch_monai_or_torchvision() -> None:
+    """The CLI's --help and validate paths read the config; they must not pay for the deep-learning stack."""
+    import subprocess
+    import sys
+
+    code = ("import sys, spine_dfl.config; "
+            "print(','.join(m for m in ('torch', 'torchvision', 'monai') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == ""
+
+
+def test_branch_weight_defaults_are_the_models() -> None:
+    from spine_dfl.config import RunConfig
+    from spine_dfl.model import DFLNet, dfl_loss
+    from spine_dfl.model.defaults import DEFAULT_BRANCH_WEIGHTS
+    import inspect
+
+    config = RunConfig()
+    assert config.model.fuse_weights.as_tuple() == DEFAULT_BRANCH_WEIGHTS
+    assert config.model.loss_weights.as_tuple() == DEFAULT_BRANCH_WEIGHTS
+    assert inspect.signature(DFLNet).parameters["fuse_weights"].default == DEFAULT_BRANCH_WEIGHTS
+    assert inspect.signature(dfl_loss).parameters["weights"].default == DEFAULT_BRANCH_WEIGHTS

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from spine_dfl.model import DFLNet, energy_map, init_filter_bank, kmeans, peak_locations
+from spine_dfl.model import DFLNet, energy_map, init_filter_bank, peak_locations
+from spine_dfl.model.kmeans import kmeans
+from spine_dfl.model import filter_init
 from spine_dfl.model.filter_init import ReservoirSampler
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
@@ -166,15 +168,29 @@ def _peak_features(model: DFLNet, batches: list, num_classes: int, device: torch
     return [torch.stack(vectors) for vectors in per_class]
 
 
+@pytest.fixture
+def reservoirs(monkeypatch) -> list:
+    """The init's per-class reservoir samplers, in class order (the sampled peak vectors are in them)."""
+    made = []
+
+    class RecordingSampler(filter_init.ReservoirSampler):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(filter_init, "ReservoirSampler", RecordingSampler)
+    return made
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_filter_bank_equals_kmeans_centres_of_peak_features(device: str) -> None:
+def test_filter_bank_equals_kmeans_centres_of_peak_features(device: str, reservoirs: list) -> None:
     device = torch.device(device)
     num_classes, k = 3, 4
     model = DFLNet("resnet18", num_classes, filters_per_class=k).to(device).train()
     model.trunk.bn1.eval()  # a caller's frozen BatchNorm must stay in eval mode afterwards
     batches = _synthetic_batches(num_batches=4, batch=6, size=128, num_classes=num_classes, seed=0)
 
-    report = init_filter_bank(model, batches, peaks_per_image=3, nms_iou=0.3, kmeans_iters=50, n_init=3, seed=11, keep_features=True)
+    report = init_filter_bank(model, batches, peaks_per_image=3, nms_iou=0.3, kmeans_iters=50, n_init=3, seed=11)
 
     assert model.training and not model.trunk.bn1.training and model.trunk.layer1.training
     assert report.device == str(device) and report.missing_classes == [] and report.padded_classes == []
@@ -183,7 +199,7 @@ def test_filter_bank_equals_kmeans_centres_of_peak_features(device: str) -> None
     for c in range(num_classes):
         vectors = expected_features[c]
         assert report.peaks_per_class[c] == report.features_per_class[c] == len(vectors)
-        assert torch.allclose(report.sampled_features[c], vectors.cpu(), atol=1e-5)
+        assert torch.allclose(reservoirs[c].sample.cpu(), vectors.cpu(), atol=1e-5)
         expected = kmeans(vectors, k, iters=50, n_init=3, seed=11 + c)
         bank = model.p_filters.weight[model.class_filter_slice(c), :, 0, 0]
         assert torch.allclose(bank, F.normalize(expected.centres, dim=1), atol=1e-5)
@@ -201,34 +217,34 @@ def test_filter_bank_equals_kmeans_centres_of_peak_features(device: str) -> None
     assert torch.allclose(out.p, out.side, atol=1e-4)
 
 
-def test_reservoir_cap_is_respected_and_samples_real_peaks() -> None:
+def test_reservoir_cap_is_respected_and_samples_real_peaks(reservoirs: list) -> None:
     num_classes, k, cap = 2, 2, 5
     model = DFLNet("resnet18", num_classes, filters_per_class=k)
     batches = _synthetic_batches(num_batches=3, batch=8, size=128, num_classes=num_classes, seed=1)
-    report = init_filter_bank(model, batches, max_features_per_class=cap, n_init=1, keep_features=True)
+    report = init_filter_bank(model, batches, max_features_per_class=cap, n_init=1)
     all_features = _peak_features(model, batches, num_classes, torch.device("cpu"))
     for c in range(num_classes):
         assert report.peaks_per_class[c] == len(all_features[c]) > cap
-        assert report.features_per_class[c] == cap == len(report.sampled_features[c])
-        distances = torch.cdist(report.sampled_features[c], all_features[c])
+        assert report.features_per_class[c] == cap == len(reservoirs[c].sample.cpu())
+        distances = torch.cdist(reservoirs[c].sample.cpu(), all_features[c])
         assert torch.all(distances.min(dim=1).values < 1e-4)  # every sampled row is one of the peaks
 
 
-def test_class_with_too_few_peaks_is_padded_and_missing_class_left_alone() -> None:
+def test_class_with_too_few_peaks_is_padded_and_missing_class_left_alone(reservoirs: list) -> None:
     num_classes, k = 3, 6
     model = DFLNet("resnet18", num_classes, filters_per_class=k)
     images = _synthetic_batches(1, 3, 96, num_classes, seed=2)[0][0]
     labels = torch.tensor([0, 1, -1])  # class 2 has no image; -1 (unknown) is skipped
     untouched = model.p_filters.weight[model.class_filter_slice(2)].clone()
     with pytest.warns(UserWarning, match=r"\[2\]"):
-        report = init_filter_bank(model, [(images, labels)], peaks_per_image=3, n_init=1, keep_features=True)
+        report = init_filter_bank(model, [(images, labels)], peaks_per_image=3, n_init=1)
     assert report.missing_classes == [2] and math.isnan(report.inertia_per_class[2])
     assert report.images_per_class == [1, 1, 0]
     assert torch.equal(model.p_filters.weight[model.class_filter_slice(2)], untouched)
     for c in (0, 1):
         assert report.features_per_class[c] <= 3 < k and c in report.padded_classes
         bank = model.p_filters.weight[model.class_filter_slice(c), :, 0, 0]
-        peaks = F.normalize(report.sampled_features[c], dim=1)
+        peaks = F.normalize(reservoirs[c].sample.cpu(), dim=1)
         assert torch.allclose(bank.norm(dim=1), torch.ones(k), atol=1e-5)
         assert torch.all((bank @ peaks.T).amax(dim=1) > 0.999)  # every filter is (nearly) one of the peaks
 

@@ -1,26 +1,37 @@
-"""DFL-CNN model: backbones, the network, its loss and the filter-bank initialisation.
+"""DFL-CNN model: backbones, the network, its loss, the filter-bank initialisation and its k-means.
 
-Imports nothing else of spine_dfl: the model knows no files or manifests.
+Imports nothing else of spine_dfl: the model knows no files or manifests. The names below load
+their module (and torch) on first use, so ``spine_dfl.model.defaults`` stays torch-free for the config.
+``spine_dfl.model.kmeans`` is the k-means module; its function is ``spine_dfl.model.kmeans.kmeans``.
 """
 
-from .backbones import BACKBONES, Backbone, PretrainedWeightsMissing, build_backbone, receptive_field
-from .dfl import DFLNet, DFLOutput, branch_loss, dfl_loss
-from .filter_init import FilterInitReport, KMeansResult, energy_map, init_filter_bank, kmeans, peak_locations
+from __future__ import annotations
 
-__all__ = [
-    "BACKBONES",
-    "Backbone",
-    "DFLNet",
-    "DFLOutput",
-    "FilterInitReport",
-    "KMeansResult",
-    "PretrainedWeightsMissing",
-    "branch_loss",
-    "build_backbone",
-    "dfl_loss",
-    "energy_map",
-    "init_filter_bank",
-    "kmeans",
-    "peak_locations",
-    "receptive_field",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "BACKBONES": "backbones",
+    "Backbone": "backbones",
+    "PretrainedWeightsMissing": "backbones",
+    "build_backbone": "backbones",
+    "receptive_field": "backbones",
+    "DEFAULT_BRANCH_WEIGHTS": "defaults",
+    "DFLNet": "dfl",
+    "DFLOutput": "dfl",
+    "branch_loss": "dfl",
+    "dfl_loss": "dfl",
+    "FilterInitReport": "filter_init",
+    "energy_map": "filter_init",
+    "init_filter_bank": "filter_init",
+    "peak_locations": "filter_init",
+    "KMeansResult": "kmeans",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

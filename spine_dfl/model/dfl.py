@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import build_backbone
+from .defaults import DEFAULT_BRANCH_WEIGHTS
 
 __all__ = ["DFLNet", "DFLOutput", "branch_loss", "dfl_loss"]
 
@@ -46,7 +47,7 @@ class DFLNet(nn.Module):
             (stride 16).
         num_classes: M.
         filters_per_class: k (the paper's 10).
-        fuse_weights: (wg, wp, ws) for the fused logits; the public code's 1, 1, 0.1.
+        fuse_weights: (wg, wp, ws) for the fused logits (`DEFAULT_BRANCH_WEIGHTS`).
         pretrained: "none", "imagenet" (local torch hub cache only) or a state-dict path; see
             `build_backbone`.
 
@@ -64,7 +65,7 @@ class DFLNet(nn.Module):
         backbone: str,
         num_classes: int,
         filters_per_class: int = 10,
-        fuse_weights: tuple[float, float, float] = (1.0, 1.0, 0.1),
+        fuse_weights: tuple[float, float, float] = DEFAULT_BRANCH_WEIGHTS,
         pretrained: str = "none",
     ) -> None:
         super().__init__()
@@ -182,7 +183,7 @@ def location_boxes(row: Tensor, col: Tensor, stride: int, receptive_field: int, 
 def dfl_loss(
     out: DFLOutput,
     target: Tensor,
-    weights: tuple[float, float, float] = (1.0, 1.0, 0.1),
+    weights: tuple[float, float, float] = DEFAULT_BRANCH_WEIGHTS,
     class_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Weighted sum of the three branches' cross entropies.
@@ -200,7 +201,7 @@ def branch_loss(
     p: Tensor,
     side: Tensor,
     target: Tensor,
-    weights: tuple[float, float, float] = (1.0, 1.0, 0.1),
+    weights: tuple[float, float, float] = DEFAULT_BRANCH_WEIGHTS,
     class_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """`dfl_loss` on bare (B, M) logits of each branch (e.g. logits collected over a validation set)."""
