@@ -114,3 +114,102 @@ class _SplitState:
                 k = max(self.active, key=lambda k: (deficit[k], overall[k], -k))
                 counts[k] += 1
                 self.assign(p, k)
+
+
+# Strategy for synthetic cohorts (added by the SYNTH owner; spine_dfl.synth.cohort calls it).
+def deal_by_burden(
+    patient_labels: Sequence[Sequence[str]],
+    fractions: Sequence[float],
+    rng: np.random.Generator,
+    class_order: Sequence[str],
+) -> list[str]:
+    """Patient-level split for a cohort whose classes are ordinal grades (synthetic cohorts).
+
+    A second strategy beside ``patient_split``, for a generator that knows every patient's
+    grades before it writes any table: patients are shuffled with ``rng``, sorted by fracture
+    burden (highest grade, then the count of each grade from the most severe down) and dealt
+    to the split with the largest remaining deficit against its quota, so each split gets a
+    share of the heavy patients.  From 3 patients on, every split with a positive fraction gets
+    at least one patient.  Then, where a class is missing from val or test but some train
+    patient has it, that patient is swapped with one of the split's patients as long as no
+    split loses a class it had.
+
+    Args:
+        patient_labels: the labels of each patient's vertebrae, one sequence per patient.
+        fractions: train/val/test fractions (non-negative, positive sum).
+        rng: drawn from once (one permutation); the caller's stream continues after it.
+        class_order: the classes from least to most severe (``class_order[0]`` is normal).
+    Returns:
+        One of "train", "val", "test" per patient, in input order.
+    """
+    n = len(patient_labels)
+    if n == 0:
+        return []
+    rank = {g: i for i, g in enumerate(class_order)}
+    order = list(rng.permutation(n))
+
+    def burden(i: int) -> tuple[int, ...]:
+        counts = Counter(patient_labels[i])
+        return (max((rank[x] for x in patient_labels[i]), default=-1), *(counts[c] for c in reversed(class_order[1:])))
+
+    order.sort(key=burden, reverse=True)
+    split = _deal_by_quota(order, _burden_quota(fractions, n))
+    _swap_for_presence(split, patient_labels, class_order)
+    return split
+
+
+def _burden_quota(fractions: Sequence[float], n: int) -> np.ndarray:
+    """Patients per split: rounded shares, at least one per positive split from 3 patients on."""
+    weights = np.asarray(fractions, dtype=np.float64) / float(sum(fractions))
+    minimum = 1 if n >= 3 else 0
+    quota = np.array([0, *(max(minimum, int(round(w * n))) if w > 0 else 0 for w in weights[1:])])
+    quota[0] = n - quota[1:].sum()
+    while quota[0] < (1 if weights[0] > 0 else 0) or quota[0] < 0:
+        quota[int(np.argmax(quota[1:])) + 1] -= 1
+        quota[0] += 1
+    return quota
+
+
+def _deal_by_quota(order: list[int], quota: np.ndarray) -> list[str]:
+    """Deal patients in ``order`` to the split furthest behind its pro-rata quota."""
+    n = len(order)
+    assigned = np.zeros(3)
+    split = [""] * n
+    for position, patient in enumerate(order):
+        deficit = quota * (position + 1) / n - assigned
+        deficit[assigned >= quota] = -np.inf
+        choice = int(np.argmax(deficit))
+        split[patient] = SPLITS[choice]
+        assigned[choice] += 1
+    return split
+
+
+def _swap_for_presence(split: list[str], patient_labels: Sequence[Sequence[str]], class_order: Sequence[str]) -> None:
+    """Swap train patients into val/test (in place) where that brings a missing class in."""
+    n = len(split)
+
+    def classes(which: str, exclude: int = -1, include: int = -1) -> set[str]:
+        out: set[str] = set()
+        for i in range(n):
+            if (split[i] == which and i != exclude) or i == include:
+                out.update(patient_labels[i])
+        return out
+
+    present = {g for gs in patient_labels for g in gs}
+    for target in ("val", "test"):
+        for cls in class_order:
+            if cls not in present or cls in classes(target) or not any(s == target for s in split):
+                continue
+            done = False
+            for donor in (i for i in range(n) if split[i] == "train" and cls in patient_labels[i]):
+                for taker in (i for i in range(n) if split[i] == target):
+                    before_t, before_tr = classes(target), classes("train")
+                    after_t = classes(target, exclude=taker, include=donor)
+                    after_tr = classes("train", exclude=donor, include=taker)
+                    if before_t - after_t or before_tr - after_tr:
+                        continue
+                    split[donor], split[taker] = target, "train"
+                    done = True
+                    break
+                if done:
+                    break

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["GENANT_GRADES", "LEVELS", "level_sort_key", "normalize_level", "sort_levels"]
+__all__ = ["GENANT_GRADES", "LEVELS", "POINT_COLUMNS", "POINT_NAMES", "level_sort_key", "normalize_level", "sort_levels"]
 
 LEVELS: tuple[str, ...] = (
     tuple(f"C{i}" for i in range(1, 8))
@@ -20,6 +20,11 @@ _LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
 
 # Genant semiquantitative grades, in order of severity (class 0 = no fracture).
 GENANT_GRADES: tuple[str, ...] = ("normal", "mild", "moderate", "severe")
+
+# Six-point vertebral morphometry: the anterior, middle and posterior points of the superior (s)
+# and inferior (i) endplates, each (x, y) = (column, row) in original pixels.
+POINT_NAMES: tuple[str, ...] = ("sa", "sm", "sp", "ia", "im", "ip")
+POINT_COLUMNS: tuple[str, ...] = tuple(f"{name}_{axis}" for name in POINT_NAMES for axis in ("x", "y"))
 
 
 def normalize_level(name: object) -> str:
