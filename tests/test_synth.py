@@ -32,7 +32,13 @@ from spine_dfl.synth import (
     render_patient,
 )
 
-MANIFEST_COLUMNS = ["image", "label", "vertebra", "patient_id", "split", "x_min", "y_min", "x_max", "y_max"]
+POINT_COLUMNS = ["sa_x", "sa_y", "sm_x", "sm_y", "sp_x", "sp_y", "ia_x", "ia_y", "im_x", "im_y", "ip_x", "ip_y"]
+MANIFEST_COLUMNS = ["image", "label", "vertebra", "patient_id", "split", "x_min", "y_min", "x_max", "y_max", *POINT_COLUMNS]
+LESION_COLUMNS = [
+    "kind", "deformed_part",
+    "corner_sa_x", "corner_sa_y", "corner_sp_x", "corner_sp_y", "corner_ip_x", "corner_ip_y", "corner_ia_x", "corner_ia_y",
+    *POINT_COLUMNS, "body_polygon", "deformed_polygon",
+]
 ROI_COLUMNS = ["sop_instance_uid", "image", "vertebra", "x_min", "y_min", "x_max", "y_max"]
 SMALL = dict(rows=512)  # 512 x 288: fast, vertebrae still ~20-25 px tall
 
@@ -40,6 +46,15 @@ SMALL = dict(rows=512)  # 512 x 288: fast, vertebrae still ~20-25 px tall
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> CohortSummary:
     return generate_cohort(tmp_path_factory.mktemp("cohort"), patients=4, seed=11, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def fractured(tmp_path_factory: pytest.TempPathFactory) -> CohortSummary:
+    """Mostly fractured vertebrae: every fracture kind, and normal ones (seed chosen for that)."""
+    return generate_cohort(
+        tmp_path_factory.mktemp("fractured"), patients=3, seed=29, compress=False,
+        grade_probabilities={"normal": 0.2, "mild": 0.3, "moderate": 0.25, "severe": 0.25}, **SMALL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +324,107 @@ def test_bad_arguments_and_existing_output(tmp_path: Path) -> None:
         generate_cohort(tmp_path / "y", patients=1, seed=0, rows=256)
     again = generate_cohort(tmp_path / "y", patients=1, seed=1, rows=256, overwrite=True)
     assert again.summary["seed"] == 1 and len(list((tmp_path / "y" / "images").iterdir())) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Landmarks: six points, corners, body and deformed-part outlines (vertebrae.csv, manifest.csv)
+# ----------------------------------------------------------------------------------------------
+def _truth_rows(cohort: CohortSummary) -> list[tuple[dict[str, str], VertebraTruth, int, int]]:
+    """Each vertebrae.csv row with its VertebraTruth and the image size."""
+    _, rows = _read_csv(cohort.vertebrae_path)
+    truths = {(p.patient_id, v.level): (v, p.rows, p.cols) for p in cohort.patients for v in p.vertebrae}
+    return [(row, *truths[row["patient_id"], row["vertebra"]]) for row in rows]
+
+
+def _points(row: dict[str, str]) -> dict[str, np.ndarray]:
+    return {name: np.array([float(row[f"{name}_x"]), float(row[f"{name}_y"])]) for name in ("sa", "sm", "sp", "ia", "im", "ip")}
+
+
+def _inside_polygon(polygon: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Pixels (rows, cols) whose centre lies inside the polygon (even-odd ray casting)."""
+    ys, xs = np.mgrid[0:rows, 0:cols]
+    px, py = xs.ravel() + 0.5, ys.ravel() + 0.5
+    inside = np.zeros(px.shape, dtype=bool)
+    for (x0, y0), (x1, y1) in zip(polygon, np.roll(polygon, -1, axis=0)):
+        if y0 == y1:
+            continue
+        crosses = (y0 > py) != (y1 > py)
+        x_at = x0 + (py - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (px < x_at)
+    return inside.reshape(rows, cols)
+
+
+def test_vertebrae_and_manifest_carry_lesion_and_landmark_columns(cohort: CohortSummary) -> None:
+    columns, rows = _read_csv(cohort.vertebrae_path)
+    assert columns[-len(LESION_COLUMNS):] == LESION_COLUMNS
+    _, manifest = _read_csv(cohort.manifest_path)
+    assert len(manifest) == len(rows)
+    for row, line in zip(rows, manifest):
+        assert row["kind"] == row["shape"] and row["kind"] in ("wedge", "biconcave", "crush", "none")
+        assert (row["kind"] == "none") == (row["label"] == "normal")
+        assert (row["deformed_part"], row["deformed_polygon"] == "") == {
+            "wedge": ("anterior body", False), "biconcave": ("central endplates", False),
+            "crush": ("whole body", False), "none": ("", True),
+        }[row["kind"]]
+        assert (line["image"], line["vertebra"]) == (row["image"], row["vertebra"])
+        assert [line[c] for c in POINT_COLUMNS] == [row[c] for c in POINT_COLUMNS]
+
+
+def test_six_points_lie_on_the_rendered_body_edge(fractured: CohortSummary) -> None:
+    kinds = Counter()
+    for row, truth, rows, cols in _truth_rows(fractured):
+        kinds[row["kind"]] += 1
+        mask = body_mask(truth, rows, cols)
+        angle = math.radians(truth.angle_deg)
+        up = np.array([math.sin(angle), -math.cos(angle)])  # the body's v axis (towards the head) in the image
+        for name, point in _points(row).items():
+            inward = -up if name[0] == "s" else up
+            for step, expected in ((2.0, True), (-2.0, False)):
+                x, y = point + step * inward
+                assert mask[int(math.floor(y)), int(math.floor(x))] == expected, (row["patient_id"], row["vertebra"], name, step)
+        # the corners too: each is the last body pixel towards its wall and its endplate
+        for corner in ("sa", "sp", "ip", "ia"):
+            point = np.array([float(row[f"corner_{corner}_x"]), float(row[f"corner_{corner}_y"])])
+            x0, y0 = int(math.floor(point[0])), int(math.floor(point[1]))
+            window = mask[max(y0 - 2, 0) : y0 + 3, max(x0 - 2, 0) : x0 + 3]
+            assert window.any() and not window.all(), (row["vertebra"], corner)
+    assert set(kinds) == {"wedge", "biconcave", "crush", "none"}, kinds
+
+
+def test_height_ratios_from_written_points_match_the_grade(fractured: CohortSummary, cohort: CohortSummary) -> None:
+    for summary in (fractured, cohort):
+        for row, truth, _, _ in _truth_rows(summary):
+            p = _points(row)
+            mm = float(row["mm_per_px"])
+            ha, hm, hp = (float(np.linalg.norm(p["s" + k] - p["i" + k])) * mm for k in "amp")
+            assert ha / hp == pytest.approx(truth.anterior_height_mm / truth.posterior_height_mm, abs=2e-3)
+            assert hm / hp == pytest.approx(truth.middle_height_mm / truth.posterior_height_mm, abs=2e-3)
+            loss = 1.0 - min(ha, hm, hp) / float(row["reference_height_mm"])
+            assert loss == pytest.approx(truth.height_loss, abs=2e-3)
+            lo, hi = HEIGHT_LOSS_RANGES[row["label"]]
+            assert lo - 2e-3 <= loss <= hi + 2e-3
+
+
+def test_body_and_deformed_polygons_match_the_rendered_body(fractured: CohortSummary) -> None:
+    for row, truth, rows, cols in _truth_rows(fractured):
+        mask = body_mask(truth, rows, cols)
+        body = _inside_polygon(np.array(json.loads(row["body_polygon"])), rows, cols)
+        assert (body ^ mask).sum() <= 0.02 * mask.sum() + 2, (row["vertebra"], (body ^ mask).sum(), mask.sum())
+        if row["kind"] == "none":
+            continue
+        deformed = _inside_polygon(np.array(json.loads(row["deformed_polygon"])), rows, cols)
+        assert (deformed & ~mask).sum() <= 2, row["vertebra"]  # a part of the body
+        # where in the body it lies: x = 2u / depth, -1 at the anterior wall, +1 posterior
+        ys, xs = np.nonzero(deformed)
+        angle = math.radians(truth.angle_deg)
+        u = ((xs + 0.5 - truth.centre_x) * math.cos(angle) + (ys + 0.5 - truth.centre_y) * math.sin(angle)) * truth.mm_per_px
+        x = u / (truth.body.depth_mm / 2.0)
+        tolerance = 1.5 * truth.mm_per_px / (truth.body.depth_mm / 2.0)  # a pixel and a half
+        share = deformed.sum() / mask.sum()
+        if row["kind"] == "wedge":  # the anterior half, where the wedge lost most height
+            assert x.max() <= tolerance and 0.35 <= share <= 0.6, (row["vertebra"], x.max(), share)
+        elif row["kind"] == "biconcave":  # the central column between the depressed endplates
+            assert np.abs(x).max() <= 0.565 + tolerance and 0.4 <= share <= 0.7, (row["vertebra"], share)
+            assert x.min() < -0.4 and x.max() > 0.4
+        else:  # crush: the whole body
+            assert (deformed ^ mask).sum() <= 0.02 * mask.sum() + 2

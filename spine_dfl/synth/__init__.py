@@ -7,7 +7,9 @@ tables that the rest of spine-dfl reads:
                        anterior to the left (columns increase towards posterior, rows towards the
                        feet: PatientOrientation ``P\\F``).  Every 8th file has no ``.dcm`` suffix,
                        as PACS exports often have none.
-``manifest.csv``, ``rois.csv``, ``vertebrae.csv``, ``cohort.json``: see ``tables``.
+``manifest.csv``, ``rois.csv``, ``vertebrae.csv``, ``cohort.json``: see ``tables``
+(vertebrae.csv also holds each fracture's kind, its deformed part and the body outline,
+manifest.csv and vertebrae.csv the six morphometry points).
 
 Grades (Genant semi-quantitative): height loss = 1 - min(Ha, Hm, Hp) / H_ref where Ha, Hm, Hp
 are the anterior, middle and posterior body heights (measured at 10 % of the depth inside the
@@ -26,6 +28,7 @@ Modules, in the order of the flow:
 - ``drawing``: polygon fills, curves, fast blur;
 - ``bones`` and ``render``: image formation in phases (soft tissue, bones, detector, processing);
 - ``truth``: the ground truth of each vertebra and its exact pixel mask;
+- ``landmarks``: its six morphometry points, corners, outline and deformed part in pixels;
 - ``dicom``: quantisation, the CR / DX dataset, lossless encoding;
 - ``cohort``, ``records``, ``tables``: the cohort, its split and its tables.
 """
@@ -43,6 +46,7 @@ from spine_dfl.synth.anatomy import (
     body_heights_mm,
 )
 from spine_dfl.synth.cohort import generate_cohort
+from spine_dfl.synth.landmarks import DEFORMED_PARTS, body_corners, body_outline, deformed_outline, six_points
 from spine_dfl.synth.records import CohortSummary, PatientRecord
 from spine_dfl.synth.render import RenderedPatient, render_patient
 from spine_dfl.synth.truth import VertebraTruth, body_coverage, body_mask
@@ -64,4 +68,9 @@ __all__ = [
     "body_coverage",
     "body_mask",
     "body_heights_mm",
+    "DEFORMED_PARTS",
+    "six_points",
+    "body_corners",
+    "body_outline",
+    "deformed_outline",
 ]

@@ -3,11 +3,20 @@
 ``manifest.csv``   one row per labelled vertebra: image, label, vertebra, patient_id, split,
                    x_min, y_min, x_max, y_max (ROI in original pixels, x = column, y = row,
                    max exclusive): the vertebral body box padded ~7 % per side and jittered
-                   +-4.5 % like a localiser, always holding the whole body.
+                   +-4.5 % like a localiser, always holding the whole body; then the six
+                   morphometry points sa_x, sa_y, sm_x, ..., ip_y (``POINT_COLUMNS``).
 ``rois.csv``       the same ROIs keyed by sop_instance_uid, without labels (scoring input).
 ``vertebrae.csv``  ground truth per vertebra (shape, height loss, heights in mm, body
-                   centre/angle in pixels, tight body box); not needed for training.
+                   centre/angle in pixels, tight body box); then the fracture ``kind``
+                   (wedge, biconcave, crush, none: the same as ``shape``), the
+                   ``deformed_part`` (anterior body, central endplates, whole body, or empty),
+                   the body's four corners corner_sa_x .. corner_ia_y, the six points, and
+                   ``body_polygon`` and ``deformed_polygon`` (empty when not fractured) as
+                   JSON lists of [x, y]; not needed for training.
 ``cohort.json``    summary: counts per class, split and shape, seed, generator version.
+
+Every point is (x, y) = (column, row) in original pixels, continuous (pixel (row r, col c)
+covers [c, c+1) x [r, r+1)), written to 0.01 px; ``landmarks`` says exactly where each lies.
 """
 
 from __future__ import annotations
@@ -15,25 +24,33 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from spine_dfl.atomic import atomic_output, atomic_write_text
 from spine_dfl.data.splits import SPLITS
 from spine_dfl.io.rois import ROI_COLUMNS, ROI_KEY_COLUMNS
+from spine_dfl.io.vocabulary import POINT_COLUMNS
 from spine_dfl.synth.anatomy import CLASS_NAMES, LABELLED_LEVELS, SHAPES, SYNTH_VERSION
 from spine_dfl.synth.dicom import SYNTAX_NAMES
+from spine_dfl.synth.landmarks import CORNER_NAMES, DEFORMED_PARTS, body_corners, body_outline, deformed_outline, six_points
 from spine_dfl.synth.records import CohortSummary, PatientRecord
+from spine_dfl.synth.truth import VertebraTruth
 
 MANIFEST_NAME, ROIS_NAME, VERTEBRAE_NAME, COHORT_JSON_NAME = "manifest.csv", "rois.csv", "vertebrae.csv", "cohort.json"
 TABLE_NAMES: tuple[str, ...] = (MANIFEST_NAME, ROIS_NAME, VERTEBRAE_NAME, COHORT_JSON_NAME)
 
-MANIFEST_COLUMNS: tuple[str, ...] = ("image", "label", "vertebra", "patient_id", "split", *ROI_COLUMNS)
+MANIFEST_COLUMNS: tuple[str, ...] = ("image", "label", "vertebra", "patient_id", "split", *ROI_COLUMNS, *POINT_COLUMNS)
 ROIS_COLUMNS: tuple[str, ...] = (*ROI_KEY_COLUMNS, "vertebra", *ROI_COLUMNS)
+CORNER_COLUMNS: tuple[str, ...] = tuple(f"corner_{name}_{axis}" for name in CORNER_NAMES for axis in ("x", "y"))
 VERTEBRAE_COLUMNS: tuple[str, ...] = (
     "patient_id", "image", "sop_instance_uid", "vertebra", "label", "shape", "height_loss",
     "anterior_height_mm", "middle_height_mm", "posterior_height_mm", "reference_height_mm", "depth_mm",
     "centre_x", "centre_y", "angle_deg", "mm_per_px", "body_x_min", "body_y_min", "body_x_max", "body_y_max",
+    "kind", "deformed_part", *CORNER_COLUMNS, *POINT_COLUMNS, "body_polygon", "deformed_polygon",
 )
 
 
@@ -44,8 +61,10 @@ def write_tables(
     """Write the four tables into ``out`` (each atomically) and return the cohort's summary."""
     manifest_path, rois_path = out / MANIFEST_NAME, out / ROIS_NAME
     vertebrae_path, json_path = out / VERTEBRAE_NAME, out / COHORT_JSON_NAME
+    points = {(p.patient_id, v.level): _point_cells(six_points(v).values()) for p in records for v in p.vertebrae}
     _write_csv(manifest_path, MANIFEST_COLUMNS, (
-        [p.image, v.label, v.level, p.patient_id, p.split, *v.roi] for p in records for v in p.vertebrae
+        [p.image, v.label, v.level, p.patient_id, p.split, *v.roi, *points[p.patient_id, v.level]]
+        for p in records for v in p.vertebrae
     ))
     _write_csv(rois_path, ROIS_COLUMNS, (
         [p.sop_instance_uid, p.image, v.level, *v.roi] for p in records for v in p.vertebrae
@@ -55,7 +74,8 @@ def write_tables(
             p.patient_id, p.image, p.sop_instance_uid, v.level, v.label, v.shape, f"{v.height_loss:.4f}",
             f"{v.anterior_height_mm:.3f}", f"{v.middle_height_mm:.3f}", f"{v.posterior_height_mm:.3f}",
             f"{v.reference_height_mm:.3f}", f"{v.body.depth_mm:.3f}", f"{v.centre_x:.3f}", f"{v.centre_y:.3f}",
-            f"{v.angle_deg:.3f}", f"{v.mm_per_px:.5f}", *v.box,
+            f"{v.angle_deg:.3f}", f"{v.mm_per_px:.5f}", *v.box, *_lesion_cells(v), *points[p.patient_id, v.level],
+            _polygon_cell(body_outline(v)), _polygon_cell(deformed_outline(v)),
         ]
         for p in records for v in p.vertebrae
     ))
@@ -65,6 +85,22 @@ def write_tables(
         out_dir=out, seed=seed, manifest_path=manifest_path, rois_path=rois_path, vertebrae_path=vertebrae_path,
         cohort_json_path=json_path, patients=records, summary=summary,
     )
+
+
+def _point_cells(points: Iterable[tuple[float, float]]) -> list[str]:
+    return [f"{c:.2f}" for point in points for c in point]
+
+
+def _polygon_cell(polygon: np.ndarray | None) -> str:
+    """A polygon as a JSON list of [x, y] (0.01 px); "" for None."""
+    if polygon is None:
+        return ""
+    return json.dumps([[round(float(x), 2), round(float(y), 2)] for x, y in polygon], separators=(",", ":"))
+
+
+def _lesion_cells(v: VertebraTruth) -> list[str]:
+    """kind, deformed_part and the four body corners."""
+    return [v.shape, DEFORMED_PARTS.get(v.shape, ""), *_point_cells(body_corners(v).values())]
 
 
 def _write_csv(path: Path, columns: tuple[str, ...], rows: Any) -> None:
