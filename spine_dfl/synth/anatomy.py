@@ -126,6 +126,15 @@ def endplate_heights(body: BodyShape, x: np.ndarray) -> tuple[np.ndarray, np.nda
     return top, bottom
 
 
+def wall_positions(body: BodyShape, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """u (mm) of the anterior and posterior walls at heights v (mm): drawn in by the waist,
+    most at mid-height."""
+    half_depth = body.depth_mm / 2.0
+    half_height = body.reference_height_mm / 2.0
+    waist = np.clip(1.0 - (v / half_height) ** 2, 0.0, 1.0)
+    return -half_depth + body.anterior_waist_mm * waist, half_depth - body.posterior_waist_mm * waist
+
+
 def body_heights_mm(body: BodyShape) -> tuple[float, float, float]:
     """(anterior, middle, posterior) body heights in mm at x = -0.8, 0, 0.8."""
     top, bottom = endplate_heights(body, np.asarray(MEASURE_X, dtype=np.float64))

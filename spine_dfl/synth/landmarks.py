@@ -1,7 +1,7 @@
 """Where a rendered vertebra's landmarks lie, exactly, in original pixels.
 
-From the same geometry that ``render`` draws (``anatomy.endplate_heights`` and the walls of
-``truth.body_fields``), for one ``VertebraTruth``:
+From the same geometry that ``render`` draws (``anatomy.endplate_heights`` and
+``anatomy.wall_positions``), for one ``VertebraTruth``:
 
 - ``six_points``: the anterior, middle and posterior points of the superior and inferior
   endplates (``sa, sm, sp, ia, im, ip``), at ``anatomy.MEASURE_X`` (10 % of the depth inside
@@ -26,8 +26,8 @@ import math
 import numpy as np
 
 from spine_dfl.io.vocabulary import POINT_NAMES
-from spine_dfl.synth.anatomy import MEASURE_X, BodyShape, endplate_heights
-from spine_dfl.synth.truth import VertebraTruth
+from spine_dfl.synth.anatomy import MEASURE_X, BodyShape, endplate_heights, wall_positions
+from spine_dfl.synth.truth import VertebraTruth, image_coordinates
 
 CORNER_NAMES: tuple[str, ...] = ("sa", "sp", "ip", "ia")
 """Body corners in outline order: superior-anterior, superior-posterior, inferior-posterior, inferior-anterior."""
@@ -46,31 +46,20 @@ posterior wall): where the kind's loss profile is at least half its value at the
 depressed measurement point (wedge x <= 0, biconcave |x| <= 0.565), the whole body for a crush."""
 
 
-def to_image(truth: VertebraTruth, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Body frame (u, v) in mm -> image (x, y) continuous px, shape (..., 2); inverse of
-    ``truth.local_coordinates``."""
-    angle = math.radians(truth.angle_deg)
-    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
-    dx = u * math.cos(angle) + v * math.sin(angle)
-    dy = u * math.sin(angle) - v * math.cos(angle)
-    return np.stack([truth.centre_x + dx / truth.mm_per_px, truth.centre_y + dy / truth.mm_per_px], axis=-1)
-
-
 def six_points(truth: VertebraTruth) -> dict[str, tuple[float, float]]:
     """The six morphometry points, name (``sa`` .. ``ip``) -> (x, y) in original pixels."""
     body = truth.body
     xs = np.asarray(MEASURE_X, dtype=np.float64)
     top, bottom = endplate_heights(body, xs)
     us = xs * body.depth_mm / 2.0
-    points = to_image(truth, np.concatenate([us, us]), np.concatenate([top, -bottom]))
+    points = image_coordinates(truth, np.concatenate([us, us]), np.concatenate([top, -bottom]))
     return {name: (float(x), float(y)) for name, (x, y) in zip(POINT_NAMES, points)}
 
 
 def _wall_u(body: BodyShape, v: np.ndarray | float, anterior: np.ndarray | bool) -> np.ndarray:
-    """u (mm) of the anterior or posterior wall at height v (mm): the walls' waist, as rendered."""
-    half_depth = body.depth_mm / 2.0
-    waist = np.clip(1.0 - (np.asarray(v, dtype=np.float64) / (body.reference_height_mm / 2.0)) ** 2, 0.0, 1.0)
-    return np.where(anterior, -half_depth + body.anterior_waist_mm * waist, half_depth - body.posterior_waist_mm * waist)
+    """u (mm) of the anterior or posterior wall at height v (mm), as rendered."""
+    u_anterior, u_posterior = wall_positions(body, np.asarray(v, dtype=np.float64))
+    return np.where(anterior, u_anterior, u_posterior)
 
 
 def _endplate_v(body: BodyShape, u: np.ndarray | float, superior: bool) -> np.ndarray:
@@ -113,7 +102,7 @@ def _corners_local(body: BodyShape) -> dict[str, tuple[float, float]]:
 def body_corners(truth: VertebraTruth) -> dict[str, tuple[float, float]]:
     """The four corners (``CORNER_NAMES``) -> (x, y) in original pixels."""
     corners = _corners_local(truth.body)
-    points = to_image(truth, [c[0] for c in corners.values()], [c[1] for c in corners.values()])
+    points = image_coordinates(truth, [c[0] for c in corners.values()], [c[1] for c in corners.values()])
     return {name: (float(x), float(y)) for name, (x, y) in zip(corners, points)}
 
 
@@ -139,7 +128,7 @@ def _outline_local(body: BodyShape, x_range: tuple[float, float], endplate_point
 def body_outline(truth: VertebraTruth, endplate_points: int = 24, wall_points: int = 8) -> np.ndarray:
     """The body outline as a closed polygon (N, 2) of (x, y) in original pixels (last != first)."""
     u, v = _outline_local(truth.body, (-1.0, 1.0), endplate_points, wall_points)
-    return to_image(truth, u, v)
+    return image_coordinates(truth, u, v)
 
 
 def deformed_outline(truth: VertebraTruth, endplate_points: int = 24, wall_points: int = 8) -> np.ndarray | None:
@@ -148,4 +137,4 @@ def deformed_outline(truth: VertebraTruth, endplate_points: int = 24, wall_point
     if truth.body.shape not in DEFORMED_X:
         return None
     u, v = _outline_local(truth.body, DEFORMED_X[truth.body.shape], endplate_points, wall_points)
-    return to_image(truth, u, v)
+    return image_coordinates(truth, u, v)

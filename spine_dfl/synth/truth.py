@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spine_dfl.synth.anatomy import BodyShape, endplate_heights
+from spine_dfl.synth.anatomy import BodyShape, endplate_heights, wall_positions
 
 @dataclass(frozen=True)
 class VertebraTruth:
@@ -54,17 +54,23 @@ def local_coordinates(truth: VertebraTruth, xs: np.ndarray, ys: np.ndarray) -> t
     return u, v
 
 
+def image_coordinates(truth: VertebraTruth, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Body frame (u, v) in mm -> image continuous px (x, y), shape (..., 2); the inverse of
+    ``local_coordinates``."""
+    angle = math.radians(truth.angle_deg)
+    u, v = np.asarray(u, dtype=np.float64), np.asarray(v, dtype=np.float64)
+    dx = u * math.cos(angle) + v * math.sin(angle)
+    dy = u * math.sin(angle) - v * math.cos(angle)
+    return np.stack([truth.centre_x + dx / truth.mm_per_px, truth.centre_y + dy / truth.mm_per_px], axis=-1)
+
+
 def body_fields(
     body: BodyShape, u: np.ndarray, v: np.ndarray, mm_per_px: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Coverage (0..1 anti-aliased), wall-relative x, distances to upper/lower endplate (mm), x."""
-    half_depth = body.depth_mm / 2.0
-    half_height = body.reference_height_mm / 2.0
-    x = u / half_depth
+    x = u / (body.depth_mm / 2.0)
     top, bottom = endplate_heights(body, x)
-    waist = np.clip(1.0 - (v / half_height) ** 2, 0.0, 1.0)
-    u_anterior = -half_depth + body.anterior_waist_mm * waist
-    u_posterior = half_depth - body.posterior_waist_mm * waist
+    u_anterior, u_posterior = wall_positions(body, v)
     d_top = top - v
     d_bottom = v + bottom
     d_min = np.minimum(np.minimum(d_top, d_bottom), np.minimum(u - u_anterior, u_posterior - u))
