@@ -6,7 +6,7 @@ highdicom from the first decodable image, in the source study, referencing every
 image, with UIDs derived from ``result_uid_seed`` (so scoring again writes the same instance).
 
     python tests/serve_node.py --spool DIR --port P --send-to AET@HOST:PORT [--stable-age S]
-        [--score-delay S] [--allow AET ...]
+        [--score-delay S] [--workers N] [--allow AET ...]
 """
 
 from __future__ import annotations
@@ -88,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--send-to", required=True)
     parser.add_argument("--stable-age", type=float, default=1.0)
     parser.add_argument("--score-delay", type=float, default=0.0)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--allow", nargs="*", default=["ORTHANC", TEST_SCU_AET])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     node = Node(
         args.spool,
         lambda study, paths, out: score_study_as_sc(study, paths, out, args.score_delay),
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         host="127.0.0.1",
         allowed_callers=args.allow,
         stable_age=args.stable_age,
+        workers=args.workers,
         retry=RetryPolicy(max_attempts=30, base_delay=0.3, max_delay=1.0),
         lease_seconds=30.0,
         poll_interval=0.1,

@@ -221,7 +221,8 @@ def test_status_counts_states_and_hides_identifiers(node_factory, tmp_path):
     assoc.release()
     summary = status(spool_dir)
     assert summary["states"]["received"] == 1 and summary["instances"] == 2
-    assert summary["oldest_waiting_s"] is not None
+    assert summary["oldest_waiting"]["study"] == study_tag(study_uid)
+    assert summary["oldest_waiting"]["state"] == "received"
     text = json.dumps(summary) + format_status(summary)
     assert study_uid not in text and "Doe" not in text and "PID-77" not in text
     assert "received 1" in format_status(summary)
@@ -234,3 +235,10 @@ def test_one_node_per_spool(node_factory, tmp_path):
     node_factory(tmp_path / "spool", stable_age=600)
     with pytest.raises(NodeError, match="another node"):
         node_factory(tmp_path / "spool", stable_age=600)
+
+
+def test_reasons_keep_no_uids():
+    from spine_dfl.serve.status import redact_uids
+
+    text = redact_uids("/spool/instances/1.2.826.0.1.3680043.8.498.1/1.2.826.0.1.3680043.8.498.2.dcm: bad (v 1.2.3)")
+    assert "1.2.826" not in text and "uid:" in text and "v 1.2.3" in text

@@ -197,16 +197,25 @@ def test_happy_path_one_result_per_study_in_the_source_study(orthanc, node, synt
     assert node.query("SELECT MAX(generation) FROM studies") == [(0,)]
 
 
-def test_a_study_split_over_two_associations_is_scored_once(orthanc, node, tmp_path):
+def test_a_study_split_over_two_associations_is_scored_once_and_a_late_instance_supersedes(
+    orthanc, node, tmp_path
+):
     node.start(stable_age=3.0)
-    paths = make_study(tmp_path / "split", 2)
+    paths = make_study(tmp_path / "split", 3)
     answers = upload_all(orthanc, paths)
     orthanc.store_to_node([answers[0]["ID"]])
     orthanc.store_to_node([answers[1]["ID"]])
     study_uid = str(pydicom.dcmread(paths[0]).StudyInstanceUID)
+    sop_uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths]
     result = wait_for_one_result(orthanc, study_uid)
-    assert referenced(result) == {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
+    assert referenced(result) == set(sop_uids[:2])
     assert node.query("SELECT generation, COUNT(*) FROM results GROUP BY generation") == [(0, 1)]
+    # a late instance after the study is done: a second, superseding result with new UIDs
+    orthanc.store_to_node([answers[2]["ID"]])
+    wait_for(lambda: len(result_ids(orthanc, study_uid)) == 2, 30, what="the superseding result")
+    latest = [pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{i}/file"))) for i in result_ids(orthanc, study_uid)]
+    assert {frozenset(referenced(r)) for r in latest} == {frozenset(sop_uids[:2]), frozenset(sop_uids)}
+    assert node.query("SELECT state, generation FROM studies") == [("done", 1)]
 
 
 def test_a_jpeg2000_instance_is_accepted(orthanc, node, synth_images):

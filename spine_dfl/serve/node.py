@@ -34,7 +34,7 @@ from spine_dfl.serve.queue import QUEUE_FILE, Claim, WorkQueue
 from spine_dfl.serve.scp import build_ae, start_scp
 from spine_dfl.serve.sender import Destination, RetryPolicy, SendError, send_files
 from spine_dfl.serve.spool import Spool
-from spine_dfl.serve.status import study_tag
+from spine_dfl.serve.status import redact_uids, study_tag
 
 log = logging.getLogger(__name__)
 
@@ -207,11 +207,8 @@ class Node:
             return
         if not isinstance(outcome, ScoreOutcome):
             outcome = ScoreOutcome([str(path) for path in outcome])
-        failed = {}
-        for path, reason in outcome.failed.items():
-            sop_uid = by_path.get(str(path), "")
-            # reasons often start with the file path, which holds the UIDs: keep only a pseudonym
-            failed[sop_uid or str(path)] = str(reason).replace(str(path), f"instance {study_tag(sop_uid or str(path))}")
+        # reasons often name the spool path, which holds the UIDs: only pseudonyms are kept
+        failed = {by_path.get(str(path), str(path)): redact_uids(str(reason)) for path, reason in outcome.failed.items()}
         if not outcome.files:
             failed_all = f"no result: {len(failed)} of {len(instances)} instances failed"
             if not self.queue.finish_scoring(claim, [], failed):
@@ -227,7 +224,9 @@ class Node:
     def _send(self, claim: Claim) -> None:
         pending = self.queue.unsent_results(claim.study_uid, claim.generation)
         if any(not Path(path).is_file() for path in pending):
-            self._fail(claim, "result files missing from the spool", retry_delay=0.0, as_state="scoring")
+            # the spool lost them (deleted by hand?): score again rather than fail the study
+            rescore = Claim(claim.study_uid, "scoring", claim.generation, claim.attempts)
+            self.queue.fail_attempt(rescore, "result files missing from the spool; scoring again", 0.0)
             return
         try:
             with _LeaseKeeper(self.queue, claim.study_uid, self.lease_seconds):
@@ -246,11 +245,10 @@ class Node:
         self.queue.finish_sending(claim)
         log.info("study %s results sent (%d files)", study_tag(claim.study_uid), len(pending))
 
-    def _fail(self, claim: Claim, reason: str, retry_delay: float | None = -1.0, as_state: str | None = None) -> None:
-        if retry_delay == -1.0:
-            retry_delay = self.retry.delay_after(claim.attempts + 1)
-        if as_state is not None:
-            claim = Claim(claim.study_uid, as_state, claim.generation, claim.attempts)
+    def _fail(self, claim: Claim, reason: str) -> None:
+        """Count a failed attempt: retried after the policy's back-off, parked as failed after the last."""
+        retry_delay = self.retry.delay_after(claim.attempts + 1)
+        reason = redact_uids(reason)
         state = self.queue.fail_attempt(claim, reason, retry_delay)
         when = "parked as failed" if state == "failed" else f"retry in {retry_delay:.1f} s"
         log.warning("study %s: %s (%s)", study_tag(claim.study_uid), reason, when)

@@ -24,6 +24,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+SLOW_STORE_S = 5.0  # a write + fsync + commit slower than this is logged: senders time out near 30 s
 
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -125,9 +127,12 @@ class Spool:
         if self.queue.has_instance(sop_uid):
             log.info("duplicate instance acknowledged, not stored again")
             return SUCCESS
+        started = time.monotonic()
         try:
             path = self._write(study_uid, sop_uid, encoded)
             self.queue.add_instance(sop_uid, study_uid, str(path))
+            if time.monotonic() - started > SLOW_STORE_S:
+                log.warning("spooling an instance took %.1f s (slow disk?)", time.monotonic() - started)
         except (OSError, sqlite3.OperationalError) as error:
             if _is_disk_full(error):
                 log.warning("spool full: answered out of resources (0xA700)")

@@ -8,6 +8,7 @@ a patient name or a patient ID; error reasons are the node's own words.
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from spine_dfl.serve.queue import QUEUE_FILE, STATES
 
 WAITING_STATES = ("received", "ready", "scoring", "sending")
+# Dotted numbers of four or more parts: UIDs, and the spool paths built from them.
+_UID_LIKE = re.compile(r"\b[0-9]+(?:\.[0-9]+){3,}\b")
 
 
 def study_tag(study_uid: str) -> str:
@@ -22,12 +25,17 @@ def study_tag(study_uid: str) -> str:
     return hashlib.sha256(study_uid.encode("utf-8")).hexdigest()[:10]
 
 
+def redact_uids(text: str) -> str:
+    """``text`` with every UID in it (and so every spool path) replaced by a short pseudonym."""
+    return _UID_LIKE.sub(lambda match: "uid:" + study_tag(match.group(0)), text)
+
+
 def status(spool_dir: str | Path, *, errors: int = 10, now: float | None = None) -> dict:
     """A JSON-ready summary of the node's queue in ``spool_dir``.
 
     Keys: ``states`` (count per state, every state listed), ``instances`` (received),
-    ``failed_instances``, ``oldest_waiting_s`` (seconds since the first instance of the oldest
-    study not yet done or failed; None when none waits), ``last_errors`` (newest first:
+    ``failed_instances``, ``oldest_waiting`` (the study not yet done or failed whose first instance
+    came first: ``{"study", "state", "age_s"}``; None when none waits), ``last_errors`` (newest first:
     ``{"study", "state", "attempts", "error"}``), ``last_instance_errors`` and ``last_rejections``.
     """
     path = Path(spool_dir) / QUEUE_FILE
@@ -37,8 +45,9 @@ def status(spool_dir: str | Path, *, errors: int = 10, now: float | None = None)
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
         counts = dict(db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall())
-        (oldest,) = db.execute(
-            f"SELECT MIN(first_received_at) FROM studies WHERE state IN ({','.join('?' * len(WAITING_STATES))})",
+        oldest = db.execute(
+            "SELECT study_uid, state, first_received_at FROM studies"
+            f" WHERE state IN ({','.join('?' * len(WAITING_STATES))}) ORDER BY first_received_at LIMIT 1",
             WAITING_STATES,
         ).fetchone()
         (instances,) = db.execute("SELECT COUNT(*) FROM instances").fetchone()
@@ -59,7 +68,9 @@ def status(spool_dir: str | Path, *, errors: int = 10, now: float | None = None)
         "states": {state: int(counts.get(state, 0)) for state in STATES},
         "instances": int(instances),
         "failed_instances": int(failed_instances),
-        "oldest_waiting_s": None if oldest is None else round(now - oldest, 1),
+        "oldest_waiting": None
+        if oldest is None
+        else {"study": study_tag(oldest[0]), "state": oldest[1], "age_s": round(now - oldest[2], 1)},
         "last_errors": [
             {"study": study_tag(uid), "state": state, "attempts": attempts, "error": error}
             for uid, state, attempts, error in study_errors
@@ -72,11 +83,12 @@ def status(spool_dir: str | Path, *, errors: int = 10, now: float | None = None)
 def format_status(summary: dict) -> str:
     """``status()`` as a few lines of text for a terminal."""
     states = "  ".join(f"{state} {count}" for state, count in summary["states"].items())
-    oldest = summary["oldest_waiting_s"]
+    oldest = summary["oldest_waiting"]
     lines = [
         f"studies: {states}",
         f"instances: {summary['instances']} received, {summary['failed_instances']} failed",
-        "oldest waiting study: " + ("none" if oldest is None else f"{oldest:.0f} s"),
+        "oldest waiting study: "
+        + ("none" if oldest is None else f"{oldest['study']} ({oldest['state']}) {oldest['age_s']:.0f} s"),
     ]
     if summary["last_errors"]:
         lines.append("last study errors:")
