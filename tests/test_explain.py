@@ -11,9 +11,11 @@ so a wrong `to_original` or box mapping cannot cancel itself out.
 
 from __future__ import annotations
 
-import argparse
+import html
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,10 @@ from pydicom.uid import DigitalXRayImageStorageForPresentation
 from dicom_factory import make_gray_dicom
 from spine_dfl.engine.checkpoint import LoadedCheckpoint, atomic_torch_save, checkpoint_payload
 from spine_dfl.data.transforms import Preprocessing, eval_transforms
-from spine_dfl.explain import add_explain_arguments, explain, render_gallery, run_explain_command
+from spine_dfl.cli import main
+from spine_dfl.explain import ExplainInputError, explain, explain_inputs, explain_records, render_gallery
 from spine_dfl.heatmap import feature_map_to_tensor_space, tensor_map_to_original
+from spine_dfl.io import dicom_uid
 from spine_dfl.model import DFLNet
 
 CLASSES = ["normal", "mild", "severe"]
@@ -208,29 +212,43 @@ def test_gallery_is_self_contained_sorted_and_filterable() -> None:
     assert 'id="f-correct"' not in unlabelled
 
 
-def test_cli_end_to_end_manifest_and_dicom_with_rois(planted: dict[str, Path], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def roi_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint file of a model trained on vertebra ROIs (64 px input)."""
+    torch.manual_seed(0)
     model = DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2)
-    checkpoint = tmp_path / "model.pt"
+    checkpoint = tmp_path_factory.mktemp("checkpoint") / "model.pt"
     payload = checkpoint_payload(model, {}, CLASSES, Preprocessing(input_size=64), {})
     # checkpoint.py stores torch.__version__ (a TorchVersion, refused by weights_only loading) as is;
     # stored as a plain str here until that is fixed there, so this test exercises explain, not that.
     payload["torch_version"] = str(payload["torch_version"])
     atomic_torch_save(payload, checkpoint)
-    manifest = tmp_path / "manifest.csv"
-    pd.DataFrame({
-        "image": [str(planted["patch"]), str(planted["patch"]), str(planted["clean"])],
-        "label": ["mild", "normal", "severe"],
-        "vertebra": ["L1", "L2", "T12"],
-        "patient_id": ["p1", "p1", "p2"],
-        "split": ["test", "test", "train"],
-        "x_min": [140, 20, 60], "y_min": [10, 120, 40], "x_max": [196, 90, 130], "y_max": [110, 200, 100],
-    }).to_csv(manifest, index=False)
-    parser = argparse.ArgumentParser()
-    add_explain_arguments(parser)
+    return checkpoint
 
+
+def write_manifest(path: Path, planted: dict[str, Path], rois: list[list[float | None]]) -> Path:
+    """A manifest of len(rois) rows (L1, L2, T12 ...) on the planted images; None cells are empty."""
+    n = len(rois)
+    columns = list(zip(*rois))
+    pd.DataFrame({
+        "image": [str(planted["patch"]), str(planted["patch"]), str(planted["clean"])][:n],
+        "label": ["mild", "normal", "severe"][:n],
+        "vertebra": ["L1", "L2", "T12"][:n],
+        "patient_id": ["p1", "p1", "p2"][:n],
+        "split": ["test", "test", "train"][:n],
+        "x_min": columns[0], "y_min": columns[1], "x_max": columns[2], "y_max": columns[3],
+    }).to_csv(path, index=False)
+    return path
+
+
+def test_cli_end_to_end_manifest_and_dicom_with_rois(planted: dict[str, Path], roi_checkpoint: Path,
+                                                     tmp_path: Path) -> None:
+    checkpoint = roi_checkpoint
+    manifest = write_manifest(tmp_path / "manifest.csv", planted,
+                              [[140, 10, 196, 110], [20, 120, 90, 200], [60, 40, 130, 100]])
     out = tmp_path / "from_manifest"
-    assert run_explain_command(parser.parse_args([str(checkpoint), str(manifest), "--out", str(out), "--split", "test",
-                                                  "--top", "2", "--device", "cpu"])) == 0
+    assert main(["explain", str(checkpoint), str(manifest), "--out", str(out), "--split", "test", "--top", "2",
+                 "--device", "cpu"]) == 0
     entries = json.loads((out / "patches.json").read_text())
     assert [e["vertebra"] for e in entries] == ["L1", "L2"]
     for entry in entries:
@@ -243,35 +261,128 @@ def test_cli_end_to_end_manifest_and_dicom_with_rois(planted: dict[str, Path], t
     page = (out / "index.html").read_text()
     assert all(f'src="{e["png"]}"' in page for e in entries) and "https:" not in page
     assert not list(out.glob(".*tmp"))  # temporary files renamed into place
+    if shutil.which("chromium") is not None:
+        assert_gallery_renders(out / "index.html", entries, tmp_path / "chromium")
 
     rois = tmp_path / "rois.csv"
     uid = entries[0]["sop_instance_uid"]
     pd.DataFrame({"sop_instance_uid": [uid], "vertebra": ["L3"], "x_min": [140], "y_min": [10], "x_max": [196],
                   "y_max": [110]}).to_csv(rois, index=False)
     out_dicom = tmp_path / "from_dicom"
-    args = parser.parse_args([str(checkpoint), str(planted["patch"].parent), "--rois", str(rois),
-                              "--out", str(out_dicom), "--device", "cpu"])
-    assert run_explain_command(args) == 0
+    assert main(["explain", str(checkpoint), str(planted["patch"].parent), "--rois", str(rois),
+                 "--out", str(out_dicom), "--device", "cpu"]) == 0
     (entry,) = json.loads((out_dicom / "patches.json").read_text())
     assert entry["vertebra"] == "L3" and entry["sop_instance_uid"] == uid and entry["label"] is None
     # Without ROIs an ROI model is a usage error, not a crash.
-    no_rois = parser.parse_args([str(checkpoint), str(planted["patch"]), "--out", str(tmp_path / "x")])
-    assert run_explain_command(no_rois) == 2
+    assert main(["explain", str(checkpoint), str(planted["patch"]), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_roi_model_never_explains_empty_roi_cells_as_the_whole_image(
+    planted: dict[str, Path], roi_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty ROI cell fails its row with the reason (score's rule), never a whole-image crop."""
+    manifest = write_manifest(tmp_path / "manifest.csv", planted, [[140, 10, 196, 110], [None] * 4])
+    run = explain_records(roi_checkpoint, manifest, tmp_path / "manifest_out", device="cpu")
+    assert [e["vertebra"] for e in run.entries] == ["L1"]
+    (failure,) = run.failures
+    assert failure["vertebra"] == "L2" and failure["reason"].startswith("row 2: no ROI (empty ROI cells)")
+    assert "could not be explained" in run.index_html.read_text() and "row 2: no ROI" in run.index_html.read_text()
+    assert main(["explain", str(roi_checkpoint), str(manifest), "--out", str(tmp_path / "cli_out"),
+                 "--device", "cpu"]) == 1  # some samples failed
+
+    # The same row in a ROI table: the one ROI reader rejects the table, naming the row.
+    uid = dicom_uid(planted["patch"])
+    rois = tmp_path / "rois.csv"
+    rois.write_text(f"sop_instance_uid,vertebra,x_min,y_min,x_max,y_max\n{uid},L1,140,10,196,110\n{uid},L2,,,,\n")
+    with pytest.raises(ExplainInputError, match=r"row 2 \(line 3\): no ROI"):
+        explain_inputs(roi_checkpoint, [planted["patch"]], rois, tmp_path / "rois_out", device="cpu")
+    capsys.readouterr()
+    assert main(["explain", str(roi_checkpoint), str(planted["patch"]), "--rois", str(rois),
+                 "--out", str(tmp_path / "rois_cli"), "--device", "cpu"]) == 2
+    assert "row 2 (line 3)" in capsys.readouterr().err
+    assert not (tmp_path / "rois_out" / "patches.json").exists()
+
+
+# Appended to a copy of the gallery, after its own script: what Chromium laid out once the page's
+# script ran, and what the page's own filter control does.
+_MEASURE_GALLERY = """<script>
+window.addEventListener("load", () => {
+  const box = e => { const r = e.getBoundingClientRect(); return {w: r.width, h: r.height}; };
+  const cards = [...document.querySelectorAll(".card")];
+  const out = {cards: cards.map(c => ({...box(c), pred: c.dataset.pred})),
+               images: [...document.images].map(i => ({...box(i), natural: i.naturalWidth * i.naturalHeight})),
+               count: document.getElementById("count").textContent};
+  const select = document.getElementById("f-pred");
+  select.value = cards[0].dataset.pred;
+  select.dispatchEvent(new Event("change"));
+  out.filtered = {count: document.getElementById("count").textContent,
+                  shown: cards.filter(c => c.getBoundingClientRect().height > 0).length};
+  const pre = document.createElement("pre"); pre.id = "rendered-layout";
+  pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+});
+</script>"""
+
+
+def gallery_layout(page: Path, workdir: Path) -> dict:
+    """Headless Chromium's layout of a copy of `page` (next to it, so its relative PNG links resolve)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    copy = page.with_name("measured_" + page.name)
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", _MEASURE_GALLERY + "</body>"),
+                    encoding="utf-8")
+    # A tall window: the gallery's images load lazily, only near the viewport.
+    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={workdir / 'profile'}", "--run-all-compositor-stages-before-draw",
+               "--virtual-time-budget=5000", "--window-size=1280,8000", "--dump-dom", copy.resolve().as_uri()]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    copy.unlink()
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = re.search(r'<pre id="rendered-layout">(.*?)</pre>', done.stdout, flags=re.DOTALL)
+    assert found, "the measuring script did not run (a script error on the page?): " + done.stdout[-1000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def assert_gallery_renders(page: Path, entries: list[dict], workdir: Path) -> None:
+    """Every card and figure is laid out with a non-zero size and every PNG decoded; the page's
+    script counted the cards, and its filter shows exactly the cards of the chosen class."""
+    layout = gallery_layout(page, workdir)
+    assert len(layout["cards"]) == len(entries) and len(layout["images"]) == len(entries)
+    for part in layout["cards"] + layout["images"]:
+        assert part["w"] > 0 and part["h"] > 0, part
+    assert all(image["natural"] > 0 for image in layout["images"]), layout["images"]
+    assert layout["count"] == f"{len(entries)} of {len(entries)} shown"
+    chosen = sum(card["pred"] == layout["cards"][0]["pred"] for card in layout["cards"])
+    assert layout["filtered"] == {"count": f"{chosen} of {len(entries)} shown", "shown": chosen}
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_gallery_check_fails_for_a_figure_that_does_not_load(tmp_path: Path) -> None:
+    """Positive control of assert_gallery_renders: a card whose PNG is missing must fail it."""
+    entries = [_entry("missing", "L1", "mild", 0.8, None)]
+    (tmp_path / "index.html").write_text(render_gallery(entries, CLASSES), encoding="utf-8")
+    with pytest.raises(AssertionError):
+        assert_gallery_renders(tmp_path / "index.html", entries, tmp_path / "chromium")
 
 
 def test_streams_samples_instead_of_collecting_them(planted: dict[str, Path], tmp_path: Path) -> None:
-    """Records are pulled lazily: while record n is being read, at most two batches wait unwritten."""
+    """Records are pulled lazily: when record n is pulled, every record of the batches before its own
+    is already written (fewer than one batch of pulled records waits unwritten)."""
     model = DFLNet("resnet18", num_classes=2, filters_per_class=1).eval()
     pre = Preprocessing(input_size=48)
-    batch_size, total = 2, 5
+    batch_size, total = 2, 7
     out = tmp_path / "out"
+    pulled_unwritten = []
 
     def records():
         for n in range(total):
             written = len(list(out.glob("*.png"))) if out.exists() else 0
-            assert written >= n - 2 * batch_size
+            pulled_unwritten.append(n - written)  # records 0 .. n-1 pulled so far
+            assert n - written < batch_size, (n, written)
             yield {"image": str(planted["patch"]), "roi": ROI, "vertebra": f"L{n % 5 + 1}", "label": None}
 
     entries = explain(LoadedCheckpoint(model, ["a", "b"], pre, {}, {}), records(), out, top_n=1, device="cpu",
                       batch_size=batch_size)
     assert len(entries) == total and len(list(out.glob("*.png"))) == total
+    # The bound is reached (a batch fills before it is written), so it could fail: collecting every
+    # record first would leave n - written = n >= batch_size from record batch_size on.
+    assert max(pulled_unwritten) == batch_size - 1
