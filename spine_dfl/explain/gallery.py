@@ -15,7 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from spine_dfl.vertebrae import level_sort_key, sort_levels
+from spine_dfl.io.vocabulary import level_sort_key, sort_levels
 
 __all__ = ["render_gallery"]
 
