@@ -203,9 +203,17 @@ class _Parse:
     table: pd.DataFrame
     rows: np.ndarray
     errors: list[str] = field(default_factory=list)
+    _is_file: dict[str, bool] = field(default_factory=dict)
 
     def error(self, row: int | None, column: str | Sequence[str], message: str) -> None:
         self.errors.append(f"{_where(self.path, row, column)}: {message}")
+
+    def is_file(self, image: str) -> bool:
+        """Whether ``image`` is an existing file; asked once per distinct image (many rows share one)."""
+        known = self._is_file.get(image)
+        if known is None:
+            known = self._is_file[image] = Path(image).is_file()
+        return known
 
 
 def _header_errors(path: Path, columns: list[str], require_labels: bool) -> list[str]:
@@ -253,7 +261,7 @@ def _resolve_images(p: _Parse, check_files: bool) -> None:
     p.table["image"] = resolved
     if check_files:
         for row, text, image in zip(p.rows, p.raw["image"], resolved):
-            if image and not Path(image).is_file():
+            if image and not p.is_file(image):
                 what = "is a folder, not a file" if Path(image).is_dir() else "file not found"
                 p.error(row, "image", f"{what}: {text!r} (resolved to {image})")
 
@@ -318,9 +326,8 @@ def _parse_rois(p: _Parse) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_rois_inside(p: _Parse, values: np.ndarray, roi_ok: np.ndarray, sizes: SizeReader) -> None:
     """Every usable ROI lies inside its image (sizes from the image headers)."""
-    for i, row in enumerate(p.rows):
-        image = p.table["image"].iat[i]
-        if not roi_ok[i] or not image or not Path(image).is_file():
+    for i, (row, image) in enumerate(zip(p.rows, p.table["image"].tolist())):
+        if not roi_ok[i] or not image or not p.is_file(image):
             continue
         size = sizes(image)
         if isinstance(size, str):
@@ -341,11 +348,11 @@ def _check_duplicates(p: _Parse) -> None:
     roi_values = p.table[list(ROI_COLUMNS)].to_numpy(dtype=np.float64)
     first_seen: dict[tuple[Any, ...], int] = {}
     vertebra_seen: dict[tuple[str, str], int] = {}
-    for i, row in enumerate(p.rows):
-        image, vertebra = p.table["image"].iat[i], p.table["vertebra"].iat[i]
+    for row, image, vertebra, values in zip(p.rows, p.table["image"].tolist(), p.table["vertebra"].tolist(),
+                                            roi_values.tolist()):
         if not image:
             continue
-        roi = tuple(None if math.isnan(v) else round(float(v), 6) for v in roi_values[i])
+        roi = tuple(None if math.isnan(v) else round(v, 6) for v in values)
         key = (image, vertebra, roi)
         if key in first_seen:
             p.error(row, ["image", "vertebra", *ROI_COLUMNS],
