@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -306,3 +307,14 @@ def test_results_arrive_when_orthanc_comes_back(orthanc, node, tmp_path):
     result = wait_for_one_result(orthanc, study_uid)
     assert len(referenced(result)) == 2
     assert node.query("SELECT state FROM studies") == [("done",)]
+
+
+def test_orthanc_calling_with_a_wrong_ae_title_is_refused(orthanc, node, tmp_path):
+    node.start()
+    (path,) = make_study(tmp_path / "intruder", 1)
+    answer = orthanc.upload(path)
+    with pytest.raises(urllib.error.HTTPError):  # Orthanc reports the refused association as a failed store
+        orthanc.post("/modalities/spine/store", {"Resources": [answer["ID"]], "Synchronous": True, "LocalAet": "INTRUDER"})
+    assert not list(node.spool.glob("instances/*/*.dcm"))
+    orthanc.store_to_node([answer["ID"]])  # the same instance from the allowed AE title is taken
+    wait_for(lambda: list(node.spool.glob("instances/*/*.dcm")), 20, what="the instance from ORTHANC")
