@@ -37,10 +37,12 @@ def _atomic_dcmwrite(dataset: Dataset, path: Path) -> None:
 
 
 def _read_source_header(source_path: str | Path) -> Dataset:
+    from spine_dfl.io import ImageReadError, read_dicom_header
+
     try:
-        return pydicom.dcmread(source_path, stop_before_pixels=True, force=True)
-    except Exception as exc:  # pydicom raises many types for broken files
-        raise DicomOutputError(f"cannot read the source header ({type(exc).__name__}: {exc})") from exc
+        return read_dicom_header(source_path)
+    except ImageReadError as exc:
+        raise DicomOutputError(f"cannot read the source header ({exc.reason})") from exc
 
 
 class DicomResultWriter:
