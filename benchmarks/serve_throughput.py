@@ -4,14 +4,16 @@ The node runs in its own process (``tests/serve_node.py``: the Node with the ser
 scorer, which decodes every instance and writes one Secondary Capture per study). This script
 is both ends around it:
 
-- pynetdicom SCUs (calling AE ``TESTSCU``, ``--associations`` at once) send ``--instances`` CR images of ``--size`` pixels
-  square (12 bit, uncompressed), ``--per-study`` per study, ``--per-association`` per association;
+- pynetdicom SCUs (calling AE ``TESTSCU``, ``--associations`` at once) send ``--instances`` CR
+  images of ``--size`` pixels square (12 bit, uncompressed), ``--per-study`` per study and
+  ``--per-association`` per association;
 - a pynetdicom storage SCP stands in for the PACS and counts the results as they come back.
 
 Prints one JSON object:
-  receive:  instances/s from the first C-STORE to the last success (``failures``: responses that
-            were not success or never came, each retried on a new association) (durable writes: fsync of the
-            file and of its folder, then the SQLite queue with synchronous=FULL);
+  receive:  instances/s from the first C-STORE to the last success; each success is durable
+            (fsync of the file and of its folder, then the SQLite queue with synchronous=FULL);
+            ``failures``: responses that were not success or never came (that instance's place
+            is taken by a new one on a new association);
   complete: studies/s from the first C-STORE until every study's result is back, and how long the
             last result took after the last instance (stable age + scoring + sending);
   rss_mb:   the node process's resident set at 10/50/90/100 % of the instances received and its
@@ -95,10 +97,16 @@ class ResultCounter:
         return 0x0000
 
 
+def _shares(args: argparse.Namespace) -> list[int]:
+    """How many instances each concurrent association sends."""
+    whole, rest = divmod(args.instances, args.associations)
+    return [whole + (i < rest) for i in range(args.associations)]
+
+
 def _send(args: argparse.Namespace, port: int, progress: list[int]) -> tuple[float, float, int]:
     """Send every instance over ``--associations`` concurrent associations; returns (start, end, failures)."""
     pixels = np.random.default_rng(0).integers(0, 4095, (args.size, args.size)).astype(np.uint16).tobytes()
-    share = [args.instances // args.associations + (i < args.instances % args.associations) for i in range(args.associations)]
+    share = _shares(args)
     failures, lock = [0], threading.Lock()
 
     def sender(count: int) -> None:
@@ -118,7 +126,7 @@ def _send(args: argparse.Namespace, port: int, progress: list[int]) -> tuple[flo
                 with lock:
                     failures[0] += int(code != 0x0000)
                 if code != 0x0000:
-                    break  # a real sender retries the instance; here the next association goes on
+                    break  # a new association goes on in its place (a real sender would retry it)
                 sent += 1
                 with lock:
                     progress[0] += 1
@@ -137,7 +145,7 @@ def _send(args: argparse.Namespace, port: int, progress: list[int]) -> tuple[flo
 def run(args: argparse.Namespace) -> dict:
     node_port, pacs_port = _free_port(), _free_port()
     pacs = ResultCounter(pacs_port)
-    share = [args.instances // args.associations + (i < args.instances % args.associations) for i in range(args.associations)]
+    share = _shares(args)
     studies = sum(-(-count // args.per_study) for count in share)
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         command = [

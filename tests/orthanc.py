@@ -72,7 +72,8 @@ class Orthanc:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self._process.returncode}; see {self.workdir / 'orthanc.log'}")
+                log_path = self.workdir / "orthanc.log"
+                raise RuntimeError(f"Orthanc exited with {self._process.returncode}; see {log_path}")
             try:
                 self.get("/system")
                 return

@@ -189,7 +189,8 @@ def small_disk(tmp_path):
     """A real 640 KiB tmpfs (requested before node_factory, so it is unmounted after the node stops)."""
     mount_point = tmp_path / "small"
     mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(mount_point)], capture_output=True)
+    command = ["mount", "-t", "tmpfs", "-o", "size=640k", "tmpfs", str(mount_point)]
+    mounted = subprocess.run(command, capture_output=True)
     if mounted.returncode != 0:
         pytest.skip("needs root to mount a small tmpfs for a real full disk")
     yield mount_point
@@ -216,7 +217,9 @@ def test_status_counts_states_and_hides_identifiers(node_factory, tmp_path):
     assoc = _associate(node.port)
     study_uid = generate_uid()
     for _ in range(2):
-        ds = make_gray_dicom(None, np.zeros((16, 16)), StudyInstanceUID=study_uid, patient_name="Doe^Jane", patient_id="PID-77")
+        ds = make_gray_dicom(
+            None, np.zeros((16, 16)), StudyInstanceUID=study_uid, patient_name="Doe^Jane", patient_id="PID-77"
+        )
         assert assoc.send_c_store(ds).Status == SUCCESS
     assoc.release()
     summary = status(spool_dir)

@@ -298,10 +298,8 @@ def test_results_arrive_when_orthanc_comes_back(orthanc, node, tmp_path):
     orthanc.store_to_node([orthanc.study_id(study_uid)])
     orthanc.stop()
     try:
-        wait_for(
-            lambda: node.query("SELECT attempts FROM studies WHERE state = 'sending' AND last_error LIKE 'sending failed%'"),
-            60, what="a failed sending attempt",
-        )
+        failed_sending = "SELECT attempts FROM studies WHERE state = 'sending' AND last_error LIKE 'sending failed%'"
+        wait_for(lambda: node.query(failed_sending), 60, what="a failed sending attempt")
     finally:
         orthanc.start()
     result = wait_for_one_result(orthanc, study_uid)
@@ -314,7 +312,8 @@ def test_orthanc_calling_with_a_wrong_ae_title_is_refused(orthanc, node, tmp_pat
     (path,) = make_study(tmp_path / "intruder", 1)
     answer = orthanc.upload(path)
     with pytest.raises(urllib.error.HTTPError):  # Orthanc reports the refused association as a failed store
-        orthanc.post("/modalities/spine/store", {"Resources": [answer["ID"]], "Synchronous": True, "LocalAet": "INTRUDER"})
+        body = {"Resources": [answer["ID"]], "Synchronous": True, "LocalAet": "INTRUDER"}
+        orthanc.post("/modalities/spine/store", body)
     assert not list(node.spool.glob("instances/*/*.dcm"))
     orthanc.store_to_node([answer["ID"]])  # the same instance from the allowed AE title is taken
     wait_for(lambda: list(node.spool.glob("instances/*/*.dcm")), 20, what="the instance from ORTHANC")

@@ -208,7 +208,9 @@ class Node:
         if not isinstance(outcome, ScoreOutcome):
             outcome = ScoreOutcome([str(path) for path in outcome])
         # reasons often name the spool path, which holds the UIDs: only pseudonyms are kept
-        failed = {by_path.get(str(path), str(path)): redact_uids(str(reason)) for path, reason in outcome.failed.items()}
+        failed = {
+            by_path.get(str(path), str(path)): redact_uids(str(reason)) for path, reason in outcome.failed.items()
+        }
         if not outcome.files:
             failed_all = f"no result: {len(failed)} of {len(instances)} instances failed"
             if not self.queue.finish_scoring(claim, [], failed):

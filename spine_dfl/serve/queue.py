@@ -142,7 +142,8 @@ class WorkQueue:
     def record_rejection(self, reason: str, now: float | None = None) -> None:
         """Keep why an instance was refused at reception (no identifiers in ``reason``)."""
         with self._transaction() as db:
-            db.execute("INSERT INTO rejections(at, reason) VALUES (?, ?)", (time.time() if now is None else now, reason))
+            at = time.time() if now is None else now
+            db.execute("INSERT INTO rejections(at, reason) VALUES (?, ?)", (at, reason))
 
     # -- scheduling ----------------------------------------------------------------------------
     def promote_stable(self, stable_age: float, now: float | None = None) -> int:

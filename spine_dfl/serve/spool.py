@@ -68,7 +68,8 @@ def is_result_object(sop_class_uid: str) -> bool:
     """SR documents and Secondary Capture images: the kinds of object the node writes, never scores."""
     uid = UID(sop_class_uid)
     name = uid.name if uid.is_valid else ""
-    return "SR Storage" in name or "Secondary Capture" in name or sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.88.")
+    is_sr = "SR Storage" in name or sop_class_uid.startswith("1.2.840.10008.5.1.4.1.1.88.")
+    return is_sr or "Secondary Capture" in name
 
 
 def is_own_result(dataset: Any) -> bool:
