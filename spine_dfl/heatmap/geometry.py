@@ -83,7 +83,7 @@ def display_region(
 
     pre: the checkpoint's ``Preprocessing`` (input_size, use_roi, roi_margin).
     """
-    from spine_dfl.data.transforms import roi_crop_box
+    from spine_dfl.data.transforms.geometry import roi_crop_box
 
     rows, cols = image_shape
     vx0, vy0, vx1, vy1 = view_region(to_original, int(pre.input_size), image_shape)
@@ -206,7 +206,7 @@ def class_boxes(
     y_max) = the receptive field mapped to original pixels and clipped to the image; peak_x / peak_y
     = the receptive-field centre in original pixels (unclipped); in_image = the clipped box has area.
     """
-    from spine_dfl.data.transforms import map_boxes_to_original
+    from spine_dfl.data.transforms.geometry import map_boxes_to_original
 
     k = int(model.filters_per_class)
     channels = torch.arange(class_index * k, (class_index + 1) * k)
