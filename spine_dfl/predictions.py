@@ -26,10 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-try:
-    from spine_dfl.io.rois import ROI_COLUMNS
-except ImportError:  # until io/rois.py lands (temporary; the lead removes this fallback)
-    ROI_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+from spine_dfl.io.rois import ROI_COLUMNS
 
 IMAGE_COLUMN = "image"
 STATUS_COLUMNS = ("status", "error")

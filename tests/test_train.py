@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
-from spine_dfl.checkpoint import load_checkpoint, read_checkpoint
+from spine_dfl.engine.checkpoint import load_checkpoint, read_checkpoint
 from spine_dfl.cli import main
 from spine_dfl.config import load_config
 from spine_dfl.data.manifest import ManifestError
-from spine_dfl.train import train
+from spine_dfl.engine.train import train
 
 QUICK = [
     "data.input_size=64",
@@ -73,7 +73,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(small_cohort: Path,
     config = load_config("cpu_demo", QUICK)
     train(small_cohort / "manifest.csv", config, tmp_path / "full")
 
-    import spine_dfl.train as train_module
+    import spine_dfl.engine.train as train_module
 
     calls = {"n": 0}
     real = train_module._write_metrics_row

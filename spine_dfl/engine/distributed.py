@@ -59,13 +59,13 @@ class Distributed:
         torch_dist.broadcast_object_list(holder, src=src, device=self.device)
         return holder[0]
 
-    def broadcast_flag(self, flag: bool, src: int = 0) -> bool:
-        """Rank ``src``'s ``flag`` on every rank."""
+    def broadcast_code(self, code: int, src: int = 0) -> int:
+        """Rank ``src``'s small integer ``code`` (a decision such as "stop") on every rank."""
         if not self.enabled:
-            return bool(flag)
-        tensor = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            return int(code)
+        tensor = torch.tensor([int(code)], dtype=torch.int64, device=self.device)
         torch_dist.broadcast(tensor, src=src)
-        return bool(tensor.item())
+        return int(tensor.item())
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         """Element-wise sum of ``values`` over all ranks (float64)."""

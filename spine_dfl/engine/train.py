@@ -5,9 +5,9 @@ weight init. Model selection uses the validation split only, never test. Every e
 writes ``last.pt`` (for ``--resume``) and, on improvement, ``best.pt``; both atomically.
 Under ``torchrun`` the run is DDP (NCCL on GPU, gloo on CPU); rank 0 validates and writes.
 
-The loop in phases: `_prepare_data` (manifest -> records -> datasets), `_build_model`,
-`_build_optimisation`, `_resume` or `_init_filters`, then per epoch `_train_epoch` and
-`_end_epoch` (validate, select, checkpoint, decide whether to go on), then `_finish`.
+The run in phases: set-up in `spine_dfl.engine.prepare` (`prepare_data`: manifest -> records ->
+datasets; `build_model`; `build_optimisation`; `resume_state` or `init_filters`), then per epoch
+`_train_epoch` and `_end_epoch` (validate, select, checkpoint, decide whether to go on), then `_finish`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,26 +25,27 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spine_dfl.config import RunConfig, config_to_dict
-from spine_dfl.data.dataset import build_dataset, records_from_table
-from spine_dfl.data.manifest import Manifest, load_manifest
-from spine_dfl.data.samplers import DistributedWeightedSampler, class_balanced_weights
-from spine_dfl.data.splits import patient_split
-from spine_dfl.data.transforms import Preprocessing
-from spine_dfl.engine.checkpoint import (
-    CheckpointError,
-    _bare_model,
-    atomic_torch_save,
-    checkpoint_payload,
-    read_checkpoint,
-)
+from spine_dfl.data.samplers import DistributedWeightedSampler
+from spine_dfl.engine.checkpoint import _bare_model, atomic_torch_save, checkpoint_payload, read_checkpoint
 from spine_dfl.engine.device import resolve_device
 from spine_dfl.engine.distributed import Distributed, init_distributed
 from spine_dfl.engine.predict import collate_samples, predict_logits, predictions_table
-from spine_dfl.model import DFLNet, branch_loss, dfl_loss, init_filter_bank
+from spine_dfl.engine.prepare import (
+    Optimisation,
+    Progress,
+    TrainData,
+    build_model,
+    build_optimisation,
+    init_filters,
+    prepare_data,
+    resume_state,
+    seed_everything,
+)
+from spine_dfl.model import DFLNet, branch_loss, dfl_loss
 from spine_dfl.predictions import prob_columns
 
 log = logging.getLogger("spine_dfl.train")
@@ -71,69 +71,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-@dataclass
-class _Data:
-    """The training and validation samples of one run."""
-
-    class_names: list[str]
-    pre: Preprocessing
-    train_records: list[dict[str, Any]]
-    val_records: list[dict[str, Any]]
-    train_labels: np.ndarray  # (N,) class index of every training record
-    sample_weights: np.ndarray  # (N,) drawing weight of every training record (config.data.balance)
-    train_set: Any
-    val_set: Any
-
-
-@dataclass
-class _Optimisation:
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    steps_per_epoch: int
-    class_weight: torch.Tensor | None  # (M,) loss weight of each class, or None
-
-
-@dataclass
-class _Progress:
-    """Where the run stands; stored in every checkpoint so that ``--resume`` carries on."""
-
-    start_epoch: int = 0
-    best_score: float = -math.inf
-    best_epoch: int = -1  # 0-based; -1 before the first validation
-    stale: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """Seed of one epoch's sampling and augmentation, so a resumed run draws what the original would."""
     return (seed * 1_000_003 + epoch * 7919) % 2**31
-
-
-def preprocessing_for(config: RunConfig, manifest: Manifest) -> Preprocessing:
-    use_roi = {"auto": manifest.has_roi, "yes": True, "no": False}[config.data.use_roi]
-    if use_roi and not manifest.has_roi:
-        raise ValueError(f"{manifest.path}: config asks for ROI crops (data.use_roi=yes) but the manifest has no ROI columns")
-    return Preprocessing(
-        input_size=config.data.input_size,
-        roi_margin=config.data.roi_margin,
-        use_roi=use_roi,
-        intensity_percentiles=tuple(config.data.intensity_percentiles),
-    )
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to 0 at ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def selection_score(metric: str, table: Any, class_names: list[str], loss: float) -> float:
@@ -158,19 +98,6 @@ def selection_score(metric: str, table: Any, class_names: list[str], loss: float
     return math.nan if value is None else float(value)
 
 
-def _filter_init_loader(
-    dataset: Any, labels: np.ndarray, per_class: int, batch_size: int, seed: int, workers: int
-) -> DataLoader:
-    """Deterministic loader over at most ``per_class`` training images of each class (eval transforms)."""
-    rng = np.random.default_rng(seed)
-    chosen: list[int] = []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        chosen.extend(sorted(rng.permutation(members)[:per_class].tolist()))
-    return DataLoader(Subset(dataset, sorted(chosen)), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, collate_fn=collate_samples)
-
-
 def _write_metrics_row(path: Path, row: dict[str, Any]) -> None:
     new = not path.exists()
     with path.open("a", newline="") as handle:
@@ -180,20 +107,6 @@ def _write_metrics_row(path: Path, row: dict[str, Any]) -> None:
         writer.writerow(row)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def prepare_manifest(manifest_path: str | Path, config: RunConfig) -> Manifest:
-    """Load and validate the manifest (fails before training with row + reason); split when needed."""
-    manifest = load_manifest(manifest_path)
-    if not manifest.has_split:
-        manifest.table["split"] = patient_split(
-            manifest.table, seed=config.seed, fractions=tuple(config.data.split_fractions)
-        ).to_numpy()
-        manifest.has_split = True
-    for needed in ("train", "val"):
-        if not (manifest.table["split"] == needed).any():
-            raise ValueError(f"{manifest.path}: no rows in split {needed!r}; training needs train and val rows")
-    return manifest
 
 
 def train(
@@ -212,16 +125,16 @@ def train(
     out_dir = Path(out_dir)
     device = resolve_device(config.device, dist.local_rank if dist.enabled else None)
     seed_everything(config.seed)
-    data = _prepare_data(manifest_path, config, out_dir, dist)
+    data = prepare_data(manifest_path, config, out_dir, dist)
     torch.manual_seed(config.seed)  # the same weights on every rank and every run
-    model = _build_model(config, data.class_names, device)
-    opt = _build_optimisation(model, config, data, dist, device)
+    model = build_model(config, data.class_names, device)
+    opt = build_optimisation(model, config, data, dist, device)
     last_path = out_dir / LAST_NAME
-    state = _Progress()
+    state = Progress()
     if resume and last_path.exists():
-        state = _resume(last_path, model, opt, data.class_names, device, dist)
+        state = resume_state(last_path, model, opt, data.class_names, device, dist)
     elif config.model.init == "nms_kmeans":
-        _init_filters(model, data, config, out_dir, dist)
+        init_filters(model, data, config, out_dir, dist)
     net: torch.nn.Module = model
     if dist.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -251,106 +164,7 @@ def train(
     return _finish(model, data, config, out_dir, state, epochs_run, dist, device)
 
 
-def _prepare_data(manifest_path: str | Path, config: RunConfig, out_dir: Path, dist: Distributed) -> _Data:
-    """Manifest -> train/val records -> datasets (cached as ``config.data.cache`` says)."""
-    manifest = prepare_manifest(manifest_path, config)
-    class_names = manifest.class_names
-    pre = preprocessing_for(config, manifest)
-    table = manifest.table
-    train_records = records_from_table(table[table["split"] == "train"], class_names)
-    val_records = records_from_table(table[table["split"] == "val"], class_names)
-    train_labels = np.array([r["label"] for r in train_records])
-    missing = [c for i, c in enumerate(class_names) if not (train_labels == i).any()]
-    if missing:
-        raise ValueError(f"{manifest.path}: classes without training rows: {', '.join(missing)}")
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = config.data.cache_dir or str(out_dir / "cache")
-    train_set = build_dataset(train_records, pre, aug=config.data.augment, cache=config.data.cache,
-                              cache_dir=cache_dir, seed=config.seed)
-    val_set = build_dataset(val_records, pre, aug=None, cache=config.data.cache, cache_dir=cache_dir)
-    weights = class_balanced_weights(train_labels, [r["vertebra"] for r in train_records], mode=config.data.balance)
-    return _Data(class_names, pre, train_records, val_records, train_labels, weights, train_set, val_set)
-
-
-def _build_model(config: RunConfig, class_names: list[str], device: torch.device) -> DFLNet:
-    model = DFLNet(
-        backbone=config.model.backbone,
-        num_classes=len(class_names),
-        filters_per_class=config.model.filters_per_class,
-        fuse_weights=config.model.fuse_weights.as_tuple(),
-        pretrained=config.model.pretrained,
-    ).to(device)
-    if device.type == "cuda" and config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-def _build_optimisation(
-    model: DFLNet, config: RunConfig, data: _Data, dist: Distributed, device: torch.device
-) -> _Optimisation:
-    """AdamW with warm-up + cosine schedule over the run's steps, AMP scaler, class weights of the loss."""
-    tc = config.train
-    optimizer = torch.optim.AdamW(model.param_groups(tc.lr_backbone, tc.lr_heads, tc.weight_decay))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tc.amp)
-    steps_per_epoch = max(1, math.ceil(len(data.train_records) / dist.world_size / tc.batch_size))
-    if tc.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
-    total_steps = steps_per_epoch * tc.epochs
-    warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
-    )
-    class_weight = None
-    if tc.class_weighted_loss:
-        counts = np.bincount(data.train_labels, minlength=len(data.class_names)).astype(np.float64)
-        class_weight = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=device)
-    return _Optimisation(optimizer, scheduler, scaler, steps_per_epoch, class_weight)
-
-
-def _resume(
-    last_path: Path, model: DFLNet, opt: _Optimisation, class_names: list[str], device: torch.device,
-    dist: Distributed,
-) -> _Progress:
-    state = read_checkpoint(last_path, map_location=device)
-    if state.get("class_names") != class_names:
-        raise CheckpointError(f"{last_path}: classes {state.get('class_names')} differ from the manifest's {class_names}")
-    model.load_state_dict(state["model_state"])
-    opt.optimizer.load_state_dict(state["optimizer_state"])
-    opt.scheduler.load_state_dict(state["scheduler_state"])
-    opt.scaler.load_state_dict(state["scaler_state"])
-    progress = _Progress(
-        start_epoch=int(state["epoch"]) + 1, best_score=float(state["best_score"]),
-        best_epoch=int(state["best_epoch"]), stale=int(state["stale_epochs"]),
-        history=list(state.get("history", [])),
-    )
-    if dist.is_main:
-        log.info("resuming from %s at epoch %d", last_path, progress.start_epoch + 1)
-    return progress
-
-
-def _init_filters(model: DFLNet, data: _Data, config: RunConfig, out_dir: Path, dist: Distributed) -> None:
-    """Filter bank from conv4 peaks of training images (their cached crops, not the files again).
-
-    Every rank computes the same init from the same images, so no broadcast is needed.
-    """
-    init_set = data.train_set.without_augmentation()
-    init_loader = _filter_init_loader(init_set, data.train_labels, config.model.init_max_images_per_class,
-                                      config.train.batch_size, config.seed, config.data.workers)
-    report = init_filter_bank(
-        model,
-        ((b["image"], b["label"]) for b in init_loader),
-        peaks_per_image=config.model.init_peaks_per_image,
-        nms_iou=config.model.init_nms_iou,
-        max_features_per_class=config.model.init_max_features_per_class,
-        seed=config.seed,
-    )
-    if dist.is_main:
-        log.info("filter bank initialised from conv4 peaks: %s", report)
-        (out_dir / "filter_init.json").write_text(json.dumps(_jsonable(report), indent=2))
-
-
-def _epoch_loader(data: _Data, config: RunConfig, epoch: int, dist: Distributed, device: torch.device) -> DataLoader:
+def _epoch_loader(data: TrainData, config: RunConfig, epoch: int, dist: Distributed, device: torch.device) -> DataLoader:
     """This rank's share of one epoch's class-balanced draw, seeded by (seed, epoch)."""
     if hasattr(data.train_set, "set_epoch"):
         data.train_set.set_epoch(epoch)
@@ -364,7 +178,7 @@ def _epoch_loader(data: _Data, config: RunConfig, epoch: int, dist: Distributed,
 
 
 def _train_epoch(
-    net: torch.nn.Module, data: _Data, opt: _Optimisation, config: RunConfig, epoch: int, dist: Distributed,
+    net: torch.nn.Module, data: TrainData, opt: Optimisation, config: RunConfig, epoch: int, dist: Distributed,
     device: torch.device, progress: bool,
 ) -> dict[str, Any]:
     """One epoch of optimisation; returns its metrics.csv row (training part)."""
@@ -414,8 +228,8 @@ def _train_epoch(
 
 
 def _end_epoch(
-    model: DFLNet, data: _Data, opt: _Optimisation, config: RunConfig, out_dir: Path, epoch: int,
-    row: dict[str, Any], state: _Progress, started: float, tb_writer: Any, device: torch.device,
+    model: DFLNet, data: TrainData, opt: Optimisation, config: RunConfig, out_dir: Path, epoch: int,
+    row: dict[str, Any], state: Progress, started: float, tb_writer: Any, device: torch.device,
 ) -> int:
     """Rank 0: validate, select, write the checkpoints and metrics; GO_ON, STOP or DIVERGED.
 
@@ -427,7 +241,10 @@ def _end_epoch(
     if not math.isfinite(val_loss):
         raise TrainingDiverged(_divergence_message(epoch, val_loss, state, out_dir))
     score = selection_score(metric, val_table, data.class_names, val_loss)
-    row.update(val_loss=val_loss, **{f"val_{metric}": score}, seconds=time.monotonic() - started)
+    row["val_loss"] = val_loss
+    if metric != "loss":  # selecting on the loss: its figure is val_loss itself
+        row[f"val_{metric}"] = score
+    row["seconds"] = time.monotonic() - started
     improved = score > state.best_score  # a NaN score is never an improvement
     if improved:
         state.best_score, state.best_epoch, state.stale = score, epoch, 0
@@ -457,7 +274,7 @@ def _end_epoch(
     return GO_ON
 
 
-def _divergence_message(epoch: int, val_loss: float, state: _Progress, out_dir: Path) -> str:
+def _divergence_message(epoch: int, val_loss: float, state: Progress, out_dir: Path) -> str:
     kept = "no checkpoint was written"
     if state.history:
         kept = (f"{out_dir / LAST_NAME} keeps epoch {state.history[-1]['epoch']}, "
@@ -467,7 +284,7 @@ def _divergence_message(epoch: int, val_loss: float, state: _Progress, out_dir: 
 
 
 def _finish(
-    model: DFLNet, data: _Data, config: RunConfig, out_dir: Path, state: _Progress, epochs_run: int,
+    model: DFLNet, data: TrainData, config: RunConfig, out_dir: Path, state: Progress, epochs_run: int,
     dist: Distributed, device: torch.device,
 ) -> TrainResult:
     """Rank 0 reloads best.pt and predicts the validation split with it; every rank waits for that."""
@@ -510,11 +327,3 @@ def _yaml_dump(tree: dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(tree, sort_keys=False)
-
-
-def _jsonable(obj: Any) -> Any:
-    from dataclasses import asdict, is_dataclass
-
-    if is_dataclass(obj):
-        obj = asdict(obj)
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
