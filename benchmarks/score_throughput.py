@@ -1,22 +1,27 @@
-"""Scoring throughput and memory: end-to-end ``spine_dfl.score.score`` vs the model alone.
+"""Scoring throughput against the machine's limit: decode + transforms alone, the model alone, end to end.
 
 Prints one JSON object:
-  forward:  the model's own throughput on preloaded tensors (same batch size, device, AMP,
-            softmax + copy back and intra-op threads as scoring), in samples/s and files/s (ROIs per
-            file from rois.csv);
-  runs:     per folder size N (default 500 and 5000 files): end-to-end files/s (decode in DataLoader
-            workers, transforms, model, CSV writing with fsync), ``ratio`` = end-to-end / forward
-            files/s (target >= 0.8 with spare cores), peak RSS of the scoring process and of its
-            workers, and its RSS at 10/50/90/100 % of the run (flat = no growth with N).
+  decode:   the decode + transforms stage alone: ``spine_dfl.score`` 's supervised decode workers
+            (``--workers`` processes) turning every file into its network inputs, no model; files/s;
+  forward:  the model alone on preloaded tensors (same batch size, device, AMP, softmax + copy back
+            and intra-op threads as scoring), in samples/s and files/s (ROIs per file from rois.csv);
+  runs:     per folder size N: end-to-end ``score()`` files/s (find inputs, decode workers, model,
+            CSV parts with fsync, merge, summary), peak RSS of the scoring process and of its
+            workers, and its RSS at 10/50/90/100 % of the run (flat = no growth with N);
+  limit:    where decoding and the model share the cores (CPU scoring) the stages add up, so the
+            limit is the serial one, 1 / (1/decode + 1/model); where cores are spare (a GPU runs the
+            model) it is the slower stage. ``ratio`` = end-to-end files/s / limit (targets: >= 0.9 of
+            the serial limit on CPU, >= 0.8 of the slower stage on a GPU machine).
 
-The folder of N files is built from a small synthetic cohort (``spine_dfl.synth``): hard links
-(copies where links are impossible) under new names; every copy keeps its SOP Instance UID,
-so rois.csv (keyed by UID) serves them all. Each measurement runs in a fresh process so that
-its peak RSS is its own (``resource.getrusage``; RSS samples from /proc/self/statm).
+The data is a synthetic cohort (``spine_dfl.synth``: lateral radiographs with 14 vertebra ROIs,
+about half of them RLE or JPEG 2000 compressed, as a PACS export has); a folder of N files is made
+of hard links to its images (copies where links are impossible) under new names, cycling through
+the cohort; every copy keeps its SOP Instance UID, so rois.csv (keyed by UID) serves them all. Each
+measurement runs in a fresh process so that its peak RSS is its own.
 
 Examples:
-  python benchmarks/score_throughput.py                       # N = 500 and 5000, 160 px, resnet18
-  python benchmarks/score_throughput.py --sizes 40 200 --patients 4 --rows 256 --input-size 64
+  python benchmarks/score_throughput.py        # 120 radiographs 1100 x 616, ResNet-18 at 96 px, N = 120
+  python benchmarks/score_throughput.py --sizes 500 5000 --patients 16 --rows 1024 --input-size 160
 """
 
 from __future__ import annotations
@@ -52,6 +57,16 @@ def _peak_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _dataset(args: argparse.Namespace, files: list[Path]) -> Any:
+    from spine_dfl.engine.checkpoint import load_checkpoint
+    from spine_dfl.score.files import FileSamples
+    from spine_dfl.score.rois import load_rois
+
+    loaded = load_checkpoint(args.checkpoint)
+    rois = load_rois(args.rois) if loaded.preprocessing.use_roi else None
+    return loaded, FileSamples(files, loaded.preprocessing, rois, keep_ids=False)
+
+
 # --------------------------------------------------------------------------- child: one scoring run
 def _child_score(args: argparse.Namespace) -> dict[str, Any]:
     from spine_dfl.score import score
@@ -66,51 +81,62 @@ def _child_score(args: argparse.Namespace) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    summary = score(
-        args.checkpoint, [args.files], args.out, rois_csv=args.rois, batch_size=args.batch_size,
-        workers=args.workers, device=args.device, progress=False,
-    )
+    summary = score(args.checkpoint, [args.files], args.out, rois_csv=args.rois, batch_size=args.batch_size,
+                    workers=args.workers, device=args.device, progress=False)
     seconds = time.perf_counter() - started
     stop.set()
     sampler.join()
     if summary.failed:
         raise SystemExit(f"benchmark files failed to score: {summary.failed_by_reason}")
+
     def rss_at(fraction: float) -> float:
         return round(next((rss for t, rss in samples if t >= fraction * seconds), samples[-1][1] if samples else _rss_mb()), 1)
 
     return {
-        "files": summary.found,
-        "seconds": round(seconds, 3),
-        "files_per_s": round(summary.found / seconds, 2),
-        "rows": summary.rows,
-        "device": summary.device,
+        "files": summary.found, "seconds": round(seconds, 3), "files_per_s": round(summary.found / seconds, 2),
+        "rows": summary.rows, "device": summary.device,
         "peak_rss_mb_main": round(_peak_mb(resource.RUSAGE_SELF), 1),
         "peak_rss_mb_workers": round(_peak_mb(resource.RUSAGE_CHILDREN), 1),
         # During streaming (10 % .. 90 % of the run) RSS must stay flat; the end includes the merge.
-        "rss_mb_at_10pct": rss_at(0.1),
-        "rss_mb_at_50pct": rss_at(0.5),
-        "rss_mb_at_90pct": rss_at(0.9),
+        "rss_mb_at_10pct": rss_at(0.1), "rss_mb_at_50pct": rss_at(0.5), "rss_mb_at_90pct": rss_at(0.9),
         "rss_mb_at_end": round(samples[-1][1] if samples else _rss_mb(), 1),
     }
 
 
+# --------------------------------------------------------------------------- child: decode + transforms alone
+def _child_decode(args: argparse.Namespace) -> dict[str, Any]:
+    from spine_dfl.io import find_inputs
+    from spine_dfl.score.isolation import iterate_items
+
+    started = time.perf_counter()
+    _, dataset = _dataset(args, find_inputs([args.files]))
+    count = samples = failed = 0
+    for item in iterate_items(dataset, args.workers):
+        count += 1
+        samples += len(item["vertebrae"])
+        failed += not item["ok"]
+    seconds = time.perf_counter() - started
+    if failed:
+        raise SystemExit(f"{failed} benchmark file(s) failed to decode")
+    return {"files": count, "seconds": round(seconds, 3), "files_per_s": round(count / seconds, 2),
+            "samples_per_s": round(samples / seconds, 1), "workers": args.workers}
+
+
 # --------------------------------------------------------------------------- child: model alone
 def _child_forward(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
     import torch
 
-    from spine_dfl.engine.checkpoint import load_checkpoint
+    from spine_dfl.engine.device import resolve_device
+    from spine_dfl.engine.distributed import Distributed
     from spine_dfl.io import find_inputs
-    from spine_dfl.score import FileSamples, _Dist, _main_process_threads, _resolve_device, load_rois
+    from spine_dfl.score.run import model_threads
 
-    device = _resolve_device(args.device, _Dist())
-    # The thread count scoring gives its own model process (cores left after the decode workers):
-    # the comparison is then about the pipeline, not about an oversubscribed OpenMP pool.
-    torch.set_num_threads(_main_process_threads(device, args.workers, _Dist()) if args.workers > 0 else torch.get_num_threads())
-    loaded = load_checkpoint(args.checkpoint)
+    device = resolve_device(args.device)
+    torch.set_num_threads(model_threads(device, Distributed()))  # what scoring gives its model
+    loaded, dataset = _dataset(args, find_inputs([args.files])[: args.batch_size])
     model = loaded.model.to(device).eval()
-    files = find_inputs([args.files])[: args.batch_size]
-    dataset = FileSamples(files, loaded.preprocessing, load_rois(args.rois) if loaded.preprocessing.use_roi else None, False)
-    images = torch.cat([dataset[i]["images"] for i in range(len(dataset))])
+    images = torch.from_numpy(np.concatenate([dataset[i]["images"] for i in range(len(dataset))]))
     rois_per_file = images.shape[0] / len(dataset)
     while images.shape[0] < args.batch_size:
         images = torch.cat([images, images])
@@ -130,15 +156,9 @@ def _child_forward(args: argparse.Namespace) -> dict[str, Any]:
     while iterations < 5 or time.perf_counter() - started < args.forward_seconds:
         step()
         iterations += 1
-    seconds = time.perf_counter() - started
-    samples_per_s = iterations * args.batch_size / seconds
-    return {
-        "samples_per_s": round(samples_per_s, 1),
-        "files_per_s": round(samples_per_s / rois_per_file, 2),
-        "rois_per_file": round(rois_per_file, 2),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-    }
+    samples_per_s = iterations * args.batch_size / (time.perf_counter() - started)
+    return {"samples_per_s": round(samples_per_s, 1), "files_per_s": round(samples_per_s / rois_per_file, 2),
+            "rois_per_file": round(rois_per_file, 2), "device": str(device), "threads": torch.get_num_threads()}
 
 
 # --------------------------------------------------------------------------- parent
@@ -168,72 +188,86 @@ def _run_child(mode: str, args: argparse.Namespace, extra: list[str]) -> dict[st
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _limits(decode: float, forward: float, device: str) -> dict[str, Any]:
+    serial = 1.0 / (1.0 / decode + 1.0 / forward)
+    slower = min(decode, forward)
+    shared = not device.startswith("cuda")  # the model runs on the same cores as decoding
+    return {"serial_files_per_s": round(serial, 2), "slower_stage_files_per_s": round(slower, 2),
+            "applies": "serial (decode and model share the cores)" if shared else "slower stage (spare cores)",
+            "files_per_s": round(serial if shared else slower, 2)}
+
+
+def _prepare_data(args: argparse.Namespace, work: Path) -> list[Path]:
+    import torch
+
+    from spine_dfl.data.transforms import Preprocessing
+    from spine_dfl.engine.checkpoint import save_checkpoint
+    from spine_dfl.model import DFLNet
+
+    cohort = work / "cohort"
+    if not (cohort / "rois.csv").exists():
+        from spine_dfl.synth import generate_cohort
+
+        generate_cohort(cohort, patients=args.patients, seed=0, rows=args.rows, cols=args.cols)
+    args.rois = cohort / "rois.csv"
+    if args.checkpoint is None:
+        torch.manual_seed(0)
+        args.checkpoint = work / "model.pt"
+        model = DFLNet(args.backbone, num_classes=4, filters_per_class=10)
+        save_checkpoint(args.checkpoint, model, {"benchmark": True}, ["normal", "mild", "moderate", "severe"],
+                        Preprocessing(input_size=args.input_size, use_roi=True), {})
+    return sorted((cohort / "images").iterdir())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 5000], help="folder sizes N (default 500 5000)")
-    parser.add_argument("--patients", type=int, default=16, help="distinct synthetic images copied into the folders")
-    parser.add_argument("--rows", type=int, default=1024, help="synthetic image height in pixels (default 1024)")
-    parser.add_argument("--input-size", type=int, default=160, help="network input S (default 160, the spec default)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[120], help="folder sizes N (default 120)")
+    parser.add_argument("--patients", type=int, default=120, help="distinct synthetic images (default 120)")
+    parser.add_argument("--rows", type=int, default=1100, help="synthetic image height in pixels (default 1100)")
+    parser.add_argument("--cols", type=int, default=560, help="synthetic image width in pixels (default 560)")
+    parser.add_argument("--input-size", type=int, default=96, help="network input S (default 96)")
     parser.add_argument("--backbone", default="resnet18", help="resnet18 | resnet50 | vgg16_bn (random init)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="use this checkpoint instead of a random model")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)))
+    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: one per core, at most 16)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--forward-seconds", type=float, default=5.0, help="time spent measuring the model alone")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the generated data here (default: temporary)")
-    parser.add_argument("--child", choices=["score", "forward"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["score", "forward", "decode"], help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rois", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.workers is None:
+        args.workers = max(1, min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
-    if args.child == "score":
-        print(json.dumps(_child_score(args)))
+    children = {"score": _child_score, "forward": _child_forward, "decode": _child_decode}
+    if args.child:
+        print(json.dumps(children[args.child](args)))
         return 0
-    if args.child == "forward":
-        print(json.dumps(_child_forward(args)))
-        return 0
-
-    import torch
-
-    from spine_dfl.engine.checkpoint import save_checkpoint
-    from spine_dfl.data.transforms import Preprocessing
-    from spine_dfl.model import DFLNet
-    from spine_dfl.synth import generate_cohort
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="score-bench-"))
     try:
-        cohort = work / "cohort"
-        if not (cohort / "rois.csv").exists():
-            generate_cohort(cohort, patients=args.patients, seed=0, rows=args.rows)
-        args.rois = cohort / "rois.csv"
-        if args.checkpoint is None:
-            torch.manual_seed(0)
-            args.checkpoint = work / "model.pt"
-            model = DFLNet(args.backbone, num_classes=4, filters_per_class=10)
-            save_checkpoint(args.checkpoint, model, {"benchmark": True}, ["normal", "mild", "moderate", "severe"],
-                            Preprocessing(input_size=args.input_size, use_roi=True), {})
-        images = sorted((cohort / "images").iterdir())
-        forward = _run_child("forward", args, ["--files", str(cohort / "images")])
+        images = _prepare_data(args, work)
+        forward = _run_child("forward", args, ["--files", str(work / "cohort" / "images")])
         runs = []
         for size in args.sizes:
             folder = work / f"export_{size}"
             if not folder.exists():
                 _build_folder(images, folder, size)
+            decode = _run_child("decode", args, ["--files", str(folder)])
+            limit = _limits(decode["files_per_s"], forward["files_per_s"], forward["device"])
             out = work / f"out_{size}"
             shutil.rmtree(out, ignore_errors=True)
             run = _run_child("score", args, ["--files", str(folder), "--out", str(out)])
-            run["ratio_to_forward"] = round(run["files_per_s"] / forward["files_per_s"], 3)
+            run.update(decode=decode, limit=limit, ratio=round(run["files_per_s"] / limit["files_per_s"], 3),
+                       ratio_to_forward=round(run["files_per_s"] / forward["files_per_s"], 3))
             runs.append(run)
         report = {
-            "device": forward["device"],
-            "cpu_count": os.cpu_count(),
-            "workers": args.workers,
+            "device": forward["device"], "cpu_count": os.cpu_count(), "workers": args.workers,
             "batch_size": args.batch_size,
             "backbone": args.backbone if args.checkpoint == work / "model.pt" else str(args.checkpoint),
-            "input_size": args.input_size,
-            "image_rows": args.rows,
-            "forward": forward,
+            "input_size": args.input_size, "image_rows": args.rows, "image_cols": args.cols, "forward": forward,
             "runs": runs,
         }
         if len(runs) >= 2:

@@ -174,8 +174,12 @@ def test_mixed_export_every_file_scored_or_failed_with_reason(
     assert set(per_file) == expected_files and all(n == 1 for n in per_file.values())  # whole image: 1 row
     assert not any(Path(f).name == "DICOMDIR" for f in per_file)  # followed, not scored
     on_disk = json.loads((out / "summary.json").read_text())
-    assert on_disk["found"] == summary.found == len(expected_files)
-    assert on_disk["found"] == on_disk["scored"] + on_disk["failed"]
+    # The inputs counted without spine_dfl: every file on disk but the DICOMDIR indexes (followed, not scored).
+    on_disk_files = {os.path.abspath(p) for folder in inputs for p in Path(folder).rglob("*")
+                     if p.is_file() and not p.name.startswith("DICOMDIR")}
+    assert expected_files == on_disk_files
+    assert on_disk["found"] == summary.found == len(on_disk_files)
+    assert on_disk["scored"] + on_disk["failed"] == len(on_disk_files)
     assert sum(on_disk["failed_by_reason"].values()) == on_disk["failed"]
     assert on_disk["scored"] == sum(r["status"] == "ok" for r in rows) and on_disk["scored"] >= 3 + 20
     for row in rows:
@@ -225,6 +229,16 @@ def test_strict_exit_status(tmp_path: Path, checkpoints: dict[str, Path], cohort
     assert _cli(str(checkpoints["whole"]), *one_good, *common) == 0
     assert _cli(str(checkpoints["whole"]), *one_good, *common, "--strict") == 1
     assert _cli(str(checkpoints["whole"]), one_good[0], *common, "--strict") == 0
+
+
+def test_strict_reaches_the_summary(tmp_path: Path, checkpoints: dict[str, Path], cohort: Path, broken: Path) -> None:
+    """score(strict=True) is a run that fails when a file failed: the summary says so, not only the CLI."""
+    inputs = [cohort / "images" / "P0001.dcm", broken / "empty"]
+    strict = score(checkpoints["whole"], inputs, tmp_path / "strict", workers=0, strict=True, progress=False)
+    assert (strict.failed, strict.strict, strict.exit_status()) == (1, True, 1)
+    assert json.loads((tmp_path / "strict" / "summary.json").read_text())["strict"] is True
+    lenient = score(checkpoints["whole"], inputs, tmp_path / "lenient", workers=0, progress=False)
+    assert (lenient.strict, lenient.exit_status()) == (False, 0)
 
 
 def test_roi_model_rows_per_vertebra_keep_ids_and_dicom_out(
@@ -371,35 +385,68 @@ def _same_predictions(rows: list[dict[str, str]], reference: list[dict[str, str]
                 assert float(row[f"prob_{c}"]) == pytest.approx(float(ref[f"prob_{c}"]), abs=1e-4)
 
 
-def _env() -> dict[str, str]:
+def _env(*paths: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    env.pop(KILL_AFTER_ENV, None)
+    env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in paths), str(REPO), env.get("PYTHONPATH", "")])
     return env
+
+
+def _input_count(folder: Path) -> int:
+    """Files on disk under ``folder``, counted independently of spine_dfl (no DICOMDIR index here)."""
+    return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.startswith("DICOMDIR"))
+
+
+# Runs `spine-dfl score` with PartWriter.commit wrapped: after KILL_AFTER commits (one per batch:
+# the commit interval is set to 0), half a row and half a journal line are written and the process
+# SIGKILLs itself, i.e. a real kill in the middle of writing.
+KILL_WRAPPER = """
+import os, signal, sys
+import spine_dfl.score.scorer as scorer
+from spine_dfl.score.journal import PartWriter
+from spine_dfl.cli import main
+
+scorer.COMMIT_INTERVAL_S = 0.0
+KILL_AFTER = int(sys.argv[1])
+commit = PartWriter.commit
+calls = []
+
+def commit_then_die(self, rows, entries):
+    commit(self, rows, entries)
+    calls.append(len(entries))
+    if sum(calls) >= KILL_AFTER:
+        self._rows.write("/torn/row/of/a/killed/run,ok,,1.2.3")
+        self._rows.flush()
+        self._journal.write('{"file": "/torn/journal')
+        self._journal.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+PartWriter.commit = commit_then_die
+sys.exit(main(["score", *sys.argv[2:]]))
+"""
 
 
 def test_resume_after_sigkill_scores_only_missing_files(
     tmp_path: Path, checkpoints: dict[str, Path], small_export: Path, reference_rows: list[dict[str, str]]
 ) -> None:
     out = tmp_path / "out"
-    env = _env()
-    env[KILL_AFTER_ENV] = "4"  # SIGKILL itself after 4 files, mid-write of the next rows
+    wrapper = tmp_path / "kill_after.py"
+    wrapper.write_text(KILL_WRAPPER)
     killed = subprocess.run(
-        [sys.executable, "-m", "spine_dfl", "score", str(checkpoints["whole"]), str(small_export), "--out", str(out),
+        [sys.executable, str(wrapper), "4", str(checkpoints["whole"]), str(small_export), "--out", str(out),
          "--batch-size", "2", "--workers", "0", "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=_env(), capture_output=True, text=True, timeout=300,
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (out / "predictions.csv").exists()
     journals = list((out / PARTIAL_DIR).glob("*.done.jsonl"))
     assert len(journals) == 1 and journals[0].read_text().endswith('{"file": "/torn/journal')
     done_before = len(journals[0].read_text().splitlines()) - 1  # the torn line does not count
-    assert 4 <= done_before < len(reference_rows)
+    assert 4 <= done_before < _input_count(small_export)
 
     summary = score(checkpoints["whole"], [small_export], out, batch_size=2, workers=0, resume=True, progress=False)
     assert summary.from_earlier_runs == done_before
     assert summary.scored_this_run == summary.found - done_before
-    assert summary.found == summary.scored + summary.failed == len(reference_rows)
+    assert summary.found == summary.scored + summary.failed == _input_count(small_export)
     rows = _read_rows(out / "predictions.csv")
     assert "/torn/row/of/a/killed/run" not in {r["image"] for r in rows}
     _same_predictions(rows, reference_rows)
@@ -423,6 +470,70 @@ def test_torchrun_two_cpu_processes_lose_and_duplicate_nothing(
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
-    assert summary["found"] == summary["scored"] + summary["failed"] == len(reference_rows)
+    assert summary["found"] == summary["scored"] + summary["failed"] == _input_count(small_export)
     _same_predictions(_read_rows(out / "predictions.csv"), reference_rows)
     assert not (out / PARTIAL_DIR).exists()
+
+
+# --------------------------------------------------------------------------- decoder crashes
+PANIC_FIXTURE = REPO / "tests" / "fixtures" / "rle_panic.dcm"
+CRASHING_DECODER = REPO / "tests" / "crashing_decoder"  # sitecustomize: an RLE plugin that calls os.abort()
+
+
+def _rle_dicom(path: Path, rows: int, cols: int) -> None:
+    pixels = (np.arange(rows * cols, dtype=np.uint16).reshape(rows, cols) * 7) % 4096
+    dataset = make_gray_dicom(None, pixels)
+    dataset.compress(pydicom.uid.RLELossless, encoding_plugin="pydicom")
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def _score_subprocess(checkpoint: Path, folder: Path, out: Path, *extra: str, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "spine_dfl", "score", str(checkpoint), str(folder), "--out", str(out), "--no-progress",
+         *extra],
+        env=env or _env(), capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_panicking_decoder_fails_one_file_not_the_run(
+    tmp_path: Path, checkpoints: dict[str, Path], cohort: Path, workers: str
+) -> None:
+    """pylibjpeg-rle panics on this real file (pyo3 PanicException, a BaseException): one failed file."""
+    folder = tmp_path / "export"
+    shutil.copytree(cohort / "images", folder)
+    shutil.copy(PANIC_FIXTURE, folder / "rle_panic.dcm")
+    out = tmp_path / "out"
+    result = _score_subprocess(checkpoints["whole"], folder, out, "--workers", workers, "--strict")
+    assert result.returncode == 1, result.stderr[-3000:]  # --strict: a file failed
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["found"] == summary["scored"] + summary["failed"] == _input_count(folder)
+    assert summary["failed"] == 1
+    row = by_name_in(_read_rows(out / "predictions.csv"), "rle_panic.dcm")
+    assert row["status"] == "error" and row["error"].strip()
+    assert reason_category(row["error"]) == "pixel data cannot be decoded", row["error"]
+
+
+def test_decoder_that_kills_its_worker_fails_that_file_only(
+    tmp_path: Path, checkpoints: dict[str, Path], cohort: Path
+) -> None:
+    """A decoder plugin registered only by this test (through pydicom's plugin mechanism, in every
+    process of the run) aborts on one file: its worker dies twice, the file fails with
+    ``decoder crashed``, every other file is scored."""
+    folder = tmp_path / "export"
+    shutil.copytree(cohort / "images", folder)
+    _rle_dicom(folder / "aborts", 77, 53)  # sitecustomize.ABORT_ROWS (not imported: it would register here)
+    _rle_dicom(folder / "rle_fine", 64, 48)  # RLE still decodes for every other image
+    out = tmp_path / "out"
+    result = _score_subprocess(checkpoints["whole"], folder, out, "--workers", "2", "--batch-size", "2",
+                               env=_env(CRASHING_DECODER))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["found"] == summary["scored"] + summary["failed"] == _input_count(folder) == 5
+    assert (summary["failed"], summary["failed_by_reason"]) == (1, {"decoder crashed": 1})
+    rows = _read_rows(out / "predictions.csv")
+    assert (by_name_in(rows, "aborts")["status"], by_name_in(rows, "aborts")["error"]) == ("error", "decoder crashed")
+    assert all(r["status"] == "ok" for r in rows if Path(r["image"]).name != "aborts")
+    assert "decoder crashed" in result.stderr  # the log names what happened
