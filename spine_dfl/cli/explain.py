@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from spine_dfl.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +28,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from spine_dfl.explain import run_explain_command
+def _is_manifest(inputs: list[Path]) -> bool:
+    """One CSV/TSV/TXT file that is not DICOM is a manifest; anything else is image files and folders."""
+    from spine_dfl.io import is_dicom
 
-    return run_explain_command(args)
+    return (len(inputs) == 1 and inputs[0].is_file() and inputs[0].suffix.lower() in {".csv", ".tsv", ".txt"}
+            and not is_dicom(inputs[0]))
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 all explained, 1 some samples failed (or all), 2 bad usage or input."""
+    from spine_dfl.explain.inputs import explain_inputs, explain_records
+    from spine_dfl.explain.run import NoSampleExplained
+
+    if args.top < 1:
+        print("--top must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    options = {"top_n": args.top, "device": args.device, "batch_size": args.batch_size}
+    try:
+        if _is_manifest(args.inputs):
+            explained = explain_records(args.checkpoint, args.inputs[0], args.out, split=args.split, **options)
+        else:
+            explained = explain_inputs(args.checkpoint, args.inputs, args.rois, args.out, **options)
+    except NoSampleExplained as exc:
+        print(f"spine-dfl explain: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ValueError as exc:  # a bad checkpoint, manifest, ROI table or input path
+        print(f"spine-dfl explain: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    failed = len(explained.failures)
+    print(f"{len(explained.entries)} sample(s) explained -> {explained.index_html}"
+          + (f"; {failed} could not be explained (listed in the gallery)" if failed else ""))
+    return EXIT_FAILED if failed else EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -28,6 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spine_dfl.score import run_score_command
+    """0 done, 1 --strict with failed files; bad arguments or checkpoint: error, 2 (see cli.main)."""
+    from spine_dfl.score.run import score
 
-    return run_score_command(args)
+    summary = score(args.checkpoint, args.inputs, args.out, rois_csv=args.rois, batch_size=args.batch_size,
+                    workers=args.workers, device=args.device, resume=args.resume, strict=args.strict,
+                    keep_ids=args.keep_ids, dicom_out=args.dicom_out, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in summary.failed_by_reason.items())
+        print(f"{summary.found} file(s): {summary.scored} scored, {summary.failed} failed"
+              + (f" ({reasons})" if summary.failed else "") + f"; {summary.predictions_csv}")
+    return summary.exit_status()
