@@ -51,9 +51,3 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically."""
     with atomic_output(path, "w", newline="") as handle:
         handle.write(text)
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically."""
-    with atomic_output(path, "wb") as handle:
-        handle.write(data)
