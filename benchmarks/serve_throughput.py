@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -178,6 +179,8 @@ def run(args: argparse.Namespace) -> dict:
             node.wait(timeout=30)
             log.close()
             pacs.server.shutdown()
+            if args.node_log:
+                shutil.copyfile(Path(tmp) / "node.log", args.node_log)
     completed = len(pacs.studies)
     last = max(pacs.studies.values()) if pacs.studies else float("nan")
     return {
@@ -233,6 +236,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="rows = columns of each image")
     parser.add_argument("--stable-age", type=float, default=0.5)
     parser.add_argument("--dimse-timeout", type=float, default=30.0, help="seconds the SCU waits for each response")
+    parser.add_argument("--node-log", help="keep the node's log here")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the last result")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -6,6 +6,7 @@ Network tests here talk to an in-process Node over real sockets with a pynetdico
 from __future__ import annotations
 
 import json
+import time
 import subprocess
 from pathlib import Path
 
@@ -245,3 +246,36 @@ def test_reasons_keep_no_uids():
 
     text = redact_uids("/spool/instances/1.2.826.0.1.3680043.8.498.1/1.2.826.0.1.3680043.8.498.2.dcm: bad (v 1.2.3)")
     assert "1.2.826" not in text and "uid:" in text and "v 1.2.3" in text
+
+
+def test_a_scorer_that_panics_is_retried_then_parked_and_the_worker_lives_on(tmp_path):
+    """A decoder panic (pyo3's PanicException derives from BaseException) fails one attempt only."""
+
+    class Panic(BaseException):
+        pass
+
+    calls = []
+
+    def panicking(study_uid, paths, out_dir):
+        calls.append(study_uid)
+        raise Panic("decoder panicked")
+
+    node = Node(
+        tmp_path / "spool", panicking, send_to="NOWHERE@127.0.0.1:1", ae_title=NODE_AET, port=free_port(),
+        host="127.0.0.1", allowed_callers=[TEST_SCU_AET], stable_age=0.1, poll_interval=0.05,
+        retry=RetryPolicy(max_attempts=2, base_delay=0.1, max_delay=0.1),
+    )
+    node.start()
+    try:
+        assoc = _associate(node.port)
+        for _ in range(2):  # two studies: the second is still scored after the first one's panics
+            assert assoc.send_c_store(make_gray_dicom(None, np.zeros((8, 8)))).Status == SUCCESS
+        assoc.release()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and status(node.spool_dir)["states"]["failed"] < 2:
+            time.sleep(0.1)
+        summary = status(node.spool_dir)
+        assert summary["states"]["failed"] == 2 and len(calls) == 4
+        assert "Panic: decoder panicked" in summary["last_errors"][0]["error"]
+    finally:
+        node.stop()

@@ -183,10 +183,11 @@ class Node:
                 claim = None
             if claim is None:
                 self._stop.wait(self.poll_interval)
-            elif claim.state == "scoring":
-                self._score(claim)
-            else:
-                self._send(claim)
+                continue
+            try:
+                self._score(claim) if claim.state == "scoring" else self._send(claim)
+            except Exception:  # noqa: BLE001 - the worker outlives a bug in one step; the lease expires
+                log.exception("study %s: unexpected error", study_tag(claim.study_uid))
 
     # -- one step each ---------------------------------------------------------------------------
     def results_dir(self, study_uid: str, generation: int) -> Path:
@@ -202,7 +203,9 @@ class Node:
         try:
             with _LeaseKeeper(self.queue, claim.study_uid, self.lease_seconds):
                 outcome = self.score_study(claim.study_uid, [path for _, path in instances], str(out_dir))
-        except Exception as error:  # noqa: BLE001 - a failed attempt is retried, never fatal
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # noqa: BLE001 - decoders' Rust panics derive from BaseException
             self._fail(claim, f"scoring failed: {type(error).__name__}: {error}")
             return
         if not isinstance(outcome, ScoreOutcome):
