@@ -43,6 +43,7 @@ __all__ = [
     "build_sr",
     "class_code",
     "init_writer_process",
+    "render_roi_overlay",
     "result_uids",
     "vertebra_code",
     "with_study_context",

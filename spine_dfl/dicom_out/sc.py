@@ -11,17 +11,9 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from spine_dfl import __version__
-from spine_dfl.dicom_out.codes import (
-    MANUFACTURER,
-    MODEL_NAME,
-    REVIEW_NOTE,
-    SC_DERIVATION,
-    SC_SERIES_DESCRIPTION,
-    SC_SERIES_NUMBER,
-)
+from spine_dfl.dicom_out.codes import REVIEW_NOTE, SC_DERIVATION
 from spine_dfl.dicom_out.findings import DicomOutputError
-from spine_dfl.dicom_out.source import patient_orientation, result_uids, with_study_context
+from spine_dfl.dicom_out.source import patient_orientation, result_series, with_study_context
 
 __all__ = ["build_overlay_sc"]
 
@@ -42,7 +34,6 @@ def build_overlay_sc(
     if overlay_rgb.ndim != 3 or overlay_rgb.shape[2] != 3 or overlay_rgb.dtype != np.uint8:
         raise DicomOutputError(f"overlay must be (rows, cols, 3) uint8, got {overlay_rgb.shape} {overlay_rgb.dtype}")
     source = with_study_context(source)
-    uids = result_uids(run_key, source)
     orientation, orientation_known = patient_orientation(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
@@ -50,15 +41,8 @@ def build_overlay_sc(
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=uids["sc_series"],
-        series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=uids["sc_instance"],
-        instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer=MANUFACTURER,
         patient_orientation=orientation,
-        series_description=SC_SERIES_DESCRIPTION,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=__version__,
+        **result_series(source, run_key, "sc"),
     )
     if not orientation_known:
         # Type 2 attribute: empty means "unknown", which is the truth for most CR/DX exports.

@@ -8,14 +8,25 @@ scoring run rewrites the same instances instead of filing duplicates in PACS.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from spine_dfl import __version__
+from spine_dfl.dicom_out.codes import (
+    MANUFACTURER,
+    MODEL_NAME,
+    SC_SERIES_DESCRIPTION,
+    SC_SERIES_NUMBER,
+    SR_SERIES_DESCRIPTION,
+    SR_SERIES_NUMBER,
+)
 from spine_dfl.dicom_out.findings import DicomOutputError
 
 __all__ = ["REQUIRED_SOURCE_ATTRIBUTES", "TYPE2_STUDY_CONTEXT", "check_source", "patient_orientation",
-           "result_uids", "with_study_context"]
+           "result_series", "result_uids", "with_study_context"]
 
 REQUIRED_SOURCE_ATTRIBUTES = ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns")
 # Type 2 attributes of the Patient and General Study modules that both results copy from the source.
@@ -60,6 +71,23 @@ def result_uids(run_key: str, source: Dataset) -> dict[str, str]:
         "sr_instance": generate_uid(entropy_srcs=[run_key, sop, "SR instance"]),
         "sc_instance": generate_uid(entropy_srcs=[run_key, sop, "SC instance"]),
         "tracking": generate_uid(entropy_srcs=[run_key, sop, "tracking"]),
+    }
+
+
+def result_series(source: Dataset, run_key: str, kind: Literal["sr", "sc"]) -> dict[str, Any]:
+    """The series, instance and equipment arguments of a highdicom SR or SC of `source`."""
+    uids = result_uids(run_key, source)
+    number, description = (SR_SERIES_NUMBER, SR_SERIES_DESCRIPTION) if kind == "sr" else \
+        (SC_SERIES_NUMBER, SC_SERIES_DESCRIPTION)
+    return {
+        "series_instance_uid": uids[f"{kind}_series"],
+        "series_number": number,
+        "sop_instance_uid": uids[f"{kind}_instance"],
+        "instance_number": int(source.get("InstanceNumber") or 1),
+        "manufacturer": MANUFACTURER,
+        "series_description": description,
+        "manufacturer_model_name": MODEL_NAME,
+        "software_versions": __version__,
     }
 
 

@@ -28,14 +28,12 @@ from spine_dfl.dicom_out.codes import (
     DEVICE_OBSERVER_UID,
     MANUFACTURER,
     MODEL_NAME,
-    SR_SERIES_DESCRIPTION,
-    SR_SERIES_NUMBER,
     class_code,
     coding_scheme_item,
     vertebra_code,
 )
 from spine_dfl.dicom_out.findings import DicomOutputError, VertebraFinding
-from spine_dfl.dicom_out.source import result_uids, with_study_context
+from spine_dfl.dicom_out.source import result_series, result_uids, with_study_context
 
 __all__ = ["build_sr", "roi_polyline"]
 
@@ -132,16 +130,9 @@ def build_sr(
     return hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report,
-        series_instance_uid=uids["sr_series"],
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=uids["sr_instance"],
-        instance_number=int(source.get("InstanceNumber") or 1),
-        manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=SR_SERIES_DESCRIPTION,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=__version__,
         coding_schemes=[coding_scheme_item()],
+        **result_series(source, run_key, "sr"),
     )

@@ -4,7 +4,7 @@ DFL-CNN's P-stream filters each fire on one discriminative patch; their peaks ar
 explanation. ``explain`` draws them, with the predicted class's evidence map and a G-stream
 Grad-CAM, one PNG per sample, plus ``patches.json`` and an HTML gallery.
 
-- :mod:`~spine_dfl.explain.run`: :func:`explain` / :func:`explain_run` over records (the core);
+- :mod:`~spine_dfl.explain.run`: :func:`explain` over records (the core);
 - :mod:`~spine_dfl.explain.inputs`: :func:`explain_records` (a manifest's rows) and
   :func:`explain_inputs` (image files with a ROI table), the command's library entry points;
 - :mod:`~spine_dfl.explain.samples`: records -> transformed samples (failures per record);
@@ -16,26 +16,22 @@ Geometry, evidence maps and the display window live in ``spine_dfl.heatmap`` (sh
 ``score`` and ``dicom_out``).
 """
 
-from spine_dfl.explain.command import add_explain_arguments, run_explain_command
 from spine_dfl.explain.gallery import render_gallery
 from spine_dfl.explain.gradcam import GStreamLogits, gradcam_target_layer
-from spine_dfl.explain.inputs import ExplainInputError, explain_inputs, explain_records, input_records
+from spine_dfl.explain.inputs import ExplainInputError, ExplainRun, explain_inputs, explain_records, input_records
 from spine_dfl.explain.render import render_sample_figure
-from spine_dfl.explain.run import ExplainRun, NoSampleExplained, explain, explain_run
+from spine_dfl.explain.run import NoSampleExplained, explain
 
 __all__ = [
     "ExplainInputError",
     "ExplainRun",
     "GStreamLogits",
     "NoSampleExplained",
-    "add_explain_arguments",
     "explain",
     "explain_inputs",
     "explain_records",
-    "explain_run",
     "gradcam_target_layer",
     "input_records",
     "render_gallery",
     "render_sample_figure",
-    "run_explain_command",
 ]

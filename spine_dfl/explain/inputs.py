@@ -1,6 +1,6 @@
 """Library entry points of ``spine-dfl explain``: a manifest's rows, or image files with a ROI table.
 
-Both load the checkpoint, turn their input into records and call ``explain_run``. Bad input
+Both load the checkpoint, turn their input into records and call ``explain``. Bad input
 (checkpoint, manifest, ROI table, no files) raises ``ExplainInputError`` or ``CheckpointError``
 naming the file and what is wrong; a run in which no sample could be explained raises
 ``NoSampleExplained``. Samples that fail on their own are listed in the returned ``ExplainRun``.
@@ -9,19 +9,40 @@ naming the file and what is wrong; a run in which no sample could be explained r
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spine_dfl.explain.run import ExplainRun, explain_run
+from spine_dfl.explain.run import explain
 
 log = logging.getLogger("spine_dfl.explain")
 
-__all__ = ["ExplainInputError", "explain_inputs", "explain_records", "input_records"]
+__all__ = ["ExplainInputError", "ExplainRun", "explain_inputs", "explain_records", "input_records"]
+
+
+@dataclass
+class ExplainRun:
+    """What an explain run wrote: the patches.json objects, and the samples that failed (with why)."""
+
+    out_dir: Path
+    entries: list[dict[str, Any]]
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def index_html(self) -> Path:
+        return self.out_dir / "index.html"
 
 
 class ExplainInputError(ValueError):
     """The input of an explain run cannot be used (message names the file and why)."""
+
+
+def _explain(loaded: Any, records: Iterable[Mapping[str, Any]], out_dir: str | Path, top_n: int, device: str,
+             batch_size: int) -> ExplainRun:
+    failures: list[dict[str, str]] = []
+    entries = explain(loaded, records, out_dir, top_n=top_n, device=device, batch_size=batch_size, failures=failures)
+    return ExplainRun(Path(out_dir), entries, failures)
 
 
 def _load(checkpoint: str | Path, device: str) -> Any:
@@ -53,7 +74,7 @@ def explain_records(
                                    require_labels=False)
     except ValueError as exc:  # ManifestError names every bad row; ValueError an empty split
         raise ExplainInputError(str(exc)) from exc
-    return explain_run(loaded, records, out_dir, top_n=top_n, device=device, batch_size=batch_size)
+    return _explain(loaded, records, out_dir, top_n, device, batch_size)
 
 
 def explain_inputs(
@@ -73,7 +94,7 @@ def explain_inputs(
     """
     loaded = _load(checkpoint, device)
     records = input_records(inputs, rois_csv, bool(loaded.preprocessing.use_roi))
-    return explain_run(loaded, records, out_dir, top_n=top_n, device=device, batch_size=batch_size)
+    return _explain(loaded, records, out_dir, top_n, device, batch_size)
 
 
 def input_records(inputs: Sequence[str | Path], rois_csv: str | Path | None, use_roi: bool) -> list[dict[str, Any]]:

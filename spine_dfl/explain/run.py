@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,24 +52,11 @@ from spine_dfl.heatmap.geometry import (
 
 log = logging.getLogger("spine_dfl.explain")
 
-__all__ = ["ExplainRun", "NoSampleExplained", "explain", "explain_run"]
+__all__ = ["NoSampleExplained", "explain"]
 
 
 class NoSampleExplained(ValueError):
     """Not a single sample of an explain run could be explained (every one failed; the message counts them)."""
-
-
-@dataclass
-class ExplainRun:
-    """What an explain run wrote: the patches.json objects, and the samples that failed (with why)."""
-
-    out_dir: Path
-    entries: list[dict[str, Any]]
-    failures: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def index_html(self) -> Path:
-        return self.out_dir / "index.html"
 
 
 @dataclass(frozen=True)
@@ -104,6 +91,7 @@ def explain(
     top_n: int = 5,
     device: str | torch.device = "auto",
     batch_size: int = 8,
+    failures: list[dict[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Write per-sample PNGs, ``patches.json`` and ``index.html`` into `out_dir`; the patches.json objects.
 
@@ -113,21 +101,10 @@ def explain(
         None / -1 when unknown; ``label_name`` wins when present) and ``sop_instance_uid``.
         Consumed lazily (a generator over thousands of records is fine).
     top_n: boxes per sample (the predicted class's strongest filters; at most k).
+    failures: when given, each sample that failed is appended to it ({image, vertebra, reason}).
     Samples that fail (unreadable image; no ROI for a model trained on ROIs) are skipped, logged,
     and listed in the gallery; raises NoSampleExplained (a ValueError) when none could be explained.
     """
-    return explain_run(checkpoint, samples, out_dir, top_n, device, batch_size).entries
-
-
-def explain_run(
-    checkpoint: Any,
-    samples: Iterable[Mapping[str, Any]],
-    out_dir: str | Path,
-    top_n: int = 5,
-    device: str | torch.device = "auto",
-    batch_size: int = 8,
-) -> ExplainRun:
-    """``explain``, returning the failures too (an `ExplainRun`)."""
     from spine_dfl.engine.checkpoint import LoadedCheckpoint, load_checkpoint
     from spine_dfl.engine.device import resolve_device
 
@@ -138,28 +115,28 @@ def explain_run(
     out.mkdir(parents=True, exist_ok=True)
     context = _Context(model, list(loaded.class_names), int(loaded.preprocessing.input_size), GradCamRunner(model),
                        int(top_n), out)
-    run = ExplainRun(out, [])
+    failures = [] if failures is None else failures
+    entries: list[dict[str, Any]] = []
     started = time.monotonic()
     with atomic_output(out / "patches.json", "w") as json_file:
         json_file.write("[")
-        samples_in = prepare_samples(samples, loaded.preprocessing, run.failures)
-        for batch in batches(samples_in, max(1, int(batch_size))):
+        for batch in batches(prepare_samples(samples, loaded.preprocessing, failures), max(1, int(batch_size))):
             for item, output in zip(batch, _run_batch(model, context.gradcam, batch, run_device)):
                 entry = _explain_one(context, item, output)
-                json_file.write(("\n" if not run.entries else ",\n") + json.dumps(entry))
-                run.entries.append(entry)
+                json_file.write(("\n" if not entries else ",\n") + json.dumps(entry))
+                entries.append(entry)
         json_file.write("\n]\n")
-        if not run.entries:
-            raise NoSampleExplained(f"no sample could be explained ({len(run.failures)} unreadable)")
+        if not entries:
+            raise NoSampleExplained(f"no sample could be explained ({len(failures)} failed)")
     meta = [
-        f"{len(run.entries)} samples, model {getattr(model, 'backbone_name', '?')} (stride {model.stride} px, receptive "
+        f"{len(entries)} samples, model {getattr(model, 'backbone_name', '?')} (stride {model.stride} px, receptive "
         f"field {model.receptive_field} px in a {context.input_size} px input), {model.filters_per_class} filters "
         f"per class, classes {', '.join(context.class_names)}; written in {time.monotonic() - started:.0f} s",
     ]
-    atomic_write_text(run.index_html, render_gallery(run.entries, context.class_names, meta_lines=meta,
-                                                     failures=run.failures))
-    log.info("explain: %d samples -> %s (%d unreadable)", len(run.entries), run.index_html, len(run.failures))
-    return run
+    atomic_write_text(out / "index.html", render_gallery(entries, context.class_names, meta_lines=meta,
+                                                         failures=failures))
+    log.info("explain: %d samples -> %s (%d failed)", len(entries), out / "index.html", len(failures))
+    return entries
 
 
 def _run_batch(
