@@ -21,12 +21,14 @@ from dicom_factory import make_gray_dicom
 from spine_dfl.data.transforms import Preprocessing, eval_transforms
 from spine_dfl.dicom_out import (
     PRIVATE_SCHEME,
+    DicomOutConfig,
     DicomOutputError,
     DicomResultWriter,
     VertebraFinding,
     build_sr,
     render_roi_overlay,
     result_uids,
+    write_results_job,
 )
 from spine_dfl.heatmap import (
     EvidenceMap,
@@ -299,6 +301,10 @@ def test_sources_without_type2_patient_and_study_attributes_still_get_results(tm
             hd.sr.srread(result.sr_path).content.get_planar_roi_measurement_groups()] == ["vertebra L1", "vertebra S1"]
     # The caller's header is not changed by filling in the copy.
     assert not any(keyword in source for keyword in BASIC_PROFILE_REMOVED)
+    # What score --dicom-out runs for each file (it wrote nothing for such sources before).
+    config = DicomOutConfig(str(tmp_path / "job"), tuple(CLASSES), "run")
+    assert write_results_job(config, str(tmp_path / "deid.dcm"), findings) == "written"
+    assert len(list((tmp_path / "job").glob("*.dcm"))) == 2
 
 
 def _free_port() -> int:
