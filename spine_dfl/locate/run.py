@@ -1,0 +1,95 @@
+"""Train the locator for one pass over batches, and locate + label the vertebrae of one radiograph."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from spine_dfl.locate.decode import Detections, decode
+from spine_dfl.locate.labelling import assign_levels
+from spine_dfl.locate.network import VertebraLocator
+from spine_dfl.locate.targets import locator_loss
+
+
+@dataclass(frozen=True)
+class LocatedVertebrae:
+    """The vertebrae found on one radiograph, in anatomical order (cranial first).
+
+    ``detections``: boxes, six points, centres (original pixels), heatmap scores, level logits;
+    ``levels``: level names; ``level_confidence``: posterior probability of each level from the
+    labelling; ``ambiguous``: the runner-up labelling scored within the margin of the chosen one.
+    """
+
+    detections: Detections
+    levels: tuple[str, ...]
+    level_confidence: np.ndarray
+    ambiguous: bool
+    head_up: bool
+
+    @property
+    def confidence(self) -> np.ndarray:
+        """Detection score times level confidence: the chance this box is this level's vertebra."""
+        return self.detections.scores * self.level_confidence
+
+    def __len__(self) -> int:
+        return len(self.levels)
+
+
+def train_locator_epoch(
+    model: VertebraLocator,
+    batches: Iterable[tuple[torch.Tensor, Mapping[str, torch.Tensor]]],
+    optimizer: torch.optim.Optimizer,
+    loss_weights: Mapping[str, float] | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """One optimisation pass over (images (B, 1, H, W), batched targets) pairs; mean loss parts."""
+    model.train()
+    totals: dict[str, float] = {}
+    steps = 0
+    for images, targets in batches:
+        images = images.to(device)
+        targets = {k: v.to(device) for k, v in targets.items()}
+        parts = locator_loss(model(images), targets, loss_weights)
+        optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        optimizer.step()
+        for name, value in parts.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach())
+        steps += 1
+    if steps == 0:
+        raise ValueError("no batches to train the locator on")
+    return {name: value / steps for name, value in totals.items()}
+
+
+@torch.no_grad()
+def locate(
+    model: VertebraLocator,
+    image_tensor: torch.Tensor,
+    to_original: Any,
+    threshold: float = 0.3,
+    **labelling: Any,
+) -> LocatedVertebrae:
+    """Find, label and order the vertebrae of one (1, H, W) locator input (see ``letterbox``).
+
+    At most one detection per level is kept (the most confident ones); ``labelling`` keyword
+    arguments go to ``assign_levels``.
+    """
+    if image_tensor.ndim != 3 or image_tensor.shape[0] != 1:
+        raise ValueError(f"locate takes one (1, H, W) image, got {tuple(image_tensor.shape)}")
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = model(image_tensor[None].to(device))
+    found = decode(outputs, to_original, threshold=threshold, max_detections=len(model.levels))
+    assignment = assign_levels(found.centres, found.level_logits, **labelling)
+    cranial_first = assignment.order
+    return LocatedVertebrae(
+        detections=found.take(cranial_first),
+        levels=tuple(model.levels[i] for i in assignment.levels[cranial_first]),
+        level_confidence=assignment.confidence[cranial_first],
+        ambiguous=assignment.ambiguous,
+        head_up=assignment.head_up,
+    )
