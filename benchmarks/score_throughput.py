@@ -60,10 +60,10 @@ def _peak_mb(who: int) -> float:
 def _dataset(args: argparse.Namespace, files: list[Path]) -> Any:
     from spine_dfl.engine.checkpoint import load_checkpoint
     from spine_dfl.score.files import FileSamples
-    from spine_dfl.score.rois import load_rois
+    from spine_dfl.io.rois import read_rois
 
     loaded = load_checkpoint(args.checkpoint)
-    rois = load_rois(args.rois) if loaded.preprocessing.use_roi else None
+    rois = read_rois(args.rois) if loaded.preprocessing.use_roi else None
     return loaded, FileSamples(files, loaded.preprocessing, rois, keep_ids=False)
 
 

@@ -32,7 +32,6 @@ from spine_dfl.score import (
     PartWriter,
     ScoreError,
     collect_done,
-    load_rois,
     reason_category,
     score,
 )
@@ -122,18 +121,15 @@ def test_reason_categories_are_short_and_specific() -> None:
     assert reason_category("something nobody anticipated") == "other error"
 
 
-def test_load_rois_rejects_bad_tables(tmp_path: Path) -> None:
+def test_bad_roi_table_is_a_usage_error_naming_the_row(tmp_path: Path, checkpoints: dict[str, Path], cohort: Path) -> None:
+    """score reads ROIs through io.read_rois: a bad table stops the run (exit 2) before any file is scored."""
     bad = tmp_path / "bad.csv"
-    bad.write_text("sop_instance_uid,vertebra,x_min,y_min\n1.2.3,L1,1,2\n")
-    with pytest.raises(ScoreError, match="x_max"):
-        load_rois(bad)
     bad.write_text("sop_instance_uid,vertebra,x_min,y_min,x_max,y_max\n1.2.3,L1,5,5,4,9\n")
-    with pytest.raises(ScoreError, match="line 2"):
-        load_rois(bad)
-    good = tmp_path / "good.csv"
-    good.write_text("image,vertebra,x_min,y_min,x_max,y_max\nsub/a.dcm,L1,1,2,30,40\n")
-    table = load_rois(good)
-    assert table.lookup(None, tmp_path / "sub" / "a.dcm") == [("L1", (1.0, 2.0, 30.0, 40.0))]
+    with pytest.raises(ValueError, match="line 2"):
+        score(checkpoints["roi"], [cohort / "images"], tmp_path / "out", rois_csv=bad, workers=0, progress=False)
+    assert _cli(str(checkpoints["roi"]), str(cohort / "images"), "--rois", str(bad), "--out", str(tmp_path / "cli"),
+                "--no-progress") == 2
+    assert not (tmp_path / "out" / "predictions.csv").exists()
 
 
 def test_collect_done_ignores_torn_and_unjournaled_rows(tmp_path: Path) -> None:

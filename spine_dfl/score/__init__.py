@@ -29,8 +29,6 @@ _NAMES = {
     "PARTIAL_DIR": "journal",
     "PartWriter": "journal",
     "collect_done": "journal",
-    "load_rois": "rois",  # TEMPORARY shim until io.rois
-    "run_score_command": "command",  # TEMPORARY shim until cli.score
 }
 
 __all__ = list(_NAMES)

@@ -7,39 +7,16 @@ and never raises: a file that cannot be scored becomes an item with ``ok=False``
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from spine_dfl.io.rois import RoiTable
 from spine_dfl.score.errors import reason_of
 
-Box = tuple[float, float, float, float]
-RoiEntry = tuple[str, Box]  # (vertebra, (x_min, y_min, x_max, y_max)) in original pixels, x = column
-
-
-def path_key(path: str | Path) -> str:
-    """The key an image path is matched by: absolute and resolved (symlinks followed) when possible."""
-    try:
-        return str(Path(path).resolve())
-    except OSError:
-        return os.path.abspath(path)
-
-
-@dataclass(frozen=True)
-class RoiLookup:
-    """ROIs per image, by SOP Instance UID first and by resolved image path second."""
-
-    by_uid: Mapping[str, list[RoiEntry]]
-    by_path: Mapping[str, list[RoiEntry]]
-
-    def lookup(self, sop_instance_uid: str | None, path: Path) -> list[RoiEntry]:
-        if sop_instance_uid and sop_instance_uid in self.by_uid:
-            return self.by_uid[sop_instance_uid]
-        return self.by_path.get(path_key(path), [])
+Box = tuple[float, float, float, float]  # (x_min, y_min, x_max, y_max) in original pixels, x = column
 
 
 def failed_item(index: int, file: str, input_size: int, reason: str, **ids: str) -> dict[str, Any]:
@@ -65,7 +42,7 @@ class FileSamples:
     """
 
     def __init__(
-        self, files: Sequence[str | Path], preprocessing: Any, rois: RoiLookup | None, keep_ids: bool,
+        self, files: Sequence[str | Path], preprocessing: Any, rois: RoiTable | None, keep_ids: bool,
         geometry: bool = False,
     ) -> None:
         self.files = [Path(f) for f in files]

@@ -143,6 +143,7 @@ def _prepare(
     from spine_dfl.engine.checkpoint import load_checkpoint
     from spine_dfl.engine.device import DeviceUnavailable, resolve_device
     from spine_dfl.io import find_inputs
+    from spine_dfl.io.rois import read_rois
     from spine_dfl.predictions import predictions_columns
 
     try:
@@ -160,7 +161,7 @@ def _prepare(
                 "(a CSV keyed by sop_instance_uid or image, with vertebra, x_min, y_min, x_max, y_max; "
                 "`spine-dfl synth` writes one as rois.csv)"
             )
-        rois = _read_rois(rois_csv)
+        rois = read_rois(rois_csv)  # RoiTableError (a ValueError naming the file and rows): usage error
     elif rois_csv is not None:
         log.warning("the checkpoint scores whole images; --rois %s is ignored", rois_csv)
     dicom_config = _dicom_config(dicom_out, class_names, checkpoint_path, out_dir) if dicom_out is not None else None
@@ -170,12 +171,6 @@ def _prepare(
         # Absolute paths: unambiguous for whoever reads the CSV, and stable keys for --resume.
         files=[os.path.abspath(p) for p in find_inputs([Path(p) for p in inputs])], dicom_config=dicom_config,
     )
-
-
-def _read_rois(rois_csv: str | Path) -> Any:
-    from spine_dfl.score.rois import load_rois
-
-    return load_rois(rois_csv)
 
 
 def _dicom_config(dicom_out: str | Path, class_names: list[str], checkpoint_path: str | Path, out_dir: Path) -> Any:
