@@ -18,6 +18,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=40, help="number of patients, one radiograph each (default 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a cohort already in OUT")
+    p.add_argument("--style", default="default",
+                   help="site acquisition style (detector, processing, habitus, ROI convention): a preset of "
+                        "spine_dfl.synth.style.STYLES; the same seed gives the same patients and grades in every "
+                        "style (default: default)")
     p.set_defaults(func=run)
 
 
@@ -25,10 +29,14 @@ def run(args: argparse.Namespace) -> int:
     from spine_dfl.synth import generate_cohort
 
     try:
-        cohort = generate_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite)
+        cohort = generate_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite,
+                                 style=args.style)
     except FileExistsError as exc:
         print(f"error: {args.out} already holds a synthetic cohort; use --overwrite to replace it ({exc})",
               file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(plain(cohort.summary), indent=2))
     return EXIT_OK

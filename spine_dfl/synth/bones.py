@@ -16,6 +16,7 @@ from scipy import ndimage
 from spine_dfl.synth.anatomy import CHAIN_LEVELS, LABELLED_LEVELS, BodyShape, body_heights_mm, endplate_heights, loss_profile
 from spine_dfl.synth.drawing import add_hollow_polygon, add_polygon, bezier, polyline_normals
 from spine_dfl.synth.scene import MU_BONE_PER_MM, Scene
+from spine_dfl.synth.style import SynthStyle
 from spine_dfl.synth.truth import VertebraTruth, body_fields, local_coordinates
 
 
@@ -52,7 +53,7 @@ def vertebral_bodies(scene: Scene, attenuation: np.ndarray, rng: np.random.Gener
             continue
         coverage = _draw_body(attenuation, placed, window, style, anat.grades.get(level, "normal"), rng)
         if level in LABELLED_LEVELS:
-            truths.append(_labelled_truth(placed, coverage, window, bone_mask, rng))
+            truths.append(_labelled_truth(placed, coverage, window, bone_mask, scene.style, rng))
         _osteophytes(scene, attenuation, level, style.mu_cortical)
     return bone_mask, truths
 
@@ -140,7 +141,7 @@ def _impaction(body: BodyShape, u: np.ndarray, d_top: np.ndarray, d_bottom: np.n
 
 
 def _labelled_truth(placed: VertebraTruth, coverage: np.ndarray, window: tuple[int, int, int, int],
-                    bone_mask: np.ndarray, rng: np.random.Generator) -> VertebraTruth:
+                    bone_mask: np.ndarray, style: SynthStyle, rng: np.random.Generator) -> VertebraTruth:
     """Mark the body in ``bone_mask``; its tight box, localiser ROI and measured heights."""
     rows, cols = bone_mask.shape
     x0, y0, x1, y1 = window
@@ -154,15 +155,17 @@ def _labelled_truth(placed: VertebraTruth, coverage: np.ndarray, window: tuple[i
     return replace(
         placed, height_loss=float(1.0 - min(ha, hm, hp) / placed.body.reference_height_mm),
         anterior_height_mm=ha, middle_height_mm=hm, posterior_height_mm=hp, box=box,
-        roi=_localiser_roi(box, rows, cols, rng),
+        roi=_localiser_roi(box, rows, cols, style.roi_margin, style.roi_jitter, rng),
     )
 
 
-def _localiser_roi(box: tuple[int, int, int, int], rows: int, cols: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
-    """The body box padded ~7 % per side and jittered +-4.5 % like a localiser, in the image."""
+def _localiser_roi(box: tuple[int, int, int, int], rows: int, cols: int, margin: float, jitter_fraction: float,
+                   rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """The body box padded by ``margin`` per side (default ~7 %) and jittered by +-``jitter_fraction``
+    (default 4.5 %) like a localiser, in the image; one draw of 4 whatever the style."""
     bw, bh = box[2] - box[0], box[3] - box[1]
-    pad = np.array([0.07 * bw, 0.07 * bh, 0.07 * bw, 0.07 * bh])
-    jitter = rng.uniform(-0.045, 0.045, size=4) * np.array([bw, bh, bw, bh])
+    pad = np.array([margin * bw, margin * bh, margin * bw, margin * bh])
+    jitter = rng.uniform(-jitter_fraction, jitter_fraction, size=4) * np.array([bw, bh, bw, bh])
     return (
         int(max(math.floor(box[0] - pad[0] + jitter[0]), 0)),
         int(max(math.floor(box[1] - pad[1] + jitter[1]), 0)),

@@ -24,6 +24,7 @@ from spine_dfl.synth.anatomy import CLASS_NAMES, SYNTH_VERSION, normalise_probab
 from spine_dfl.synth.dicom import NATIVE_SYNTAX_CYCLE, SYNTAX_CYCLE, Acquisition, build_dataset, encode, quantise
 from spine_dfl.synth.records import CohortSummary, PatientRecord
 from spine_dfl.synth.render import check_image_size, render_patient
+from spine_dfl.synth.style import SynthStyle, synth_style
 from spine_dfl.synth.tables import TABLE_NAMES, write_tables
 
 
@@ -39,6 +40,7 @@ def generate_cohort(
     compress: bool = True,
     bare_names: bool = True,
     overwrite: bool = False,
+    style: str | SynthStyle = "default",
 ) -> CohortSummary:
     """Write a synthetic cohort of lateral thoracolumbar radiographs (one per patient) as DICOM.
 
@@ -61,6 +63,10 @@ def generate_cohort(
             without the .dcm suffix, as PACS exports often are.
         overwrite: replace an earlier cohort in out_dir (only files this generator names);
             otherwise finding one raises FileExistsError.
+        style: the site's acquisition, a preset name of ``synth.style.STYLES`` or a SynthStyle.
+            The same seed gives the same patients, levels, grades and body outlines in every
+            style; the images, their processing and the ROIs differ.  Recorded in cohort.json
+            (absent there for the default style, whose output is unchanged).
 
     Returns:
         CohortSummary with the written paths, one PatientRecord per patient (with per-vertebra
@@ -78,6 +84,7 @@ def generate_cohort(
         raise ValueError(f"split_fractions must be three non-negative numbers, got {split_fractions!r}")
     probs = normalise_probabilities(grade_probabilities)
     patients, seed = int(patients), int(seed)
+    style = synth_style(style)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -86,15 +93,17 @@ def generate_cohort(
 
     cohort_rng = np.random.default_rng([seed, 0x5EED, 1])
     acquisitions = _deal_acquisitions(patients, cohort_rng, compress=compress, bare_names=bare_names)
+    if style.photometric is not None:
+        acquisitions = [replace(a, photometric=style.photometric) for a in acquisitions]
     base_date = date(2022, 1, 3) + timedelta(days=int(cohort_rng.integers(0, 730)))
     width = max(4, len(str(patients - 1)))
     written = [
-        _write_patient(out, index, f"P{index:0{width}d}", seed, rows, cols, probs, acquisitions[index], base_date)
+        _write_patient(out, index, f"P{index:0{width}d}", seed, rows, cols, probs, acquisitions[index], base_date, style)
         for index in range(patients)
     ]
     splits = deal_by_burden([[v.label for v in r.vertebrae] for r in written], fractions, cohort_rng, CLASS_NAMES)
     patient_records = tuple(replace(r, split=split) for r, split in zip(written, splits))
-    return write_tables(out, seed, rows, cols, probs, fractions, compress, patient_records)
+    return write_tables(out, seed, rows, cols, probs, fractions, compress, patient_records, style)
 
 
 def _clean_output(out: Path, overwrite: bool) -> None:
@@ -125,10 +134,11 @@ def _deal_acquisitions(patients: int, cohort_rng: np.random.Generator, *, compre
 
 
 def _write_patient(out: Path, index: int, patient_id: str, seed: int, rows: int, cols: int, probs: dict[str, float],
-                   acquisition: Acquisition, base_date: date) -> PatientRecord:
+                   acquisition: Acquisition, base_date: date, style: SynthStyle) -> PatientRecord:
     """Render, quantise, build and save patient ``index``; its record (split still empty)."""
     rng = np.random.default_rng([seed, 0x5EED, 2, index])
-    rendered = render_patient(rng, rows, cols, probs)
+    style_rng = np.random.default_rng([seed, 0x5EED, 3, index])  # style-only effects; leaves ``rng`` alone
+    rendered = render_patient(rng, rows, cols, probs, style=style, style_rng=style_rng)
     stored = quantise(rendered, acquisition.photometric, acquisition.modality, rng)
     entropy = ["spine-dfl synth", SYNTH_VERSION, str(seed), str(rows), str(cols), patient_id]
     uids: dict[str, UID] = {

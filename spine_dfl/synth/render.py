@@ -10,9 +10,14 @@ draw from the patient's random stream in this fixed order (part of same-seed-sam
    endplates seen edge-on, fractures, osteophytes), posterior elements, sacrum, ribs, aortic
    calcification;
 5. ``_marker`` and ``_collimation``;
-6. ``_detector``: primary transmission ``exp(-A)``, detector blur, scatter (low-pass of the
-   primary times the traversed attenuation), Poisson quantum noise, log conversion;
+6. ``_detector``: primary transmission ``exp(-A)``, detector blur, heel effect, scatter
+   (low-pass of the primary times the traversed attenuation), Poisson quantum noise (on the
+   detector's pitch), log (or power-law) response;
 7. ``_for_presentation``: multi-scale equalisation and edge enhancement, as consoles do.
+
+A ``SynthStyle`` (see ``style``) sets the ranges of the detector and processing draws, the
+soft-tissue thickness and the ROI convention; effects that only some styles have draw from a
+separate ``style_rng``, so the anatomy and truth are the same in every style.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from spine_dfl.synth.anatomy import CHAIN_LEVELS, PatientAnatomy, normalise_prob
 from spine_dfl.synth.bones import aortic_calcification, posterior_elements, ribs, sacrum, vertebral_bodies
 from spine_dfl.synth.drawing import lowpass, smoothstep
 from spine_dfl.synth.scene import MU_SOFT_PER_MM, Scene, fit_frame
+from spine_dfl.synth.style import DEFAULT_STYLE, SynthStyle
 from spine_dfl.synth.truth import VertebraTruth
 
 
@@ -56,13 +62,17 @@ def check_image_size(rows: int, cols: int) -> None:
 
 
 def render_patient(rng: np.random.Generator, rows: int = 1024, cols: int = 576,
-                   grade_probabilities: Mapping[str, float] | None = None) -> RenderedPatient:
+                   grade_probabilities: Mapping[str, float] | None = None, *, style: SynthStyle = DEFAULT_STYLE,
+                   style_rng: np.random.Generator | None = None) -> RenderedPatient:
     """Sample one patient and render the processed lateral radiograph.
 
     Args:
         rng: source of all randomness for this patient.
         rows, cols: image size in pixels (the spine T4-L5 spans 78-88 % of the rows).
         grade_probabilities: marginal probability of each grade (default DEFAULT_GRADE_PROBABILITIES).
+        style: the site's acquisition (default: the generator's own).
+        style_rng: source of the style-only randomness (heel direction); default spawned from ``rng``
+            without advancing it.
     Returns:
         RenderedPatient with ``image`` float32 (rows, cols), log-attenuation after processing
         (higher = more attenuation, bone bright), and one VertebraTruth per level T4..L5.
@@ -72,9 +82,13 @@ def render_patient(rng: np.random.Generator, rows: int = 1024, cols: int = 576,
     anat = sample_anatomy(rng, probs)
     frames = stack_spine(anat, rng)
     frame = fit_frame(anat, frames, rows, cols, rng)
-    scene = Scene(rows=rows, cols=cols, anat=anat, frames=frames, frame=frame, kvp=float(rng.uniform(75.0, 100.0)))
+    scene = Scene(rows=rows, cols=cols, anat=anat, frames=frames, frame=frame, kvp=float(rng.uniform(75.0, 100.0)),
+                  style=style)
+    style_rng = style_rng if style_rng is not None else rng.spawn(1)[0]
 
     attenuation, body_region = _soft_tissue(scene, rng)
+    if style.soft_tissue_scale != 1.0:
+        attenuation *= np.float32(style.soft_tissue_scale)
     bone_mask, truths = vertebral_bodies(scene, attenuation, rng)
     posterior_elements(scene, attenuation, rng)
     sacrum(scene, attenuation)
@@ -83,8 +97,8 @@ def render_patient(rng: np.random.Generator, rows: int = 1024, cols: int = 576,
     _marker(scene, attenuation, rng)
     _collimation(attenuation, body_region, rng)
 
-    log_signal, photons = _detector(attenuation, scene.px, rng)
-    processed = _for_presentation(log_signal, body_region, scene.px, rng)
+    log_signal, photons = _detector(attenuation, scene.px, style, rng, style_rng)
+    processed = _for_presentation(log_signal, body_region, scene.px, style, rng)
     mas = float(photons / 1500.0 * (85.0 / scene.kvp) ** 2)
     return RenderedPatient(
         image=processed.astype(np.float32), body_region=body_region, bone_mask=bone_mask,
@@ -191,30 +205,61 @@ def _collimation(attenuation: np.ndarray, body_region: np.ndarray, rng: np.rando
         body_region[:, right:] = False
 
 
-def _detector(attenuation: np.ndarray, px: float, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Primary, blur, scatter, quantum noise, log: returns (-log(counts / photons), photons)."""
-    photons = float(np.exp(rng.uniform(np.log(1.5e4), np.log(6e4))))
+def _detector(attenuation: np.ndarray, px: float, style: SynthStyle, rng: np.random.Generator,
+              style_rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Primary, blur, heel, scatter, quantum noise, response: returns (-log(counts / photons), photons)
+    (or the style's power-law response instead of -log)."""
+    photons = float(np.exp(rng.uniform(np.log(1.5e4), np.log(6e4)))) * style.dose_scale
     primary = np.exp(-attenuation, dtype=np.float32)
-    primary = ndimage.gaussian_filter(primary, sigma=float(rng.uniform(0.5, 0.9)), mode="nearest")
+    primary = ndimage.gaussian_filter(primary, sigma=float(rng.uniform(*style.blur_sigma)), mode="nearest")
+    if style.heel_effect > 0:
+        primary *= _heel_field(primary.shape[0], style.heel_effect, style_rng)
     # Scatter originates in the patient: a low-pass of the primary times the traversed thickness
     # (no scatter source in air), giving scatter-to-primary ratios of ~0.3-1.2 behind the
     # abdomen with an anti-scatter grid.
-    scatter_per_attenuation = float(rng.uniform(0.08, 0.25))
+    scatter_per_attenuation = float(rng.uniform(*style.scatter_per_attenuation))
     scatter = scatter_per_attenuation * lowpass(primary * np.minimum(attenuation, 6.0), 35.0 * px)
     signal = (primary + scatter) * photons
-    counts = rng.poisson(signal).astype(np.float32)
+    counts = _quantum_noise(signal, style.pixel_binning, rng)
     # each detector pixel sees a few correlated quanta: mild noise correlation
-    counts = ndimage.gaussian_filter(counts, sigma=0.45, mode="nearest")
-    log_signal = -np.log(np.maximum(counts, 0.5) / photons).astype(np.float32)
-    return log_signal, photons
+    counts = ndimage.gaussian_filter(counts, sigma=style.noise_correlation, mode="nearest")
+    transmission = np.maximum(counts, 0.5) / photons
+    if style.response_exponent == 0.0:
+        return -np.log(transmission).astype(np.float32), photons
+    exponent = style.response_exponent
+    return ((1.0 - transmission**exponent) / exponent).astype(np.float32), photons
 
 
-def _for_presentation(log_signal: np.ndarray, body_region: np.ndarray, px: float, rng: np.random.Generator) -> np.ndarray:
+def _heel_field(rows: int, strength: float, style_rng: np.random.Generator) -> np.ndarray:
+    """Beam intensity along the anode-cathode (long) axis, (rows, 1): 1 at the cathode end,
+    falling steepest towards the anode end; the tube's direction and the exact fall per image."""
+    position = (np.arange(rows, dtype=np.float32) + 0.5) / rows
+    if style_rng.random() < 0.5:
+        position = position[::-1]
+    fall = min(strength * float(style_rng.uniform(0.8, 1.2)), 0.95)
+    return (1.0 - fall * position**1.5).astype(np.float32)[:, None]
+
+
+def _quantum_noise(signal: np.ndarray, binning: int, rng: np.random.Generator) -> np.ndarray:
+    """Poisson counts per pixel; with ``binning`` k > 1 counted on k x k detector elements and
+    resampled (bilinear) back to the image grid, as a coarser detector pitch would be."""
+    if binning == 1:
+        return rng.poisson(signal).astype(np.float32)
+    rows, cols = signal.shape
+    padded = np.pad(signal, ((0, (-rows) % binning), (0, (-cols) % binning)), mode="edge")
+    elements = padded.reshape(padded.shape[0] // binning, binning, padded.shape[1] // binning, binning).sum(axis=(1, 3))
+    counts = rng.poisson(elements).astype(np.float32) / np.float32(binning * binning)
+    resampled = ndimage.zoom(counts, binning, order=1, mode="nearest", grid_mode=True)
+    return np.ascontiguousarray(resampled[:rows, :cols], dtype=np.float32)
+
+
+def _for_presentation(log_signal: np.ndarray, body_region: np.ndarray, px: float, style: SynthStyle,
+                      rng: np.random.Generator) -> np.ndarray:
     """The console's "For Presentation" processing: latitude compression and edge enhancement."""
     reference = float(np.median(log_signal[body_region])) if body_region.any() else float(np.median(log_signal))
     # multi-scale equalisation as CR/DX consoles do: large-scale density (lung vs abdomen)
     # is compressed strongly, structures of vertebral size much less
     background = lowpass(log_signal, 45.0 * px)
-    processed = log_signal - float(rng.uniform(0.6, 0.85)) * (background - reference)
-    detail = processed - ndimage.gaussian_filter(processed, sigma=float(rng.uniform(1.5, 3.0)), mode="nearest")
-    return processed + float(rng.uniform(0.0, 0.6)) * detail
+    processed = log_signal - float(rng.uniform(*style.equalisation)) * (background - reference)
+    detail = processed - ndimage.gaussian_filter(processed, sigma=float(rng.uniform(*style.edge_sigma)), mode="nearest")
+    return processed + float(rng.uniform(*style.edge_gain)) * detail

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spine_dfl.synth.anatomy import LABELLED_LEVELS, PatientAnatomy, endplate_heights, rotation
+from spine_dfl.synth.style import DEFAULT_STYLE, SynthStyle
 
 # Attenuation of bone in excess of water, per mm of path, at the reference beam (80-90 kV
 # effective); trabecular bone scales with bone volume fraction.
@@ -48,6 +49,7 @@ class Scene:
     frames: dict[str, tuple[np.ndarray, float]]  # world (origin mm, angle rad) of each body
     frame: ImageFrame
     kvp: float
+    style: SynthStyle = DEFAULT_STYLE
 
     @property
     def mm_per_px(self) -> float:

@@ -13,7 +13,8 @@
                    the body's four corners corner_sa_x .. corner_ia_y, the six points, and
                    ``body_polygon`` and ``deformed_polygon`` (empty when not fractured) as
                    JSON lists of [x, y]; not needed for training.
-``cohort.json``    summary: counts per class, split and shape, seed, generator version.
+``cohort.json``    summary: counts per class, split and shape, seed, generator version, and the
+                   acquisition ``style`` (its knobs) when it is not the default.
 
 Every point is (x, y) = (column, row) in original pixels, continuous (pixel (row r, col c)
 covers [c, c+1) x [r, r+1)), written to 0.01 px; ``landmarks`` says exactly where each lies.
@@ -38,6 +39,7 @@ from spine_dfl.synth.anatomy import CLASS_NAMES, LABELLED_LEVELS, SHAPES, SYNTH_
 from spine_dfl.synth.dicom import SYNTAX_NAMES
 from spine_dfl.synth.landmarks import CORNER_NAMES, DEFORMED_PARTS, body_corners, body_outline, deformed_outline, six_points
 from spine_dfl.synth.records import CohortSummary, PatientRecord
+from spine_dfl.synth.style import DEFAULT_STYLE, SynthStyle
 from spine_dfl.synth.truth import VertebraTruth
 
 MANIFEST_NAME, ROIS_NAME, VERTEBRAE_NAME, COHORT_JSON_NAME = "manifest.csv", "rois.csv", "vertebrae.csv", "cohort.json"
@@ -56,7 +58,7 @@ VERTEBRAE_COLUMNS: tuple[str, ...] = (
 
 def write_tables(
     out: Path, seed: int, rows: int, cols: int, probs: dict[str, float], fractions: tuple[float, ...],
-    compress: bool, records: tuple[PatientRecord, ...],
+    compress: bool, records: tuple[PatientRecord, ...], style: SynthStyle = DEFAULT_STYLE,
 ) -> CohortSummary:
     """Write the four tables into ``out`` (each atomically) and return the cohort's summary."""
     manifest_path, rois_path = out / MANIFEST_NAME, out / ROIS_NAME
@@ -80,6 +82,8 @@ def write_tables(
         for p in records for v in p.vertebrae
     ))
     summary = _summary(seed, rows, cols, probs, fractions, compress, records)
+    if style != DEFAULT_STYLE:  # absent = default, so a default cohort is byte-identical to earlier versions
+        summary["style"] = style.as_dict()
     atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
     return CohortSummary(
         out_dir=out, seed=seed, manifest_path=manifest_path, rois_path=rois_path, vertebrae_path=vertebrae_path,
