@@ -25,6 +25,7 @@ Modules, in the order of the flow:
 
 - ``anatomy``: body shapes, grades and the stacked spine (mm, no pixels);
 - ``scene``: the world-to-image frame and the beam's attenuation constants;
+- ``style``: a site's acquisition (detector, processing, habitus, ROI convention) as presets;
 - ``drawing``: polygon fills, curves, fast blur;
 - ``bones`` and ``render``: image formation in phases (soft tissue, bones, detector, processing);
 - ``truth``: the ground truth of each vertebra and its exact pixel mask;
@@ -49,6 +50,7 @@ from spine_dfl.synth.cohort import generate_cohort
 from spine_dfl.synth.landmarks import DEFORMED_PARTS, body_corners, body_outline, deformed_outline, six_points
 from spine_dfl.synth.records import CohortSummary, PatientRecord
 from spine_dfl.synth.render import RenderedPatient, render_patient
+from spine_dfl.synth.style import STYLES, SynthStyle, synth_style
 from spine_dfl.synth.truth import VertebraTruth, body_coverage, body_mask
 
 __all__ = [
@@ -63,6 +65,9 @@ __all__ = [
     "PatientRecord",
     "CohortSummary",
     "RenderedPatient",
+    "STYLES",
+    "SynthStyle",
+    "synth_style",
     "generate_cohort",
     "render_patient",
     "body_coverage",
