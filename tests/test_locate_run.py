@@ -16,6 +16,8 @@ from spine_dfl.locate import (
     train_locator_epoch,
 )
 
+pytestmark = pytest.mark.slow  # 40 real optimisation steps (about 25 s on 2 idle cores)
+
 LEVELS = ("T12", "L1", "L2", "L3", "L4")
 SIZE = (128, 64)
 

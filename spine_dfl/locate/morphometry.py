@@ -27,11 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-POINT_NAMES: tuple[str, ...] = ("sa", "sm", "sp", "ia", "im", "ip")
-"""Order of the six points along axis -2."""
-
-POINT_COLUMNS: tuple[str, ...] = tuple(f"{name}_{axis}" for name in POINT_NAMES for axis in ("x", "y"))
-"""Flat column names (sa_x, sa_y, ..., ip_y) in the order of ``points.reshape(..., 12)``."""
+# The six points' order along axis -2 (POINT_NAMES) and their flat column names sa_x .. ip_y in the
+# order of ``points.reshape(..., 12)`` (POINT_COLUMNS) are the manifest's, kept in one place.
+from spine_dfl.io.vocabulary import POINT_COLUMNS, POINT_NAMES
 
 DEFORMITY_KINDS: tuple[str, ...] = ("wedge", "biconcave", "crush")
 MORPHOMETRIC_GRADES: tuple[str, ...] = ("normal", "mild", "moderate", "severe")
