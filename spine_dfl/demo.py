@@ -28,6 +28,7 @@ def run_demo(out: str | Path, patients: int = 64, seed: int = 0, config: str | P
     """synth -> train -> validation report -> test evaluation -> heatmaps; ``say`` reports each step."""
     from spine_dfl.config import load_config
     from spine_dfl.engine.train import train
+    from spine_dfl.explain.inputs import explain_records
     from spine_dfl.report.run import evaluate, write_evaluation
     from spine_dfl.synth import generate_cohort
 
@@ -47,19 +48,7 @@ def run_demo(out: str | Path, patients: int = 64, seed: int = 0, config: str | P
     if explain:
         explain_dir = out / "explain"
         say(f"[4/4] drawing patch heatmaps for the test patients into {explain_dir}")
-        _explain_split(result.best_checkpoint, manifest, explain_dir, "test")
+        explain_records(result.best_checkpoint, manifest, explain_dir, split="test")
         gallery = explain_dir / "index.html"
     return DemoResult(Path(result.best_checkpoint), metrics, out / "evaluate" / "metrics.json",
                       out / "evaluate" / "report.html", gallery, time.monotonic() - started)
-
-
-def _explain_split(checkpoint: Path, manifest: Path, out_dir: Path, split: str) -> None:
-    """Heatmaps of one manifest split (unlabelled rows allowed: the gallery then has no correct/wrong)."""
-    from spine_dfl.data.dataset import manifest_records
-    from spine_dfl.engine.checkpoint import load_checkpoint
-    from spine_dfl.engine.device import resolve_device
-    from spine_dfl.explain import explain
-
-    loaded = load_checkpoint(checkpoint, map_location=resolve_device("auto"))
-    records = manifest_records(manifest, loaded.class_names, split, loaded.preprocessing.use_roi, require_labels=False)
-    explain(loaded, records, out_dir)
