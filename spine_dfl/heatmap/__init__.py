@@ -4,6 +4,8 @@
   receptive-field boxes of filter peaks, box clipping;
 - ``evidence``: THE P-stream evidence map (max of a class's filter responses) and its
   picklable ``EvidenceMap`` with geometry;
+- ``peaks``: sub-cell peak refinement and one class's distinct patches (duplicates suppressed);
+- ``erf``: the effective receptive field, the side patches are drawn with;
 - ``display``: THE display window, grey / uint8 conversions, the heatmap colour map and blend.
 
 ``display`` needs only numpy; ``geometry`` and ``evidence`` (torch) load on first use of one of
@@ -36,6 +38,14 @@ _LAZY = {
     "feature_map_to_tensor_space": "geometry",
     "tensor_map_to_original": "geometry",
     "view_region": "geometry",
+    "DUPLICATE_IOU": "peaks",
+    "class_patches": "peaks",
+    "grid_to_input": "peaks",
+    "map_peak_to_original": "peaks",
+    "refine_peaks": "peaks",
+    "suppress_duplicates": "peaks",
+    "effective_receptive_field": "erf",
+    "model_patch_side": "erf",
     "EvidenceMap": "evidence",
     "class_evidence": "evidence",
     "evidence_on_source": "evidence",

@@ -1,0 +1,153 @@
+"""Honest patch geometry: effective receptive field, sub-cell peaks, distinct patches, exact mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from spine_dfl.heatmap.erf import effective_receptive_field, gradient_box_side, model_patch_side
+from spine_dfl.heatmap.peaks import (
+    class_patches,
+    grid_to_input,
+    map_peak_to_original,
+    refine_peaks,
+    suppress_duplicates,
+)
+from spine_dfl.model import DFLNet
+from spine_dfl.model.backbones import receptive_field
+
+
+def constant_conv_stack(layers: int) -> nn.Sequential:
+    convs = []
+    for _ in range(layers):
+        conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        nn.init.constant_(conv.weight, 1.0)
+        convs.append(conv)
+    return nn.Sequential(*convs)
+
+
+def expected_side(layers: int, mass: float) -> int:
+    """Known answer: the input gradient of the centre of n constant 3x3 convs is the outer product of
+    the coefficients of (1 + x + x^2)^n with itself; the mass inside a (2m+1)^2 square is the square
+    of the 1-D mass inside [-m, m]."""
+    coefficients = np.array([1.0])
+    for _ in range(layers):
+        coefficients = np.convolve(coefficients, [1.0, 1.0, 1.0])
+    coefficients /= coefficients.sum()
+    centre = layers
+    for m in range(layers + 1):
+        if coefficients[centre - m: centre + m + 1].sum() ** 2 >= mass:
+            return 2 * m + 1
+    raise AssertionError
+
+
+@pytest.mark.parametrize("layers", [2, 4, 7])
+@pytest.mark.parametrize("mass", [0.5, 0.9])
+def test_effective_receptive_field_of_constant_convs_is_the_known_answer(layers: int, mass: float) -> None:
+    network = constant_conv_stack(layers)
+    inputs = torch.rand(3, 1, 41, 41, generator=torch.Generator().manual_seed(1))
+    side = effective_receptive_field(network, inputs, mass)
+    assert side == pytest.approx(expected_side(layers, mass), abs=1e-6)
+    assert side <= receptive_field(network).size + 1e-6  # the theoretical field is 2n+1
+    assert all(p.grad is None for p in network.parameters())
+
+
+def test_gradient_box_side_rejects_a_map_without_mass() -> None:
+    with pytest.raises(ValueError, match="zero everywhere"):
+        gradient_box_side(np.zeros((5, 5)))
+    off_centre = np.zeros((9, 9))
+    off_centre[1:4, 5:8] = 1.0  # a 3x3 block away from the middle: measured about its centroid
+    assert gradient_box_side(off_centre, 1.0) == 3.0
+
+
+def test_model_patch_side_is_measured_once_and_stored_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = DFLNet("resnet18", 3, filters_per_class=2).eval()
+    calls = []
+    import spine_dfl.heatmap.erf as erf
+
+    original = erf.measure_model_patch_side
+    monkeypatch.setattr(erf, "measure_model_patch_side", lambda m, s: calls.append(s) or original(m, s))
+    first = model_patch_side(model, 64)
+    assert model_patch_side(model, 64) == first and calls == [64]
+    assert 1 <= first < model.receptive_field
+    assert model_patch_side(model, 64, stored=33.0) == 33.0
+
+
+def test_sub_cell_refinement_finds_a_planted_quadratic_peak() -> None:
+    rows, cols = np.mgrid[:12, :12].astype(np.float64)
+    planted = [(4.3, 7.8), (5.0, 2.0), (8.45, 6.6)]
+    maps = torch.from_numpy(np.stack([5.0 - (rows - r) ** 2 - 0.5 * (cols - c) ** 2 for r, c in planted]))
+    row, col, value = refine_peaks(maps)
+    np.testing.assert_allclose(row.numpy(), [p[0] for p in planted], atol=1e-9)
+    np.testing.assert_allclose(col.numpy(), [p[1] for p in planted], atol=1e-9)
+    np.testing.assert_allclose(value.numpy(), 5.0, atol=1e-9)
+    # At the border (and on a flat plateau) there is nothing to fit: the integer cell stays.
+    edge = torch.zeros(1, 6, 6)
+    edge[0, 0, 3], edge[0, 1, 3] = 2.0, 1.0
+    row, col, _ = refine_peaks(edge)
+    assert (float(row[0]), float(col[0])) == (0.0, 3.0)
+
+
+def test_duplicates_among_a_class_filters_are_suppressed() -> None:
+    side = 20.0
+    centres = torch.tensor([[50.0, 50.0], [52.0, 49.0], [90.0, 50.0], [50.0, 58.0], [50.0, 62.0]])
+    boxes = torch.cat([centres - side / 2, centres + side / 2], dim=1)
+    scores = torch.tensor([3.0, 5.0, 1.0, 2.0, 4.0])
+    kept, owner = suppress_duplicates(boxes, scores)
+    # 1 (strongest) swallows 0 (2 px away); 4 is 13 px below 1 (more than half a side): kept, and
+    # swallows 3 (4 px from it; 3 and 1 overlap with IoU just under 1/3); 2 is far from all.
+    assert kept.tolist() == [1, 4, 2]
+    assert owner.tolist() == [1, 1, 2, 4, 4]
+    assert suppress_duplicates(boxes, scores, iou_threshold=1.0)[0].tolist() == [1, 4, 0, 3, 2]
+
+
+def one_hot_maps(k: int, classes: int, size: int, peaks: list[tuple[int, int]]) -> torch.Tensor:
+    maps = torch.zeros(classes * k, size, size)
+    for channel, (r, c) in enumerate(peaks):
+        maps[channel, r, c] = 10.0 - channel
+        maps[channel, r, c + 1] = 5.0 - channel  # pulls the refined peak right of the cell centre
+        maps[channel, r, c - 1] = 1.0
+    return maps
+
+
+@pytest.mark.parametrize(("stride", "offset", "size"), [(8, 3.5, 12), (16, 7.5, 6)])
+def test_refined_peaks_map_exactly_to_original_pixels(stride: int, offset: float, size: int) -> None:
+    k = 3
+    peaks = [(3, 2), (3, 2), (4, 4)] + [(1, 1)] * k  # class 0: two filters on one cell, one elsewhere
+    maps = one_hot_maps(k, 2, size, peaks)
+    peak_index = torch.tensor([r * size + c for r, c in peaks])
+    # Network input (x, y) shows original (0.75 x + 100, 0.75 y + 40): a crop resized up, then offset.
+    to_original = np.array([[0.75, 0.0, 100.0], [0.0, 0.75, 40.0], [0.0, 0.0, 1.0]])
+    side = 1.5 * stride
+    patches = class_patches(maps, peak_index, 0, "normal", k, (stride, offset, side), to_original, (400, 400), 5)
+    assert [p["filter"] for p in patches] == [0, 2] and patches[0]["same_place_filters"] == [1]
+    for patch, (r, c) in zip(patches, [(3, 2), (4, 4)]):
+        # Parabola through (1, 10 - j, 5 - j) on columns c-1, c, c+1 for filter j.
+        before, centre, after = 1.0, 10.0 - patch["filter"], 5.0 - patch["filter"]
+        delta = (before - after) / (2 * (before - 2 * centre + after))
+        x_in, y_in = offset + stride * (c + delta), offset + stride * r
+        assert patch["peak_x"] == pytest.approx(0.75 * x_in + 100, abs=0.006)
+        assert patch["peak_y"] == pytest.approx(0.75 * y_in + 40, abs=0.006)
+        assert patch["x_max"] - patch["x_min"] == pytest.approx(0.75 * side, abs=0.011)
+        assert (patch["x_min"] + patch["x_max"]) / 2 == pytest.approx(patch["peak_x"], abs=0.011)
+    x, y = map_peak_to_original(maps[2], stride, offset, to_original)
+    assert (x, y) == pytest.approx((patches[1]["peak_x"], patches[1]["peak_y"]), abs=0.006)
+    assert grid_to_input(torch.tensor([0.0]), torch.tensor([0.0]), stride, offset)[0].item() == offset
+
+
+def test_refined_peak_follows_the_backbones_grid_for_stride_8_and_16() -> None:
+    """With the real backbones' grid geometry (VGG16-BN conv4_3: stride 8; ResNet-18 layer3: stride 16),
+    a peak between cells maps to the fractional receptive-field centre."""
+    for backbone, size in (("vgg16_bn", 64), ("resnet18", 96)):
+        model = DFLNet(backbone, 2, filters_per_class=1).eval()
+        grid = receptive_field(model.trunk)
+        assert grid.stride in (8, 16)
+        maps = torch.zeros(2, size // grid.stride, size // grid.stride)
+        maps[0, 2:5, 2:5] = torch.tensor([[0.0, 1.0, 0.0], [2.0, 4.0, 3.0], [0.0, 1.0, 0.0]])
+        to_original = np.eye(3)
+        x, y = map_peak_to_original(maps[0], grid.stride, grid.center_offset, to_original)
+        delta = (2.0 - 3.0) / (2 * (2.0 - 8.0 + 3.0))  # = 1/6 cell to the right
+        assert x == pytest.approx(grid.center_offset + grid.stride * (3 + delta))
+        assert y == pytest.approx(grid.center_offset + grid.stride * 3)
