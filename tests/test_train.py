@@ -180,6 +180,30 @@ def test_train_collectives_go_through_the_helper_on_its_device(
     assert all(Path(caller) == Path(distributed.__file__) for _, _, caller in seen), seen
 
 
+def test_distributed_helper_collectives_run_on_its_device(monkeypatch, single_process_group) -> None:
+    import torch.distributed as dist
+
+    from spine_dfl.engine.distributed import Distributed
+
+    devices = []
+    real = dist.all_reduce
+
+    def all_reduce(tensor, *args, **kwargs):
+        devices.append(tensor.device)
+        return real(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    helper = Distributed(world_size=2, backend="gloo", device=torch.device("cpu"))  # runs its collectives
+    assert helper.all_reduce_sum([1.5, 2]) == [1.5, 2.0]
+    assert helper.all_reduce_max([3]) == [3.0]
+    assert helper.broadcast_code(1) == 1
+    assert helper.broadcast_object({"found": 3}) == {"found": 3}
+    helper.barrier()
+    assert devices == [helper.device, helper.device]
+    alone = Distributed()  # one process: nothing is sent
+    assert alone.all_reduce_sum([2]) == [2.0] and alone.broadcast_code(2) == 2 and not alone.enabled
+
+
 @pytest.mark.cuda
 def test_flag_broadcast_works_on_nccl(tmp_path: Path) -> None:
     """On a real NCCL group the helper's flag is a CUDA tensor (a CPU one raises)."""
