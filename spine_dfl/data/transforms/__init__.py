@@ -69,6 +69,7 @@ _LAZY = {
     "deterministic_transforms": "compose",
     "eval_transforms": "compose",
     "train_transforms": "compose",
+    **dict.fromkeys(("AcquisitionAugment", "RandomAcquisition", "RandRoiJitterd", "TorchioAcquisitiond"), "acquisition"),
 }
 
 __all__ = ["AugmentConfig", "Preprocessing", *_LAZY]
