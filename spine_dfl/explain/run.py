@@ -4,19 +4,21 @@ For every sample, into the output folder:
 
 ``<NNNNN>_<image stem>_<vertebra>.png``
     Three panels of the region the network saw (``spine_dfl.explain.render``):
-      1. the top-N patches of the PREDICTED class: each of that class's k P-stream filters' peak,
-         mapped back through pad / resize / crop to original pixels, as a receptive-field-sized box
-         (clipped to the image), numbered by rank (highest filter response first);
+      1. the top-N distinct patches of the PREDICTED class: each of that class's k P-stream filters'
+         peak, refined to a fraction of a cell and mapped back through pad / resize / crop to original
+         pixels, boxed at the model's effective receptive field (``spine_dfl.heatmap.erf``); filters
+         peaking at the same place are one patch (``spine_dfl.heatmap.peaks``); numbered by rank;
       2. P-stream class evidence (``spine_dfl.heatmap.class_evidence``: max over the predicted
          class's k response maps), warped to original pixels through the sample's ``to_original``;
       3. MONAI Grad-CAM of the G-stream (target: last block of the G-stream head; class = predicted),
          mapped back the same way.
 ``patches.json``
     A JSON list, one object per sample: image, vertebra, sop_instance_uid, label, pred, correct,
-    confidence, probs {class: p}, roi, region, png, boxes [{rank, filter, filter_in_class, class,
-    class_index, score, x_min, y_min, x_max, y_max, peak_x, peak_y, in_image}] (original pixels,
-    x = column, y = row, continuous coordinates, max exclusive), streamed to a temporary file while
-    the run goes and renamed into place at the end.
+    confidence, probs {class: p}, roi, region, png, patch_side (input pixels), boxes [{rank, filter,
+    filter_in_class, class, class_index, score, x_min, y_min, x_max, y_max, peak_x, peak_y, peak_row,
+    peak_col, in_image, same_place_filters}], gradcam_peak [x, y] (Grad-CAM's refined maximum), all
+    in original pixels (x = column, y = row, continuous coordinates, max exclusive), streamed to a
+    temporary file while the run goes and renamed into place at the end.
 ``index.html``
     The gallery (``spine_dfl.explain.gallery``), written atomically.
 
@@ -42,13 +44,10 @@ from spine_dfl.explain.gallery import render_gallery
 from spine_dfl.explain.gradcam import GradCamRunner
 from spine_dfl.explain.render import render_sample_figure
 from spine_dfl.explain.samples import PreparedSample, batches, label_name, png_name, prepare_samples, record_roi
+from spine_dfl.heatmap.erf import model_patch_side
 from spine_dfl.heatmap.evidence import class_evidence
-from spine_dfl.heatmap.geometry import (
-    class_boxes,
-    feature_map_to_original,
-    feature_map_to_tensor_space,
-    tensor_map_to_original,
-)
+from spine_dfl.heatmap.geometry import feature_map_to_original, feature_map_to_tensor_space, tensor_map_to_original
+from spine_dfl.heatmap.peaks import class_patches, map_peak_to_original
 
 log = logging.getLogger("spine_dfl.explain")
 
@@ -69,6 +68,7 @@ class _Context:
     gradcam: GradCamRunner
     top_n: int
     out: Path
+    patch_side: float  # drawn patch side, input pixels: the P-stream's effective receptive field
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class _SampleOutput:
     probs: Tensor  # (M,)
     pred: int
     peak_index: Tensor  # (M*k,)
-    peak_score: Tensor  # (M*k,)
+    response_maps: Tensor  # (M*k, H, W) the P-stream filters' responses
     evidence: Tensor  # (H, W) predicted class's evidence on the feature grid
     cam: Tensor  # (1, h, w) Grad-CAM on the G-stream head's grid
     feature_size: tuple[int, int]  # (H, W) of the conv4 grid the peak indices count on
@@ -113,8 +113,10 @@ def explain(
     model = loaded.model.to(run_device).eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    context = _Context(model, list(loaded.class_names), int(loaded.preprocessing.input_size), GradCamRunner(model),
-                       int(top_n), out)
+    input_size = int(loaded.preprocessing.input_size)
+    stored = loaded.raw.get("effective_receptive_field") or {}
+    patch_side = model_patch_side(model, input_size, stored.get("side") if stored.get("input_size") == input_size else None)
+    context = _Context(model, list(loaded.class_names), input_size, GradCamRunner(model), int(top_n), out, patch_side)
     failures = [] if failures is None else failures
     entries: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -129,9 +131,10 @@ def explain(
         if not entries:
             raise NoSampleExplained(f"no sample could be explained ({len(failures)} failed)")
     meta = [
-        f"{len(entries)} samples, model {getattr(model, 'backbone_name', '?')} (stride {model.stride} px, receptive "
-        f"field {model.receptive_field} px in a {context.input_size} px input), {model.filters_per_class} filters "
-        f"per class, classes {', '.join(context.class_names)}; written in {time.monotonic() - started:.0f} s",
+        f"{len(entries)} samples, model {getattr(model, 'backbone_name', '?')} (P-stream stride {model.stride} px in a "
+        f"{context.input_size} px input; patches drawn at the effective receptive field, {patch_side:.0f} px, "
+        f"theoretical {model.receptive_field} px), {model.filters_per_class} filters per class, classes "
+        f"{', '.join(context.class_names)}; written in {time.monotonic() - started:.0f} s",
     ]
     atomic_write_text(out / "index.html", render_gallery(entries, context.class_names, meta_lines=meta,
                                                          failures=failures))
@@ -157,9 +160,9 @@ def _run_batch(
     preds = probs.argmax(dim=1)
     cams = gradcam.maps(captured[-1], preds.to(device)).cpu()
     evidence = class_evidence(result.response_maps, preds.to(device), int(model.filters_per_class)).cpu()
-    peak_index, peak_score = result.peak_index.cpu(), result.peak_score.cpu()
+    peak_index, response_maps = result.peak_index.cpu(), result.response_maps.cpu()
     feature_size = (int(result.feature_size[0]), int(result.feature_size[1]))
-    return [_SampleOutput(probs[i], int(preds[i]), peak_index[i], peak_score[i], evidence[i], cams[i], feature_size)
+    return [_SampleOutput(probs[i], int(preds[i]), peak_index[i], response_maps[i], evidence[i], cams[i], feature_size)
             for i in range(len(batch))]
 
 
@@ -168,8 +171,11 @@ def _explain_one(context: _Context, item: PreparedSample, output: _SampleOutput)
     model, class_names = context.model, context.class_names
     record, region, pred = item.record, item.region, output.pred
     pred_name = class_names[pred]
-    boxes = class_boxes(model, output.peak_index, output.peak_score, output.feature_size, pred, pred_name,
-                        item.to_original, item.image_shape, context.top_n)
+    boxes = class_patches(output.response_maps, output.peak_index, pred, pred_name, int(model.filters_per_class),
+                          (float(model.stride), float(model.rf_center_offset), context.patch_side),
+                          item.to_original, item.image_shape, context.top_n)
+    gradcam_peak = map_peak_to_original(output.cam[0], context.gradcam.stride, context.gradcam.center_offset,
+                                        item.to_original)
     _, evidence = feature_map_to_original(output.evidence, context.input_size, float(model.stride),
                                           float(model.rf_center_offset), item.to_original, region, item.image_shape)
     # Grad-CAM is shown relative to its maximum on the input grid (MONAI's maps have no fixed scale).
@@ -206,5 +212,7 @@ def _explain_one(context: _Context, item: PreparedSample, output: _SampleOutput)
         "roi": list(roi) if roi is not None else None,
         "region": list(region),
         "png": png,
+        "patch_side": round(context.patch_side, 2),
         "boxes": boxes,
+        "gradcam_peak": [round(gradcam_peak[0], 2), round(gradcam_peak[1], 2)],
     }

@@ -1,7 +1,7 @@
 """Heatmaps shared by ``explain``, ``score`` and ``dicom_out``: geometry, evidence maps, display.
 
 - ``geometry``: feature grid -> network input -> original pixels, view and display regions,
-  receptive-field boxes of filter peaks, box clipping;
+  box clipping;
 - ``evidence``: THE P-stream evidence map (max of a class's filter responses) and its
   picklable ``EvidenceMap`` with geometry;
 - ``peaks``: sub-cell peak refinement and one class's distinct patches (duplicates suppressed);
@@ -31,7 +31,6 @@ from spine_dfl.heatmap.display import (
 
 _LAZY = {
     "STRIP_PIXELS": "geometry",
-    "class_boxes": "geometry",
     "clip_boxes": "geometry",
     "display_region": "geometry",
     "feature_map_to_original": "geometry",

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 __all__ = [
     "STRIP_PIXELS",
-    "class_boxes",
     "clip_boxes",
     "display_region",
     "feature_map_to_original",
@@ -186,54 +185,3 @@ def feature_map_to_original(
         out[top - y0 : bottom - y0] = tensor_map_to_original(in_input, affine, (x0, top, x1, bottom))[0]
     return (x0, y0, x1, y1), out
 
-
-def class_boxes(
-    model: nn.Module,
-    peak_index: Tensor,
-    peak_score: Tensor,
-    feature_size: tuple[int, int],
-    class_index: int,
-    class_name: str,
-    to_original: Tensor | np.ndarray,
-    image_shape: tuple[int, int],
-    top_n: int,
-) -> list[dict[str, Any]]:
-    """One class's top-N P-stream filter peaks as boxes in original pixels.
-
-    peak_index, peak_score: (M*k,) one sample's flat conv4 peak indices and peak responses.
-    class_index: the class whose k filters (channels class_index*k .. class_index*k + k-1) are used.
-    Returns up to `top_n` dicts ranked by response (rank 1 = strongest): box (x_min, y_min, x_max,
-    y_max) = the receptive field mapped to original pixels and clipped to the image; peak_x / peak_y
-    = the receptive-field centre in original pixels (unclipped); in_image = the clipped box has area.
-    """
-    from spine_dfl.data.transforms.geometry import map_boxes_to_original
-
-    k = int(model.filters_per_class)
-    channels = torch.arange(class_index * k, (class_index + 1) * k)
-    scores = peak_score.detach().float().cpu()[channels]
-    order = torch.argsort(scores, descending=True, stable=True)[: max(0, int(top_n))]
-    chosen = channels[order]
-    boxes_tensor = model.peak_boxes(peak_index.detach().cpu()[chosen], feature_size)  # (n, 4) input coords
-    boxes = np.asarray(map_boxes_to_original(boxes_tensor, to_original), dtype=np.float64).reshape(-1, 4)
-    clipped_boxes = clip_boxes(boxes, image_shape)
-    out: list[dict[str, Any]] = []
-    for rank, (channel, box, clipped) in enumerate(zip(chosen.tolist(), boxes, clipped_boxes), start=1):
-        # The affine maps the box's centre to the centre: the peak, before clipping.
-        peak_x, peak_y = (float(box[0]) + float(box[2])) / 2, (float(box[1]) + float(box[3])) / 2
-        x_min, y_min, x_max, y_max = (float(v) for v in clipped)
-        out.append({
-            "rank": rank,
-            "filter": int(channel),
-            "filter_in_class": int(channel - class_index * k),
-            "class": class_name,
-            "class_index": int(class_index),
-            "score": float(peak_score[channel]),
-            "x_min": round(x_min, 2),
-            "y_min": round(y_min, 2),
-            "x_max": round(x_max, 2),
-            "y_max": round(y_max, 2),
-            "peak_x": round(peak_x, 2),
-            "peak_y": round(peak_y, 2),
-            "in_image": bool(x_max > x_min and y_max > y_min),
-        })
-    return out
