@@ -1,0 +1,151 @@
+"""Benchmark: does the grader survive a change of site?  Train on one synth style, evaluate on others.
+
+The same seed draws the same patients, levels and grades in every style (``spine_dfl.synth.style``),
+so each style's test split holds exactly the training style's test patients, imaged another way:
+the drop in AUC is the acquisition alone.  Two arms are trained on the training style, with the
+same config: ``plain`` and ``augmented`` (the plain overrides plus ``--augment-set``, by default
+``data.acquisition.enabled=true``).
+
+Prints one JSON object: per arm the in-style and out-of-style macro AUC, binary (normal vs
+fracture) AUC and per-class one-vs-rest AUC, the mean and worst out-of-style values and the drop
+(in-style minus mean out-of-style); then ``augmented drop / plain drop`` and the issue's
+acceptance checks (drop at most half, out-of-style macro AUC >= 0.90).
+
+    python benchmarks/cross_style.py /tmp/cross_style --patients 64 --config cpu_demo
+    python benchmarks/cross_style.py /tmp/cs_smoke --patients 8 --set train.epochs=1 --arms plain
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from spine_dfl.config import ConfigError, load_config
+from spine_dfl.engine.train import train
+from spine_dfl.report.run import evaluate
+from spine_dfl.synth import STYLES, generate_cohort
+
+ARMS = ("plain", "augmented")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="working folder (cohorts, runs, evaluations)")
+    parser.add_argument("--patients", type=int, default=64, help="patients per cohort (default 64, as the demo)")
+    parser.add_argument("--seed", type=int, default=0, help="cohort and training seed (default 0)")
+    parser.add_argument("--config", default="cpu_demo", help="training config name or YAML path (default cpu_demo)")
+    parser.add_argument("--train-style", default="default", choices=sorted(STYLES))
+    parser.add_argument("--eval-styles", nargs="+", default=["site_b", "site_c"], choices=sorted(STYLES))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for both arms (repeatable)")
+    parser.add_argument("--augment-set", action="append", default=None, metavar="KEY=VALUE",
+                        help="extra overrides of the augmented arm (default: data.acquisition.enabled=true)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to run (default plain,augmented)")
+    parser.add_argument("--split", default="test", help="manifest split evaluated in every style (default test)")
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per evaluation (default 200)")
+    args = parser.parse_args(argv)
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not args.arms or any(a not in ARMS for a in args.arms):
+        parser.error(f"--arms must name some of {', '.join(ARMS)}")
+    if args.augment_set is None:
+        args.augment_set = ["data.acquisition.enabled=true"]
+    return args
+
+
+def _cohorts(args: argparse.Namespace) -> dict[str, Path]:
+    """One cohort per style, same seed and size; a cohort already there with that style is reused."""
+    manifests = {}
+    for style in dict.fromkeys([args.train_style, *args.eval_styles]):
+        folder = args.out / "cohorts" / style
+        summary = folder / "cohort.json"
+        if summary.exists():
+            existing = json.loads(summary.read_text())
+            if (existing.get("seed"), existing.get("patients"), existing.get("style", {}).get("name", "default")) == (
+                    args.seed, args.patients, style):
+                manifests[style] = folder / "manifest.csv"
+                continue
+        generate_cohort(folder, patients=args.patients, seed=args.seed, style=style, overwrite=True)
+        manifests[style] = folder / "manifest.csv"
+    return manifests
+
+
+def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    overall = metrics["overall"]
+    return {
+        "macro_auc": overall["macro_auc"],
+        "binary_auc": overall["binary"]["auc"],
+        "per_class_auc": {name: block["auc_ovr"] for name, block in overall["per_class"].items()},
+        "vertebrae": int(sum(block["support"] for block in overall["per_class"].values())),
+    }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _difference(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def run_arm(arm: str, args: argparse.Namespace, manifests: dict[str, Path]) -> dict[str, Any]:
+    """Train one arm on the training style; evaluate its best checkpoint on every style's split."""
+    overrides = [f"seed={args.seed}", *args.overrides, *(args.augment_set if arm == "augmented" else [])]
+    config = load_config(args.config, overrides)
+    started = time.monotonic()
+    result = train(manifests[args.train_style], config, args.out / arm / "train")
+    trained = time.monotonic() - started
+    scores = {}
+    for style in dict.fromkeys([args.train_style, *args.eval_styles]):
+        metrics = evaluate(result.best_checkpoint, manifests[style], args.split, args.out / arm / f"eval_{style}",
+                           n_bootstrap=args.bootstrap, title=f"{arm}: trained on {args.train_style}, {style} [{args.split}]")
+        scores[style] = _scores(metrics)
+    in_style = scores[args.train_style]
+    out_of_style = {s: scores[s] for s in args.eval_styles if s != args.train_style}
+    summary = {key: {"mean": _mean([v[key] for v in out_of_style.values()]),
+                     "worst": min((v[key] for v in out_of_style.values() if v[key] is not None), default=None)}
+               for key in ("macro_auc", "binary_auc")}
+    return {
+        "overrides": overrides, "train_seconds": round(trained, 1), "epochs_run": result.epochs_run,
+        "in_style": in_style, "out_of_style": out_of_style, "out_of_style_summary": summary,
+        "drop": {key: _difference(in_style[key], summary[key]["mean"]) for key in ("macro_auc", "binary_auc")},
+    }
+
+
+def acceptance(arms: dict[str, Any]) -> dict[str, Any]:
+    """The issue's checks: augmented drop <= half the plain drop; worst out-of-style macro AUC >= 0.90."""
+    if not {"plain", "augmented"} <= set(arms):
+        return {}
+    plain, augmented = arms["plain"]["drop"]["macro_auc"], arms["augmented"]["drop"]["macro_auc"]
+    worst = arms["augmented"]["out_of_style_summary"]["macro_auc"]["worst"]
+    ratio = augmented / plain if plain not in (None, 0.0) and augmented is not None else None
+    return {
+        "drop_ratio": ratio,
+        "drop_at_most_half": ratio is not None and ratio <= 0.5,
+        "out_of_style_macro_auc_at_least_0_90": worst is not None and worst >= 0.90,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for arm in args.arms:  # fail on a bad override before minutes of synthesis
+        try:
+            load_config(args.config, [*args.overrides, *(args.augment_set if arm == "augmented" else [])])
+        except ConfigError as exc:
+            print(f"error: the {arm} arm's config: {exc}", file=sys.stderr)
+            return 2
+    manifests = _cohorts(args)
+    arms = {arm: run_arm(arm, args, manifests) for arm in args.arms}
+    print(json.dumps({
+        "train_style": args.train_style, "eval_styles": args.eval_styles, "patients": args.patients, "seed": args.seed,
+        "config": str(args.config), "split": args.split, "arms": arms, "acceptance": acceptance(arms),
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
