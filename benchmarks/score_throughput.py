@@ -6,8 +6,8 @@ Prints one JSON object:
   forward:  the model alone on preloaded tensors (same batch size, device, AMP, softmax + copy back
             and intra-op threads as scoring), in samples/s and files/s (ROIs per file from rois.csv);
   runs:     per folder size N: end-to-end ``score()`` files/s (find inputs, decode workers, model,
-            CSV parts with fsync, merge, summary), peak RSS of the scoring process and of its
-            workers, and its RSS at 10/50/90/100 % of the run (flat = no growth with N);
+            CSV parts with fsync, merge, summary), peak RSS of the scoring process and its RSS at
+            10/50/90/100 % of the run (flat = no growth with N);
   limit:    where decoding and the model share the cores (CPU scoring) the stages add up, so the
             limit is the serial one, 1 / (1/decode + 1/model); where cores are spare (a GPU runs the
             model) it is the slower stage. ``ratio`` = end-to-end files/s / limit (targets: >= 0.9 of
@@ -17,7 +17,9 @@ The data is a synthetic cohort (``spine_dfl.synth``: lateral radiographs with 14
 about half of them RLE or JPEG 2000 compressed, as a PACS export has); a folder of N files is made
 of hard links to its images (copies where links are impossible) under new names, cycling through
 the cohort; every copy keeps its SOP Instance UID, so rois.csv (keyed by UID) serves them all. Each
-measurement runs in a fresh process so that its peak RSS is its own.
+measurement runs in a fresh process so that its peak RSS is its own. Measure on an otherwise idle
+machine: other load starves the decode workers (they run at a lower priority) and makes the stages
+and the end-to-end rate vary from run to run.
 
 Examples:
   python benchmarks/score_throughput.py        # 120 radiographs 1100 x 616, ResNet-18 at 96 px, N = 120
@@ -95,8 +97,9 @@ def _child_score(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "files": summary.found, "seconds": round(seconds, 3), "files_per_s": round(summary.found / seconds, 2),
         "rows": summary.rows, "device": summary.device,
+        # The decode workers are children of the forkserver, not of this process, so getrusage
+        # cannot see them; their memory is a few files each (bounded by the pool's tasks).
         "peak_rss_mb_main": round(_peak_mb(resource.RUSAGE_SELF), 1),
-        "peak_rss_mb_workers": round(_peak_mb(resource.RUSAGE_CHILDREN), 1),
         # During streaming (10 % .. 90 % of the run) RSS must stay flat; the end includes the merge.
         "rss_mb_at_10pct": rss_at(0.1), "rss_mb_at_50pct": rss_at(0.5), "rss_mb_at_90pct": rss_at(0.9),
         "rss_mb_at_end": round(samples[-1][1] if samples else _rss_mb(), 1),
@@ -182,6 +185,8 @@ def _run_child(mode: str, args: argparse.Namespace, extra: list[str]) -> dict[st
     command = [sys.executable, __file__, "--child", mode, "--checkpoint", str(args.checkpoint), "--rois", str(args.rois),
                "--batch-size", str(args.batch_size), "--workers", str(args.workers), "--device", args.device,
                "--forward-seconds", str(args.forward_seconds), *extra]
+    if args.worker_niceness is not None:
+        command += ["--worker-niceness", str(args.worker_niceness)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"benchmark child failed ({mode}):\n{result.stderr[-4000:]}")
@@ -219,6 +224,12 @@ def _prepare_data(args: argparse.Namespace, work: Path) -> list[Path]:
     return sorted((cohort / "images").iterdir())
 
 
+def _niceness(args: argparse.Namespace) -> int:
+    from spine_dfl.score.isolation import WORKER_NICENESS
+
+    return WORKER_NICENESS if args.worker_niceness is None else args.worker_niceness
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[120], help="folder sizes N (default 120)")
@@ -233,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--forward-seconds", type=float, default=5.0, help="time spent measuring the model alone")
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the generated data here (default: temporary)")
+    parser.add_argument("--worker-niceness", type=int, default=None,
+                        help="niceness of the decode workers (default: spine_dfl.score.isolation.WORKER_NICENESS)")
     parser.add_argument("--child", choices=["score", "forward", "decode"], help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rois", type=Path, help=argparse.SUPPRESS)
@@ -243,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
 
     children = {"score": _child_score, "forward": _child_forward, "decode": _child_decode}
     if args.child:
+        if args.worker_niceness is not None:  # an experiment: the pool reads it when it is made
+            import spine_dfl.score.isolation
+
+            spine_dfl.score.isolation.WORKER_NICENESS = args.worker_niceness
         print(json.dumps(children[args.child](args)))
         return 0
 
@@ -267,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": forward["device"], "cpu_count": os.cpu_count(), "workers": args.workers,
             "batch_size": args.batch_size,
             "backbone": args.backbone if args.checkpoint == work / "model.pt" else str(args.checkpoint),
-            "input_size": args.input_size, "image_rows": args.rows, "image_cols": args.cols, "forward": forward,
+            "input_size": args.input_size, "worker_niceness": _niceness(args), "image_rows": args.rows, "image_cols": args.cols, "forward": forward,
             "runs": runs,
         }
         if len(runs) >= 2:

@@ -47,11 +47,11 @@ def _context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def _worker_main(connection: Connection, dataset: FileSamples) -> None:
+def _worker_main(connection: Connection, dataset: FileSamples, niceness: int) -> None:
     """Decode the files of each task (a list of indices), sending every file item back as it is done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the scoring process's to handle
     try:
-        os.nice(WORKER_NICENESS)
+        os.nice(niceness)
     except OSError:
         pass
     import torch
@@ -71,9 +71,9 @@ def _worker_main(connection: Connection, dataset: FileSamples) -> None:
 class _Worker:
     """One decode process, its pipe and the files it holds (sent, not yet returned)."""
 
-    def __init__(self, context: Any, dataset: FileSamples, single_use: bool) -> None:
+    def __init__(self, context: Any, dataset: FileSamples, single_use: bool, niceness: int) -> None:
         self.connection, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker_main, args=(child, dataset), daemon=True,
+        self.process = context.Process(target=_worker_main, args=(child, dataset, niceness), daemon=True,
                                        name="spine-dfl-decode")
         self.process.start()
         child.close()
@@ -122,6 +122,7 @@ class DecodePool:
         self.size = workers
         self.files_per_task = max(1, files_per_task)
         self.context = _context()
+        self.niceness = WORKER_NICENESS
         self.crashes = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -152,12 +153,12 @@ class DecodePool:
                 workers.remove(worker)
                 worker.stop()
             while suspects and len(workers) < self.size:
-                worker = _Worker(self.context, self.dataset, single_use=True)
+                worker = _Worker(self.context, self.dataset, single_use=True, niceness=self.niceness)
                 worker.send([suspects.popleft()])
                 workers.append(worker)
             return
         while todo and len(workers) < self.size:
-            workers.append(_Worker(self.context, self.dataset, single_use=False))
+            workers.append(_Worker(self.context, self.dataset, single_use=False, niceness=self.niceness))
         for worker in workers:
             while todo and not worker.single_use and len(worker.held) <= self.files_per_task:
                 worker.send([todo.popleft() for _ in range(min(self.files_per_task, len(todo)))])
