@@ -25,7 +25,7 @@ from torch import Tensor, nn
 __all__ = ["ERF_INPUTS", "ERF_MASS", "ERF_SEED", "effective_receptive_field", "gradient_box_side", "model_patch_side"]
 
 ERF_MASS = 0.9  # share of the input-gradient mass the drawn box holds
-ERF_INPUTS = 8  # noise inputs averaged
+ERF_INPUTS = 4  # noise inputs averaged (their spread is small: the side varies by < 1 px)
 ERF_SEED = 0
 
 _MEASURED: "weakref.WeakKeyDictionary[nn.Module, dict[int, float]]" = weakref.WeakKeyDictionary()
