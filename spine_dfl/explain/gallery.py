@@ -20,8 +20,9 @@ from spine_dfl.io.vocabulary import level_sort_key, sort_levels
 __all__ = ["render_gallery"]
 
 _PANELS_NOTE = (
-    "Panels: (1) the predicted class's strongest P-stream patches, numbered by response, box = "
-    "receptive field; (2) P-stream evidence (max of the predicted class's filter responses); (3) G-stream "
+    "Panels: (1) the predicted class's strongest distinct P-stream patches, numbered by response: dot = the "
+    "filter's peak (refined between feature cells), box = its effective receptive field (where 90% of the "
+    "response's input gradient lies), filters peaking at the same place shown once; (2) P-stream evidence (max of the predicted class's filter responses); (3) G-stream "
     "Grad-CAM. Dashed white: the vertebra ROI. Coordinates are original image pixels."
 )
 
@@ -51,6 +52,15 @@ def _controls(ordered: Sequence[Mapping[str, Any]], class_names: Sequence[str]) 
     return controls
 
 
+def _patch_text(box: Mapping[str, Any]) -> str:
+    """'#1 filter 7 (2.31) at (412, 803) + filters 8, 9' (peak in original pixels)."""
+    text = f"#{box['rank']} filter {box['filter']} ({box['score']:.3g})"
+    if "peak_x" in box:
+        text += f" at ({box['peak_x']:.0f}, {box['peak_y']:.0f})"
+    same = box.get("same_place_filters") or []
+    return text + (f" + filter{'s' if len(same) > 1 else ''} {', '.join(map(str, same))}" if same else "")
+
+
 def _card(entry: Mapping[str, Any], class_names: Sequence[str], level_rank: int) -> str:
     """One sample: head line, probability table, patch list, figure."""
     vertebra = str(entry.get("vertebra", "") or "")
@@ -68,7 +78,7 @@ def _card(entry: Mapping[str, Any], class_names: Sequence[str], level_rank: int)
                                       f'<span class="tag {status}">{status}</span>')
     uid = entry.get("sop_instance_uid") or ""
     src = urllib.parse.quote(str(entry["png"]))
-    boxes = ", ".join(f"#{b['rank']} filter {b['filter']} ({b['score']:.3g})" for b in entry.get("boxes", []))
+    boxes = "; ".join(_patch_text(b) for b in entry.get("boxes", []))
     pred = html.escape(str(entry["pred"]))
     return (
         f'<div class="card {status}" data-level="{html.escape(vertebra, quote=True)}" '
