@@ -5,6 +5,8 @@
 Prints one JSON object. The acceptance bound is 0.3 s per radiograph on 2 CPU cores at the
 CPU config's input size. A random-init network does the same work as a trained one, except
 that decode and labelling see up to one detection per level (threshold 0 forces that).
+On a machine shared with other jobs, OpenMP threads spin-wait against them: compare
+``--threads 1`` (no spinning) before concluding that 2 threads are slow.
 """
 
 from __future__ import annotations

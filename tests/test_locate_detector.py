@@ -165,3 +165,13 @@ def test_network_refuses_bad_input_and_bad_levels():
     assert model.arguments["levels"] == list(LEVELS)
     rebuilt = VertebraLocator(**model.arguments)
     rebuilt.load_state_dict(model.state_dict())
+
+
+def test_no_peak_above_the_threshold_gives_empty_detections_of_the_right_shapes():
+    maps = {"heatmap": torch.full((1, 1, 16, 8), -9.0), "size": torch.zeros(1, 2, 16, 8),
+            "offset": torch.zeros(1, 2, 16, 8), "landmarks": torch.zeros(1, 12, 16, 8),
+            "levels": torch.zeros(1, len(LEVELS), 16, 8)}
+    found = decode(maps, to_original=torch.eye(3, dtype=torch.float64), threshold=0.3)
+    assert len(found) == 0
+    assert (found.boxes.shape, found.points.shape, found.centres.shape, found.level_logits.shape) == (
+        (0, 4), (0, 6, 2), (0, 2), (0, len(LEVELS)))
