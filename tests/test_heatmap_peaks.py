@@ -151,3 +151,43 @@ def test_refined_peak_follows_the_backbones_grid_for_stride_8_and_16() -> None:
         delta = (2.0 - 3.0) / (2 * (2.0 - 8.0 + 3.0))  # = 1/6 cell to the right
         assert x == pytest.approx(grid.center_offset + grid.stride * (3 + delta))
         assert y == pytest.approx(grid.center_offset + grid.stride * 3)
+
+
+def test_evidence_patches_are_the_refined_distinct_maxima_in_original_pixels() -> None:
+    from spine_dfl.heatmap.evidence import EvidenceMap, evidence_patches
+
+    values = np.zeros((6, 6), np.float32)
+    values[2, 2:5] = (1.0, 5.0, 2.0)  # the maximum, pulled right by 1/14 of a cell
+    values[4, 1] = 3.0  # a second place
+    values[3, 3] = 4.0  # a shoulder of the first (not a local maximum)
+    to_original = np.array([[2.0, 0.0, 10.0], [0.0, 2.0, 20.0], [0.0, 0.0, 1.0]])
+    evidence = EvidenceMap(values, to_original, (0, 0, 200, 200), 96, 16, 7.5, patch_side=30.0)
+    (x1, y1, box1), (x2, y2, _) = evidence_patches(evidence, top_n=3)
+    assert x1 == pytest.approx(2 * (7.5 + 16 * (3 + 1 / 14)) + 10)
+    assert y1 == pytest.approx(2 * (7.5 + 16 * (2 + 0.5 * (0 - 4.0) / (0 - 10.0 + 4.0))) + 20)
+    assert box1[2] - box1[0] == pytest.approx(60.0) and (box1[0] + box1[2]) / 2 == pytest.approx(x1)
+    assert (x2, y2) == pytest.approx((2 * (7.5 + 16) + 10, 2 * (7.5 + 64) + 20))
+    no_side = EvidenceMap(values, to_original, (0, 0, 200, 200), 96, 16, 7.5)
+    assert evidence_patches(no_side) == []
+
+
+def test_overlay_draws_the_top_patch_in_the_first_rank_colour() -> None:
+    from spine_dfl.dicom_out.findings import VertebraFinding
+    from spine_dfl.dicom_out.overlay import render_roi_overlay
+    from spine_dfl.heatmap.display import RANK_COLOURS
+    from spine_dfl.heatmap.evidence import EvidenceMap
+
+    values = np.zeros((6, 6), np.float32)
+    values[2, 3] = 5.0
+    evidence = EvidenceMap(values, np.eye(3), (0, 0, 96, 96), 96, 16, 7.5, patch_side=20.0)
+    finding = VertebraFinding("L1", (10.0, 10.0, 90.0, 90.0), "b", {"a": 0.2, "b": 0.8}, evidence)
+    image = np.full((120, 120), 100, np.uint8)
+    rgb = render_roi_overlay(image, [finding], ["a", "b"], banner=None)
+    cyan = np.array([int(RANK_COLOURS[0][i:i + 2], 16) for i in (1, 3, 5)])
+    hits = np.argwhere((rgb == cyan).all(axis=2))
+    # Peak at input (7.5 + 48, 7.5 + 32) = (55.5, 39.5); box 20 px: x 45.5 .. 65.5, y 29.5 .. 49.5.
+    assert hits.size and hits[:, 1].min() >= 45 and hits[:, 1].max() <= 66
+    assert hits[:, 0].min() >= 29 and hits[:, 0].max() <= 50
+    plain = VertebraFinding("L1", (10.0, 10.0, 90.0, 90.0), "b", {"a": 0.2, "b": 0.8},
+                            EvidenceMap(values, np.eye(3), (0, 0, 96, 96), 96, 16, 7.5))
+    assert not (render_roi_overlay(image, [plain], ["a", "b"], banner=None) == cyan).all(axis=2).any()

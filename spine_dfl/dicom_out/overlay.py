@@ -1,4 +1,4 @@
-"""The overlay the Secondary Capture shows: grey radiograph, evidence heatmaps, ROI boxes, captions.
+"""The overlay the Secondary Capture shows: grey radiograph, evidence heatmaps and patches, ROI boxes, captions.
 
 The windowed grey radiograph (``spine_dfl.heatmap.display``, the explain figures' window) with,
 inside each vertebra's crop region (ROI + margin, what the network saw), the predicted grade's
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from spine_dfl.dicom_out.findings import VertebraFinding
-from spine_dfl.heatmap.display import heat_overlay, heatmap_colormap, to_display_uint8
+from spine_dfl.heatmap.display import RANK_COLOURS, heat_overlay, heatmap_colormap, to_display_uint8
 
 __all__ = ["blend_evidence", "render_roi_overlay"]
 
@@ -103,18 +103,43 @@ def _pixel_box(roi: tuple[float, float, float, float] | None, rows: int, cols: i
     return None if pixels[2] < pixels[0] or pixels[3] < pixels[1] else pixels
 
 
+def _draw_patches(draw: Any, findings: Sequence[VertebraFinding], rows: int, cols: int, line_width: int,
+                  top_n: int) -> bool:
+    """Each finding's strongest distinct evidence places (``heatmap.evidence_patches``): a box of the
+    model's effective receptive field and a dot on the refined peak, in rank colours; whether any."""
+    drawn = False
+    for finding in findings:
+        if finding.evidence is None or finding.evidence.patch_side <= 0:
+            continue
+        from spine_dfl.heatmap.evidence import evidence_patches  # torch: only with heatmaps
+
+        for rank, (peak_x, peak_y, box) in reversed(list(enumerate(evidence_patches(finding.evidence, top_n), 1))):
+            colour = RANK_COLOURS[(rank - 1) % len(RANK_COLOURS)]
+            pixels = _pixel_box(box, rows, cols)
+            if pixels is not None:
+                draw.rectangle(pixels, outline=colour, width=line_width)
+            radius = 2 * line_width + 1
+            draw.ellipse((peak_x - radius, peak_y - radius, peak_x + radius, peak_y + radius), fill=colour,
+                         outline=(0, 0, 0))
+            drawn = True
+    return drawn
+
+
 def render_roi_overlay(
     image: np.ndarray,
     findings: Sequence[VertebraFinding],
     class_names: Sequence[str],
     banner: str | None = "spine-dfl AI result - for review",
+    patches_per_finding: int = 1,
 ) -> np.ndarray:
     """The heatmap overlay as (rows, cols, 3) uint8 RGB: evidence heatmaps, ROI boxes, captions.
 
     image: (rows, cols) float or uint8, bone bright; findings' ROIs in the same pixel grid.
     Findings with an ``evidence`` map get it blended in inside their region (``blend_evidence``).
     Boxes are coloured by predicted grade (first class green ... last class red), each captioned
-    "level grade probability". ``banner`` (bottom left) says it is for review; with heatmaps a
+    "level grade probability". With the model's patch side known, each finding's strongest
+    ``patches_per_finding`` distinct evidence places are drawn inside (effective-field box, dot on
+    the refined peak; rank 1 cyan). ``banner`` (bottom left) says it is for review; with heatmaps a
     colour legend line goes above it.
     """
     from PIL import Image, ImageDraw, ImageFont
@@ -132,6 +157,7 @@ def render_roi_overlay(
         font = ImageFont.load_default(size=font_size)
     except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
         font = ImageFont.load_default()
+    patches = _draw_patches(draw, findings, rows, cols, line_width, patches_per_finding)
     for finding in findings:
         box = _pixel_box(finding.roi, rows, cols)
         if box is None:
@@ -150,4 +176,8 @@ def render_roi_overlay(
                   stroke_fill=(0, 0, 0))
         if heatmaps:
             _draw_colour_legend(canvas, draw, font, line_width * 2, banner_y - font_size - 4 * line_width, font_size)
+        if patches:
+            draw.text((line_width * 2, banner_y - 2 * (font_size + 4 * line_width)),
+                      "box + dot: strongest evidence patch (effective receptive field, refined peak)",
+                      fill=RANK_COLOURS[0], font=font, stroke_width=1, stroke_fill=(0, 0, 0))
     return np.asarray(canvas, dtype=np.uint8)

@@ -19,13 +19,10 @@ from typing import Any
 import numpy as np
 
 from spine_dfl.atomic import atomic_output
-from spine_dfl.heatmap.display import grey_rgb, heat_overlay, heatmap_colormap
+from spine_dfl.heatmap.display import RANK_COLOURS, grey_rgb, heat_overlay, heatmap_colormap
 
 __all__ = ["MAX_PANEL_PX", "MIN_PANEL_PX", "RANK_COLOURS", "render_sample_figure"]
 
-# Rank colours: high-contrast on a grey radiograph and distinct from the inferno ramp's order.
-RANK_COLOURS = ("#00e5ff", "#ffd600", "#ff4081", "#76ff03", "#ff9100", "#e040fb", "#ffffff", "#1de9b6",
-                "#ff1744", "#b388ff")
 MIN_PANEL_PX = 360  # small ROIs are enlarged to at least this for legibility (nearest neighbour)
 MAX_PANEL_PX = 1400  # larger regions (whole-image models) are shown reduced, to keep PNGs reasonable
 _FONT_PX, _SMALL_PX = 13, 11

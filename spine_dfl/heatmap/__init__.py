@@ -22,6 +22,7 @@ from spine_dfl.heatmap.display import (
     HEATMAP_ALPHA_MAX,
     HEATMAP_ALPHA_MIN,
     HEATMAP_CMAP,
+    RANK_COLOURS,
     display_window,
     grey_rgb,
     heat_overlay,
@@ -48,10 +49,11 @@ _LAZY = {
     "EvidenceMap": "evidence",
     "class_evidence": "evidence",
     "evidence_on_source": "evidence",
+    "evidence_patches": "evidence",
 }
 
 __all__ = [
-    "DISPLAY_PERCENTILES", "HEATMAP_ALPHA_MAX", "HEATMAP_ALPHA_MIN", "HEATMAP_CMAP", "display_window",
+    "DISPLAY_PERCENTILES", "HEATMAP_ALPHA_MAX", "HEATMAP_ALPHA_MIN", "HEATMAP_CMAP", "RANK_COLOURS", "display_window",
     "grey_rgb", "heat_overlay", "heatmap_colormap", "to_display_uint8", *_LAZY,
 ]
 

@@ -15,6 +15,7 @@ __all__ = [
     "HEATMAP_ALPHA_MAX",
     "HEATMAP_ALPHA_MIN",
     "HEATMAP_CMAP",
+    "RANK_COLOURS",
     "display_window",
     "grey_rgb",
     "heat_overlay",
@@ -27,6 +28,9 @@ __all__ = [
 DISPLAY_PERCENTILES = (0.5, 99.5)
 HEATMAP_CMAP = "inferno"  # perceptually uniform, readable in greyscale print
 HEATMAP_ALPHA_MIN, HEATMAP_ALPHA_MAX = 0.15, 0.7  # overlay opacity at the map's minimum / maximum
+# Patch rank colours (rank 1 first): high-contrast on a grey radiograph, distinct from the inferno ramp.
+RANK_COLOURS = ("#00e5ff", "#ffd600", "#ff4081", "#76ff03", "#ff9100", "#e040fb", "#ffffff", "#1de9b6",
+                "#ff1744", "#b388ff")
 
 
 def display_window(pixels: np.ndarray, percentiles: tuple[float, float] = DISPLAY_PERCENTILES) -> tuple[float, float]:

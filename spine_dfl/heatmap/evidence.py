@@ -17,7 +17,7 @@ from torch import Tensor
 
 from spine_dfl.heatmap.geometry import STRIP_PIXELS, Region, feature_map_to_original
 
-__all__ = ["EvidenceMap", "class_evidence", "evidence_on_source"]
+__all__ = ["EvidenceMap", "class_evidence", "evidence_on_source", "evidence_patches"]
 
 
 def class_evidence(response_maps: Tensor, classes: Tensor | np.ndarray | Any, filters_per_class: int) -> Tensor:
@@ -50,6 +50,7 @@ class EvidenceMap:
     input_size: S (the network input is S x S).
     stride, center_offset: the feature grid's geometry in input pixels (location (row, col) is
         centred at (center_offset + stride*col, center_offset + stride*row)).
+    patch_side: the model's effective receptive field (``heatmap.erf``) for ``evidence_patches``.
     """
 
     values: np.ndarray
@@ -58,6 +59,7 @@ class EvidenceMap:
     input_size: int
     stride: float
     center_offset: float
+    patch_side: float = 0.0  # drawn patch side in input pixels (effective receptive field); 0: no patches
 
 
 def evidence_on_source(
@@ -73,3 +75,34 @@ def evidence_on_source(
         np.asarray(evidence.values, dtype=np.float32), int(evidence.input_size), float(evidence.stride),
         float(evidence.center_offset), evidence.to_original, evidence.region, image_shape, strip_pixels,
     )
+
+
+def evidence_patches(evidence: EvidenceMap, top_n: int = 3) -> list[tuple[float, float, tuple[float, float, float, float]]]:
+    """The evidence map's strongest distinct places: [(peak_x, peak_y, box)], strongest first, original pixels.
+
+    Every local maximum of the grid map (3 x 3 neighbourhood) is refined (``peaks.refine_peaks``),
+    boxed with ``patch_side`` and duplicates suppressed (``peaks.suppress_duplicates``). The first is
+    the top patch ``explain`` draws (the class's strongest filter peaks at the map's maximum). Boxes
+    are not clipped; [] when ``patch_side`` is 0.
+    """
+    import torch.nn.functional as F
+
+    from spine_dfl.data.transforms.geometry import map_boxes_to_original, map_points_to_original
+    from spine_dfl.heatmap.peaks import grid_to_input, refine_peaks, suppress_duplicates
+
+    if evidence.patch_side <= 0 or top_n < 1:
+        return []
+    values = torch.as_tensor(np.asarray(evidence.values, dtype=np.float32))
+    # Local maxima above the map's floor (a flat stretch of the minimum is no place); a flat map has
+    # its one argmax.
+    local = (values == F.max_pool2d(values[None, None], 3, stride=1, padding=1)[0, 0]) & (values > values.min())
+    flat = torch.nonzero(local.reshape(-1)).flatten()
+    flat = flat if flat.numel() else values.reshape(-1).argmax().reshape(1)
+    row, col, height = refine_peaks(values.expand(len(flat), -1, -1), flat)
+    x, y = grid_to_input(row, col, evidence.stride, evidence.center_offset)
+    half = float(evidence.patch_side) / 2.0
+    boxes = torch.stack((x - half, y - half, x + half, y + half), dim=1)
+    kept = suppress_duplicates(boxes, height)[0][: int(top_n)]
+    points = map_points_to_original(torch.stack((x, y), dim=1)[kept], evidence.to_original)
+    mapped = map_boxes_to_original(boxes[kept], evidence.to_original)
+    return [(float(p[0]), float(p[1]), tuple(float(v) for v in b)) for p, b in zip(points, mapped)]  # type: ignore[misc]

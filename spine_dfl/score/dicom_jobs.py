@@ -112,7 +112,8 @@ class DicomResults:
         return [
             EvidenceMap(values=evidence[j].copy(), to_original=np.asarray(affines[j], dtype=np.float64),
                         region=regions[j], input_size=int(self.geometry["input_size"]),
-                        stride=float(self.geometry["stride"]), center_offset=float(self.geometry["center_offset"]))
+                        stride=float(self.geometry["stride"]), center_offset=float(self.geometry["center_offset"]),
+                        patch_side=float(self.geometry.get("patch_side", 0.0)))
             if regions[j] is not None else None
             for j in range(count)
         ]

@@ -206,8 +206,11 @@ def _score_files(
     dicom = None
     if setup.dicom_config is not None and mine:
         model = setup.model
-        geometry = {"input_size": int(setup.preprocessing.input_size), "stride": float(model.stride),
-                    "center_offset": float(model.rf_center_offset)}
+        from spine_dfl.heatmap.erf import model_patch_side
+
+        input_size = int(setup.preprocessing.input_size)
+        geometry = {"input_size": input_size, "stride": float(model.stride),
+                    "center_offset": float(model.rf_center_offset), "patch_side": model_patch_side(model, input_size)}
         dicom = DicomResults(setup.dicom_config, writer_pool(workers), setup.class_names, geometry)
     scorer = Scorer(setup.model, setup.class_names, setup.columns, setup.device, batch_size, part, dicom, bar)
     try:
