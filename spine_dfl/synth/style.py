@@ -90,12 +90,13 @@ class SynthStyle:
 
 STYLES: dict[str, SynthStyle] = {
     "default": SynthStyle(),
-    # A flat-panel DX room: higher dose, sharp detector, a good grid, strong vendor edge
-    # enhancement and strong equalisation, MONOCHROME2, a slimmer population, tight ROIs.
+    # A flat-panel DX room run at low dose: a sharp detector with fine-grained noise, a near-linear
+    # response (T^0.6), a good grid, heavy vendor edge enhancement and strong equalisation,
+    # MONOCHROME2, a slimmer population, tight ROIs.
     "site_b": SynthStyle(
-        name="site_b", dose_scale=2.5, blur_sigma=(0.25, 0.45), noise_correlation=0.3,
-        scatter_per_attenuation=(0.04, 0.1), heel_effect=0.15, equalisation=(0.85, 0.95),
-        edge_sigma=(1.0, 1.8), edge_gain=(0.9, 1.4), photometric="MONOCHROME2", soft_tissue_scale=0.85,
+        name="site_b", dose_scale=0.5, blur_sigma=(0.25, 0.45), noise_correlation=0.25,
+        scatter_per_attenuation=(0.04, 0.1), heel_effect=0.25, response_exponent=0.6, equalisation=(0.9, 1.0),
+        edge_sigma=(1.0, 2.0), edge_gain=(1.2, 2.0), photometric="MONOCHROME2", soft_tissue_scale=0.85,
         roi_margin=0.03, roi_jitter=0.02,
     ),
     # An older CR reader: low dose, blurred, twice the pitch, more scatter, strong heel effect,
