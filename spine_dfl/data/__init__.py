@@ -7,8 +7,8 @@ so ``spine-dfl validate`` does not pay for importing MONAI and torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from spine_dfl.lazy import lazy_attributes
 
 from spine_dfl.data.manifest import Manifest, ManifestError, class_order, load_manifest, validate_manifest
 from spine_dfl.data.splits import patient_keys, patient_split
@@ -34,8 +34,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f"spine_dfl.data.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'spine_dfl.data' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

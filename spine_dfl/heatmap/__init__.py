@@ -14,8 +14,8 @@ their names, so importing the display helpers stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from spine_dfl.lazy import lazy_attributes
 
 from spine_dfl.heatmap.display import (
     DISPLAY_PERCENTILES,
@@ -58,7 +58,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"spine_dfl.heatmap.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'spine_dfl.heatmap' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from spine_dfl.io.radiograph import PathLike
+from spine_dfl.io.radiograph import ImageReadError, PathLike, check_regular_file
 
 __all__ = [
     "DICOMDIR_SOP_CLASS",
@@ -24,6 +24,7 @@ __all__ = [
     "parse_headerless",
     "read_head",
     "sniff_format",
+    "image_format",
     "starts_like_headerless_dicom",
 ]
 
@@ -227,3 +228,21 @@ def sniff_format(path: Path, head: bytes) -> str:
     if head.startswith(b"\x1f\x8b"):
         return "!is gzip-compressed and not named .nii.gz; decompress it first"
     return "!is not a recognised image format (expected DICOM, NIfTI .nii/.nii.gz, PNG, TIFF or JPEG)"
+
+
+def image_format(file_path: Path) -> str:
+    """'dicom' | 'nifti' | 'image' for a readable, non-empty regular file; ImageReadError otherwise.
+
+    The one entry check that both the pixel reader and the header reader make before they dispatch.
+    """
+    check_regular_file(file_path)
+    try:
+        head = read_head(file_path)
+    except OSError as error:
+        raise ImageReadError(file_path, f"cannot be opened: {error.strerror or error}") from error
+    if len(head) == 0:
+        raise ImageReadError(file_path, "is an empty file (0 bytes)")
+    kind = sniff_format(file_path, head)
+    if kind.startswith("!"):
+        raise ImageReadError(file_path, kind[1:])
+    return kind

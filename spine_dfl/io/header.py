@@ -21,8 +21,8 @@ from spine_dfl.io.discovery import (
     DICOMDIR_SOP_CLASS,
     has_dicm_preamble,
     is_dicom,
+    image_format,
     read_head,
-    sniff_format,
     starts_like_headerless_dicom,
 )
 from spine_dfl.io.radiograph import ImageReadError, PathLike, check_regular_file
@@ -216,16 +216,7 @@ def read_header(path: PathLike) -> ImageHeader:
     its header tells; a file whose header is fine can still fail to decode later.
     """
     file_path = Path(path)
-    check_regular_file(file_path)
-    try:
-        head = read_head(file_path)
-    except OSError as error:
-        raise ImageReadError(file_path, f"cannot be opened: {error.strerror or error}") from error
-    if len(head) == 0:
-        raise ImageReadError(file_path, "is an empty file (0 bytes)")
-    kind = sniff_format(file_path, head)
-    if kind.startswith("!"):
-        raise ImageReadError(file_path, kind[1:])
+    kind = image_format(file_path)
     if kind == "dicom":
         return _dicom_header(file_path)
     from spine_dfl.io import raster

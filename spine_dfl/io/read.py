@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spine_dfl.io.discovery import read_head, sniff_format
-from spine_dfl.io.radiograph import ImageReadError, PathLike, Radiograph, check_regular_file
+from spine_dfl.io.discovery import image_format
+from spine_dfl.io.radiograph import ImageReadError, PathLike, Radiograph
 
 __all__ = ["read_image"]
 
@@ -17,16 +17,7 @@ def _read_by_kind(file_path: Path) -> Radiograph:
     from spine_dfl.io.dicom import read_dicom
     from spine_dfl.io.raster import read_nifti, read_ordinary_image
 
-    check_regular_file(file_path)
-    try:
-        head = read_head(file_path)
-    except OSError as error:
-        raise ImageReadError(file_path, f"cannot be opened: {error.strerror or error}") from error
-    if len(head) == 0:
-        raise ImageReadError(file_path, "is an empty file (0 bytes)")
-    kind = sniff_format(file_path, head)
-    if kind.startswith("!"):
-        raise ImageReadError(file_path, kind[1:])
+    kind = image_format(file_path)
     if kind == "dicom":
         return read_dicom(file_path)
     if kind == "nifti":

@@ -7,32 +7,36 @@
     labelling    consecutive levels along the spine by dynamic programming
     morphometry  six-point heights, Genant ratios and morphometric grade
     run          train_locator_epoch, locate
+    settings     the ``locator:`` config section (pydantic; no torch)
+    augment      exact geometric + intensity augmentation of input and targets
+    samples      manifest -> letterboxed training / evaluation samples
+    evaluate     detection, identification and measurement figures
+    checkpoint   the self-contained locator checkpoint (``kind: locator``)
+    train        ``spine-dfl train`` with ``task: locator``
+
+Names load on first use, so reading a config (``settings``) imports no torch.
 """
 
-from spine_dfl.locate.decode import Detections, decode
-from spine_dfl.locate.labelling import LevelAssignment, assign_levels, spine_order
-from spine_dfl.locate.morphometry import (
-    DEFORMITY_KINDS,
-    MORPHOMETRIC_GRADES,
-    POINT_COLUMNS,
-    POINT_NAMES,
-    Heights,
-    Morphometry,
-    genant_grade,
-    height_unit,
-    neighbour_posterior_height,
-    spine_morphometry,
-    vertebral_heights,
-)
-from spine_dfl.locate.network import STRIDE, VertebraLocator
-from spine_dfl.locate.preprocess import letterbox, output_size
-from spine_dfl.locate.run import LocatedVertebrae, locate, train_locator_epoch
-from spine_dfl.locate.targets import collate_targets, encode_targets, locator_loss
 
-__all__ = [
-    "DEFORMITY_KINDS", "MORPHOMETRIC_GRADES", "POINT_COLUMNS", "POINT_NAMES", "STRIDE",
-    "Detections", "Heights", "LevelAssignment", "LocatedVertebrae", "Morphometry", "VertebraLocator",
-    "assign_levels", "collate_targets", "decode", "encode_targets", "genant_grade", "height_unit",
-    "letterbox", "locate", "locator_loss", "neighbour_posterior_height", "output_size", "spine_morphometry",
-    "spine_order", "train_locator_epoch", "vertebral_heights",
-]
+from spine_dfl.lazy import lazy_attributes
+
+_LAZY: dict[str, str] = {
+    "Detections": "decode", "decode": "decode",
+    "LevelAssignment": "labelling", "assign_levels": "labelling", "spine_order": "labelling",
+    **{name: "morphometry" for name in (
+        "DEFORMITY_KINDS", "MORPHOMETRIC_GRADES", "POINT_COLUMNS", "POINT_NAMES", "Heights", "Morphometry",
+        "genant_grade", "height_unit", "neighbour_posterior_height", "spine_morphometry", "vertebral_heights")},
+    "STRIDE": "network", "VertebraLocator": "network",
+    "letterbox": "preprocess", "output_size": "preprocess",
+    "LocatedVertebrae": "run", "locate": "run", "train_locator_epoch": "run",
+    "collate_targets": "targets", "encode_targets": "targets", "locator_loss": "targets",
+    "LocatorConfig": "settings", "LocatorAugment": "settings",
+    "LoadedLocator": "checkpoint", "load_locator": "checkpoint", "locate_radiograph": "checkpoint",
+    "ImageTruth": "evaluate", "locator_metrics": "evaluate", "evaluate_locator": "evaluate",
+    "train_locator": "train",
+}
+
+__all__ = sorted(_LAZY)
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY)

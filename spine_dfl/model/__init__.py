@@ -7,8 +7,8 @@ their module (and torch) on first use, so ``spine_dfl.model.defaults`` stays tor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from spine_dfl.lazy import lazy_attributes
 
 _LAZY = {
     "BACKBONES": "backbones",
@@ -31,7 +31,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -12,8 +12,8 @@ Names load on first use, so that ``import spine_dfl.score`` costs nothing until 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from spine_dfl.lazy import lazy_attributes
 
 _NAMES = {
     "score": "run",
@@ -34,7 +34,4 @@ _NAMES = {
 __all__ = list(_NAMES)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(f"spine_dfl.score.{_NAMES[name]}"), name)
-    raise AttributeError(f"module 'spine_dfl.score' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _NAMES)

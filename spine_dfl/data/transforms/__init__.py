@@ -43,8 +43,8 @@ cache everything before the first of them.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+
+from spine_dfl.lazy import lazy_attributes
 
 from spine_dfl.data.transforms.settings import AugmentConfig, Preprocessing
 
@@ -75,11 +75,7 @@ _LAZY = {
 __all__ = ["AugmentConfig", "Preprocessing", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f"spine_dfl.data.transforms.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'spine_dfl.data.transforms' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:
