@@ -169,6 +169,8 @@ def test_evidence_patches_are_the_refined_distinct_maxima_in_original_pixels() -
     assert (x2, y2) == pytest.approx((2 * (7.5 + 16) + 10, 2 * (7.5 + 64) + 20))
     no_side = EvidenceMap(values, to_original, (0, 0, 200, 200), 96, 16, 7.5)
     assert evidence_patches(no_side) == []
+    flat = EvidenceMap(np.ones((4, 4), np.float32), to_original, (0, 0, 200, 200), 96, 16, 7.5, patch_side=30.0)
+    assert evidence_patches(flat) == []
 
 
 def test_overlay_draws_the_top_patch_in_the_first_rank_colour() -> None:

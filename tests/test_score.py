@@ -347,7 +347,18 @@ def test_dicom_out_sc_heatmap_is_the_predicted_class_evidence(
     hx, hy = (first_affine @ centre)[:2]
     assert first_region[0] <= hx < first_region[2] and first_region[1] <= hy < first_region[3]
     assert spread[int(hy), int(hx)] >= 30  # coloured where the first vertebra's evidence is
-    heat = changed & (spread > 3) & ~legend_band & (np.ptp(without, axis=2) == 0)  # not boxes / captions
+    # The strongest evidence patch is drawn in the first rank colour (effective-field box clipped to the
+    # crop region, and the peak dot) around the hot location: it is not heatmap.
+    from spine_dfl.heatmap.display import RANK_COLOURS
+
+    patch = np.all(sc == [int(RANK_COLOURS[0][i:i + 2], 16) for i in (1, 3, 5)], axis=2) & ~legend_band
+    pys, pxs = np.nonzero(patch)
+    assert len(pxs) > 0 and pxs.min() <= hx <= pxs.max() + 1 and pys.min() <= hy <= pys.max() + 1
+    near_patch = patch.copy()  # and its one-pixel rim
+    for axis in (0, 1):
+        for shift in (-1, 1):
+            near_patch |= np.roll(patch, shift, axis=axis)
+    heat = changed & (spread > 3) & ~legend_band & (np.ptp(without, axis=2) == 0) & ~near_patch  # not boxes / captions
     ys, xs = np.nonzero(heat)
     reach = model.stride * abs(first_affine[0, 0]) + 2.0  # bilinear support: one grid step
     assert len(xs) > 0 and np.all(np.maximum(np.abs(xs + 0.5 - hx), np.abs(ys + 0.5 - hy)) <= reach)

@@ -115,7 +115,10 @@ def _draw_patches(draw: Any, findings: Sequence[VertebraFinding], rows: int, col
 
         for rank, (peak_x, peak_y, box) in reversed(list(enumerate(evidence_patches(finding.evidence, top_n), 1))):
             colour = RANK_COLOURS[(rank - 1) % len(RANK_COLOURS)]
-            pixels = _pixel_box(box, rows, cols)
+            # Clipped to what the network saw: the box never reaches beyond the vertebra's crop.
+            x0, y0, x1, y1 = finding.evidence.region
+            clipped = (max(box[0], x0), max(box[1], y0), min(box[2], x1), min(box[3], y1))
+            pixels = _pixel_box(clipped, rows, cols) if clipped[2] > clipped[0] and clipped[3] > clipped[1] else None
             if pixels is not None:
                 draw.rectangle(pixels, outline=colour, width=line_width)
             radius = 2 * line_width + 1
@@ -176,8 +179,8 @@ def render_roi_overlay(
                   stroke_fill=(0, 0, 0))
         if heatmaps:
             _draw_colour_legend(canvas, draw, font, line_width * 2, banner_y - font_size - 4 * line_width, font_size)
-        if patches:
-            draw.text((line_width * 2, banner_y - 2 * (font_size + 4 * line_width)),
-                      "box + dot: strongest evidence patch (effective receptive field, refined peak)",
+        if patches:  # on the banner's line, after it
+            after = int(draw.textbbox((line_width * 2, banner_y), banner, font=font, stroke_width=1)[2]) + font_size
+            draw.text((after, banner_y), "box + dot: strongest evidence patch (effective receptive field, peak)",
                       fill=RANK_COLOURS[0], font=font, stroke_width=1, stroke_fill=(0, 0, 0))
     return np.asarray(canvas, dtype=np.uint8)

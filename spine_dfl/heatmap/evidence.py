@@ -83,7 +83,7 @@ def evidence_patches(evidence: EvidenceMap, top_n: int = 3) -> list[tuple[float,
     Every local maximum of the grid map (3 x 3 neighbourhood) is refined (``peaks.refine_peaks``),
     boxed with ``patch_side`` and duplicates suppressed (``peaks.suppress_duplicates``). The first is
     the top patch ``explain`` draws (the class's strongest filter peaks at the map's maximum). Boxes
-    are not clipped; [] when ``patch_side`` is 0.
+    are not clipped; [] when ``patch_side`` is 0 or the map is flat.
     """
     import torch.nn.functional as F
 
@@ -93,11 +93,11 @@ def evidence_patches(evidence: EvidenceMap, top_n: int = 3) -> list[tuple[float,
     if evidence.patch_side <= 0 or top_n < 1:
         return []
     values = torch.as_tensor(np.asarray(evidence.values, dtype=np.float32))
-    # Local maxima above the map's floor (a flat stretch of the minimum is no place); a flat map has
-    # its one argmax.
+    # Local maxima above the map's floor: a flat stretch of the minimum is no place, a flat map has none.
     local = (values == F.max_pool2d(values[None, None], 3, stride=1, padding=1)[0, 0]) & (values > values.min())
     flat = torch.nonzero(local.reshape(-1)).flatten()
-    flat = flat if flat.numel() else values.reshape(-1).argmax().reshape(1)
+    if flat.numel() == 0:
+        return []
     row, col, height = refine_peaks(values.expand(len(flat), -1, -1), flat)
     x, y = grid_to_input(row, col, evidence.stride, evidence.center_offset)
     half = float(evidence.patch_side) / 2.0
