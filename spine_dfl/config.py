@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.settings import AugmentConfig
+from spine_dfl.locate.settings import LocatorConfig
 from spine_dfl.model.defaults import DEFAULT_BRANCH_WEIGHTS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -49,6 +51,19 @@ class ModelConfig(_Strict):
     init_nms_iou: float = Field(0.3, gt=0.0, le=1.0)
     init_max_features_per_class: int = Field(4096, ge=1)
     init_max_images_per_class: int = Field(400, ge=1, description="images sampled per class for the init")
+    pstream_layer: str | None = Field(None, description="where the P-stream reads: resnet layer3 (default) or "
+                                      "layer2; vgg16_bn conv4_3 (default) or conv3_3")
+    streams: Literal["dfl", "g_only"] = Field("dfl", description="g_only: the plain backbone classifier (ablation)")
+
+    @field_validator("pstream_layer")
+    @classmethod
+    def _pstream_layer_fits_backbone(cls, value: str | None, info: Any) -> str | None:
+        from spine_dfl.model.backbones import PSTREAM_LAYERS
+
+        backbone = info.data.get("backbone")
+        if value is not None and backbone in PSTREAM_LAYERS and value not in PSTREAM_LAYERS[backbone]:
+            raise ValueError(f"{value!r} does not exist in {backbone} (choose from {', '.join(PSTREAM_LAYERS[backbone])})")
+        return value
 
 
 class DataConfig(_Strict):
@@ -63,6 +78,8 @@ class DataConfig(_Strict):
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     # The transforms' own dataclass (fields, defaults and range checks live there, once).
     augment: AugmentConfig = AugmentConfig()
+    # What changes between sites (scanner, processing, ROI convention): off unless switched on.
+    acquisition: AcquisitionAugment = AcquisitionAugment()
 
     @field_validator("intensity_percentiles")
     @classmethod
@@ -84,7 +101,8 @@ class TrainConfig(_Strict):
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = Field(True, description="channels-last memory format on CUDA")
     class_weighted_loss: bool = False
-    select_metric: Literal["macro_auc", "balanced_accuracy", "macro_f1", "accuracy", "loss"] = "macro_auc"
+    select_metric: Literal["macro_auc", "balanced_accuracy", "macro_f1", "accuracy", "loss",
+                           "identification_rate"] = "macro_auc"
     early_stop_patience: int = Field(10, ge=0, description="epochs without improvement; 0 disables")
     eval_every: int = Field(1, ge=1)
     tensorboard: bool = False
@@ -92,12 +110,32 @@ class TrainConfig(_Strict):
     time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that passes this wall time")
 
 
+# Validation figures each task can select on (the grader's from its predictions table, the locator's
+# from spine_dfl.locate.evaluate).
+SELECT_METRICS: dict[str, tuple[str, ...]] = {
+    "grader": ("macro_auc", "balanced_accuracy", "macro_f1", "accuracy", "loss"),
+    "locator": ("identification_rate", "loss"),
+}
+
+
 class RunConfig(_Strict):
+    task: Literal["grader", "locator"] = Field("grader", description="grader: DFL-CNN; locator: vertebra locator")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    locator: LocatorConfig = LocatorConfig()
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> RunConfig:
+        allowed = SELECT_METRICS[self.task]
+        if "select_metric" not in self.train.model_fields_set:  # the task's own default
+            self.train.select_metric = allowed[0]
+        if self.train.select_metric not in allowed:
+            raise ValueError(f"train.select_metric {self.train.select_metric!r} does not apply to task "
+                             f"{self.task!r} (choose from {', '.join(allowed)})")
+        return self
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:

@@ -18,6 +18,7 @@ import torch
 from spine_dfl import __version__
 from spine_dfl.atomic import atomic_output
 from spine_dfl.data.transforms import Preprocessing
+from spine_dfl.heatmap.erf import patch_side_record, remember_patch_side
 from spine_dfl.model import DFLNet
 
 CHECKPOINT_FORMAT = "spine-dfl-checkpoint/1"
@@ -61,6 +62,7 @@ def checkpoint_payload(
     net = _bare_model(model)
     return {
         "format": CHECKPOINT_FORMAT,
+        "kind": "grader",  # spine_dfl.locate.checkpoint writes "locator"
         "spine_dfl_version": __version__,
         "torch_version": str(torch.__version__),
         "architecture": {
@@ -68,7 +70,11 @@ def checkpoint_payload(
             "num_classes": net.num_classes,
             "filters_per_class": net.filters_per_class,
             "fuse_weights": list(net.fuse_weights),
+            "pstream_layer": net.pstream_layer,
+            "streams": net.streams,
         },
+        # Measured once per model (heatmap.erf): the side explain, score and the SC draw patches with.
+        "effective_receptive_field": patch_side_record(net, preprocessing.input_size),
         "class_names": list(class_names),
         "preprocessing": asdict(preprocessing),
         "config": config,
@@ -132,6 +138,9 @@ def preprocessing_from_dict(values: dict[str, Any]) -> Preprocessing:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model (random-init architecture, then the stored weights) in eval mode."""
     raw = read_checkpoint(path, map_location)
+    if raw.get("kind", "grader") != "grader":  # checkpoints from before kinds existed are graders
+        raise CheckpointError(f"{path}: this is a {raw['kind']} checkpoint, not a grader checkpoint"
+                              + (" (give it as --locator)" if raw["kind"] == "locator" else ""))
     arch = raw["architecture"]
     model = DFLNet(
         backbone=arch["backbone"],
@@ -139,12 +148,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         filters_per_class=int(arch["filters_per_class"]),
         fuse_weights=tuple(float(w) for w in arch["fuse_weights"]),
         pretrained="none",  # the stored weights replace whatever the architecture starts with
+        pstream_layer=arch.get("pstream_layer"),  # checkpoints from before the choice: the default
+        streams=arch.get("streams", "dfl"),
     )
     try:
         model.load_state_dict(raw["model_state"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the recorded architecture: {exc}") from exc
     model.to(map_location).eval()
+    erf = raw.get("effective_receptive_field") or {}
+    if erf.get("side"):
+        remember_patch_side(model, int(erf["input_size"]), float(erf["side"]))
     return LoadedCheckpoint(
         model=model,
         class_names=list(raw["class_names"]),

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from spine_dfl.config import RunConfig, config_to_dict
 from spine_dfl.data.samplers import DistributedWeightedSampler
+from spine_dfl.data.transforms.acquisition import RandomAcquisition
 from spine_dfl.engine.checkpoint import _bare_model, atomic_torch_save, checkpoint_payload, read_checkpoint
 from spine_dfl.engine.device import resolve_device
 from spine_dfl.engine.distributed import Distributed, init_distributed
@@ -121,6 +122,10 @@ def train(
     Raises TrainingDiverged, naming the epoch, when the validation loss is not a number; the
     checkpoints then hold the last epoch that was.
     """
+    if config.task == "locator":  # the vertebra locator has its own loop (same manifest, seed, DDP, checkpoints)
+        from spine_dfl.locate.train import train_locator
+
+        return train_locator(manifest_path, config, out_dir, resume=resume, progress=progress)
     dist = init_distributed(config.device)
     out_dir = Path(out_dir)
     device = resolve_device(config.device, dist.local_rank if dist.enabled else None)
@@ -187,6 +192,10 @@ def _train_epoch(
     use_amp = device.type == "cuda" and tc.amp
     channels_last = device.type == "cuda" and tc.channels_last
     net.train()
+    # Acquisition augmentation on whole batches, on their device, after the cached crop; training
+    # batches only (validation never sees it). Its own generator, seeded per (seed, epoch, rank).
+    acquisition = RandomAcquisition(config.data.acquisition)
+    generator = torch.Generator(device=device).manual_seed(epoch_seed(config.seed, epoch) + dist.rank)
     sums = {"loss": 0.0, "g": 0.0, "p": 0.0, "side": 0.0}
     seen, epoch_start = 0, time.monotonic()
     bar = tqdm(total=opt.steps_per_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
@@ -196,6 +205,7 @@ def _train_epoch(
             break
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
+        images = acquisition(images, generator)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, enabled=use_amp):

@@ -63,7 +63,7 @@ def encode_targets(
     """Head targets of one image from (N, 4) boxes, (N, 6, 2) points and (N,) levels in INPUT pixels.
 
     Vertebrae whose centre falls outside the output map are left out (mask False). ``points``
-    None: no landmark loss for the image; ``levels`` None or -1 entries: no level loss for those.
+    None (or a row of NaN): no landmark loss for the image (that vertebra); ``levels`` None or -1 entries: no level loss for those.
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     n = len(b)
@@ -96,7 +96,7 @@ def encode_targets(
         out["mask"][k] = True
         out["size"][k] = torch.as_tensor(size, dtype=torch.float32)
         out["offset"][k] = torch.as_tensor(centre - cell, dtype=torch.float32)
-        if pts is not None:
+        if pts is not None and np.isfinite(pts[k]).all():  # NaN rows: no landmarks for this vertebra
             out["landmarks"][k] = torch.as_tensor((pts[k] / STRIDE - centre).reshape(12), dtype=torch.float32)
             out["landmark_mask"][k] = True
         out["level"][k] = int(lv[k])

@@ -1,0 +1,192 @@
+"""Locator figures: detection, level identification and measurement error, overall and per level.
+
+Per true vertebra (level L, centre c = box centre, height h = mean of its six-point heights Ha,
+Hm, Hp, or the box height without points):
+
+    detected     one-to-one greedy matching of predicted to true boxes by IoU, pairs at IoU >= 0.5
+    identified   a prediction labelled L has c as its nearest true centre, closer than h / 2
+    off by one   not identified, but a prediction labelled L +- 1 has c as nearest, closer than h / 2
+
+Recall = detected / true vertebrae; precision = matched predictions / predictions; an image is
+"all levels right" when every true vertebra is identified and there is no other prediction.
+Errors are measured on identified vertebrae: centre distance (mm with the pixel spacing, % of h,
+pixels), the six points' distances, and the absolute error of Genant's wedge, biconcave and
+crush ratios of the predicted points against the manifest's points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from spine_dfl.locate.morphometry import spine_morphometry, vertebral_heights
+
+RATIOS: tuple[str, ...] = ("wedge", "biconcave", "crush")
+
+
+@dataclass(frozen=True)
+class ImageTruth:
+    """``boxes`` (N, 4), ``levels`` (N,) level indices, ``points`` (N, 6, 2) (NaN: none), original pixels;
+    ``spacing_mm`` (row, col) mm per pixel or None."""
+
+    boxes: np.ndarray
+    levels: np.ndarray
+    points: np.ndarray
+    spacing_mm: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """``boxes`` (M, 4), ``centres`` (M, 2), ``points`` (M, 6, 2), ``levels`` (M,) level indices."""
+
+    boxes: np.ndarray
+    centres: np.ndarray
+    points: np.ndarray
+    levels: np.ndarray
+
+
+def match_boxes(true_boxes: np.ndarray, pred_boxes: np.ndarray, min_iou: float = 0.5) -> list[tuple[int, int]]:
+    """One-to-one (true, predicted) pairs at IoU >= ``min_iou``, greedily from the highest IoU."""
+    if len(true_boxes) == 0 or len(pred_boxes) == 0:
+        return []
+    iou = box_iou(torch.as_tensor(true_boxes, dtype=torch.float64),
+                  torch.as_tensor(pred_boxes, dtype=torch.float64)).numpy()
+    pairs, used_t, used_p = [], set(), set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        i, j = np.unravel_index(flat, iou.shape)
+        if iou[i, j] < min_iou:
+            break
+        if i not in used_t and j not in used_p:
+            pairs.append((int(i), int(j)))
+            used_t.add(i)
+            used_p.add(j)
+    return pairs
+
+
+def _heights_px(truth: ImageTruth) -> np.ndarray:
+    box_h = truth.boxes[:, 3] - truth.boxes[:, 1]
+    has = np.isfinite(truth.points).all(axis=(1, 2))
+    out = box_h.astype(np.float64).copy()
+    if has.any():
+        h = vertebral_heights(truth.points[has])
+        out[has] = (h.anterior + h.middle + h.posterior) / 3.0
+    return out
+
+
+def _mm(delta: np.ndarray, spacing: tuple[float, float] | None) -> np.ndarray:
+    """Lengths of (..., 2) x, y pixel differences in mm (NaN without spacing)."""
+    if spacing is None:
+        return np.full(delta.shape[:-1], np.nan)
+    return np.hypot(delta[..., 0] * spacing[1], delta[..., 1] * spacing[0])
+
+
+def _ratios(points: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """(N, 3) wedge, biconcave, crush ratios (NaN where points are missing)."""
+    out = np.full((len(points), 3), np.nan)
+    ok = np.isfinite(points).all(axis=(1, 2))
+    if ok.any():
+        lv = levels[ok] if np.unique(levels[ok]).size == ok.sum() else None
+        m = spine_morphometry(points[ok], lv)
+        out[ok] = np.stack([m.wedge_ratio, m.biconcave_ratio, m.crush_ratio if lv is not None
+                            else np.full(ok.sum(), np.nan)], axis=1)
+    return out
+
+
+def image_outcome(truth: ImageTruth, pred: ImagePrediction) -> dict[str, np.ndarray]:
+    """Per true vertebra: detected, identified, off_by_one, centre and landmark errors, ratio errors."""
+    n = len(truth.boxes)
+    true_centres = (truth.boxes[:, :2] + truth.boxes[:, 2:]) / 2
+    heights = _heights_px(truth)
+    out = {"detected": np.zeros(n, bool), "identified": np.zeros(n, bool), "off_by_one": np.zeros(n, bool),
+           "centre_px": np.full(n, np.nan), "centre_mm": np.full(n, np.nan), "centre_pct": np.full(n, np.nan),
+           "landmark_px": np.full((n, 6), np.nan), "landmark_mm": np.full((n, 6), np.nan),
+           "ratio_error": np.full((n, 3), np.nan)}
+    for i, _ in match_boxes(truth.boxes, pred.boxes):
+        out["detected"][i] = True
+    pred_ratios = _ratios(pred.points, pred.levels)
+    true_ratios = _ratios(truth.points, truth.levels)
+    for j in range(len(pred.centres)):
+        dist = np.hypot(*(true_centres - pred.centres[j]).T)
+        i = int(dist.argmin()) if n else -1
+        if i < 0 or dist[i] >= heights[i] / 2:
+            continue
+        if pred.levels[j] == truth.levels[i]:
+            out["identified"][i] = True
+            out["centre_px"][i] = dist[i]
+            out["centre_mm"][i] = _mm(pred.centres[j] - true_centres[i], truth.spacing_mm)
+            out["centre_pct"][i] = 100.0 * dist[i] / heights[i]
+            delta = pred.points[j] - truth.points[i]
+            out["landmark_px"][i] = np.hypot(delta[:, 0], delta[:, 1])
+            out["landmark_mm"][i] = _mm(delta, truth.spacing_mm)
+            out["ratio_error"][i] = np.abs(pred_ratios[j] - true_ratios[i])
+        elif abs(int(pred.levels[j]) - int(truth.levels[i])) == 1:
+            out["off_by_one"][i] = True
+    out["off_by_one"] &= ~out["identified"]
+    return out
+
+
+def _median(values: np.ndarray) -> float | None:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def _figures(outcome: dict[str, np.ndarray], n_true: int) -> dict[str, Any]:
+    rate = (lambda key: float(outcome[key].sum()) / n_true if n_true else None)
+    return {
+        "vertebrae": n_true,
+        "detection_recall_iou50": rate("detected"),
+        "identification_rate": rate("identified"),
+        "off_by_one_rate": rate("off_by_one"),
+        "median_centre_error_mm": _median(outcome["centre_mm"]),
+        "median_centre_error_pct_height": _median(outcome["centre_pct"]),
+        "median_centre_error_px": _median(outcome["centre_px"]),
+        "median_landmark_error_mm": _median(outcome["landmark_mm"]),
+        "median_landmark_error_px": _median(outcome["landmark_px"]),
+        "median_ratio_error": {name: _median(outcome["ratio_error"][:, k]) for k, name in enumerate(RATIOS)},
+    }
+
+
+def locator_metrics(pairs: Sequence[tuple[ImageTruth, ImagePrediction]], level_names: Sequence[str]) -> dict[str, Any]:
+    """Overall and per-level figures of (truth, prediction) pairs, one per image; JSON-able."""
+    outcomes = [image_outcome(t, p) for t, p in pairs]
+    keys = ("detected", "identified", "off_by_one", "centre_px", "centre_mm", "centre_pct", "landmark_px",
+            "landmark_mm", "ratio_error")
+    joined = {k: np.concatenate([o[k] for o in outcomes]) if outcomes else np.zeros(0) for k in keys}
+    levels = np.concatenate([t.levels for t, _ in pairs]) if pairs else np.zeros(0, np.int64)
+    n_pred = sum(len(p.boxes) for _, p in pairs)
+    matched = sum(len(match_boxes(t.boxes, p.boxes)) for t, p in pairs)
+    all_right = [bool(o["identified"].all()) and len(p.boxes) == len(t.boxes) for o, (t, p) in zip(outcomes, pairs)]
+    result = {"images": len(pairs), "detections": n_pred, **_figures(joined, len(levels)),
+              "detection_precision_iou50": matched / n_pred if n_pred else None,
+              "images_all_levels_right": float(np.mean(all_right)) if pairs else None}
+    result["per_level"] = {
+        name: _figures({k: v[levels == index] for k, v in joined.items()}, int((levels == index).sum()))
+        for index, name in enumerate(level_names) if (levels == index).any()
+    }
+    return result
+
+
+def prediction_of(located: Any, level_names: Sequence[str]) -> ImagePrediction:
+    """An ImagePrediction from ``run.locate``'s LocatedVertebrae."""
+    det = located.detections
+    lookup = {name: i for i, name in enumerate(level_names)}
+    return ImagePrediction(det.boxes, det.centres, det.points,
+                           np.array([lookup[v] for v in located.levels], dtype=np.int64))
+
+
+@torch.no_grad()
+def evaluate_locator(model: Any, samples: Sequence[Any], threshold: float = 0.3) -> dict[str, Any]:
+    """Locate every ``samples.LocatorSample`` with ``model`` and return ``locator_metrics``."""
+    from spine_dfl.locate.run import locate
+
+    pairs = []
+    for s in samples:
+        located = locate(model, s.tensor, s.to_original, threshold=threshold)
+        pairs.append((ImageTruth(s.boxes, s.levels, s.points, s.spacing_mm), prediction_of(located, model.levels)))
+    return locator_metrics(pairs, model.levels)
