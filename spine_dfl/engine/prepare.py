@@ -146,6 +146,8 @@ def build_model(config: RunConfig, class_names: list[str], device: torch.device)
         filters_per_class=config.model.filters_per_class,
         fuse_weights=config.model.fuse_weights.as_tuple(),
         pretrained=config.model.pretrained,
+        pstream_layer=config.model.pstream_layer,
+        streams=config.model.streams,
     ).to(device)
     if device.type == "cuda" and config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -198,8 +200,11 @@ def resume_state(
 def init_filters(model: DFLNet, data: TrainData, config: RunConfig, out_dir: Path, dist: Distributed) -> None:
     """Filter bank from conv4 peaks of training images (their cached crops, not the files again).
 
-    Every rank computes the same init from the same images, so no broadcast is needed.
+    Every rank computes the same init from the same images, so no broadcast is needed. A G-stream-only
+    model has no filter bank: nothing to do.
     """
+    if model.p_filters is None:
+        return
     init_set = data.train_set.without_augmentation()
     init_loader = _filter_init_loader(init_set, data.train_labels, config.model.init_max_images_per_class,
                                       config.train.batch_size, config.seed, config.data.workers)

@@ -111,11 +111,13 @@ def explain(
     run_device = resolve_device(device) if isinstance(device, str) else device
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, map_location=run_device)
     model = loaded.model.to(run_device).eval()
+    if getattr(model, "p_filters", None) is None:
+        raise ValueError("this checkpoint is a G-stream-only model (model.streams: g_only): it has no P-stream "
+                         "patches to explain")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     input_size = int(loaded.preprocessing.input_size)
-    stored = loaded.raw.get("effective_receptive_field") or {}
-    patch_side = model_patch_side(model, input_size, stored.get("side") if stored.get("input_size") == input_size else None)
+    patch_side = model_patch_side(model, input_size)  # the checkpoint's measurement when it has one
     context = _Context(model, list(loaded.class_names), input_size, GradCamRunner(model), int(top_n), out, patch_side)
     failures = [] if failures is None else failures
     entries: list[dict[str, Any]] = []

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ERF_INPUTS", "ERF_MASS", "ERF_SEED", "effective_receptive_field", "gradient_box_side", "model_patch_side"]
+__all__ = ["ERF_INPUTS", "ERF_MASS", "ERF_SEED", "effective_receptive_field", "gradient_box_side", "model_patch_side",
+           "patch_side_record", "remember_patch_side"]
 
 ERF_MASS = 0.9  # share of the input-gradient mass the drawn box holds
 ERF_INPUTS = 4  # noise inputs averaged (their spread is small: the side varies by < 1 px)
@@ -86,6 +87,19 @@ def model_patch_side(model: nn.Module, input_size: int, stored: float | None = N
     return cache[int(input_size)]
 
 
+def remember_patch_side(model: nn.Module, input_size: int, side: float) -> None:
+    """Record a stored measurement (the checkpoint's) so ``model_patch_side`` does not measure again."""
+    _MEASURED.setdefault(model, {})[int(input_size)] = float(side)
+
+
+def patch_side_record(model: nn.Module, input_size: int) -> dict[str, float]:
+    """What a checkpoint stores: {"side", "mass", "input_size"}, measured now (the weights change
+    during training, so a remembered value may be stale) and remembered."""
+    side = measure_model_patch_side(model, int(input_size))
+    remember_patch_side(model, input_size, side)
+    return {"side": side, "mass": ERF_MASS, "input_size": int(input_size)}
+
+
 def measure_model_patch_side(model: nn.Module, input_size: int) -> float:
     """``effective_receptive_field`` of a DFLNet's P-stream (trunk, then filter bank), in eval mode."""
     generator = torch.Generator().manual_seed(ERF_SEED)
@@ -94,6 +108,8 @@ def measure_model_patch_side(model: nn.Module, input_size: int) -> float:
     was_training = model.training
     model.eval()
     try:
+        if model.p_filters is None:  # a G-stream-only model: the trunk's own locations
+            return effective_receptive_field(model.trunk_features, inputs)
         return effective_receptive_field(lambda x: model.p_filters(model.trunk_features(x)), inputs)
     finally:
         model.train(was_training)

@@ -25,6 +25,7 @@ from torchvision import models
 
 __all__ = [
     "BACKBONES",
+    "PSTREAM_LAYERS",
     "Backbone",
     "PretrainedWeightsMissing",
     "ReceptiveField",
@@ -106,6 +107,16 @@ _SPECS: dict[str, _Spec] = {
     "resnet18": _Spec(lambda: models.resnet18(weights=None), models.ResNet18_Weights.IMAGENET1K_V1, "conv1.weight", "fc."),
 }
 BACKBONES: tuple[str, ...] = tuple(_SPECS)
+# Where the P-stream may read, per backbone; the first is the default (the paper's cut). An earlier
+# layer gives a finer map (stride 8 instead of 16 for ResNet) and smaller patches; the G-stream
+# always runs on to the backbone's deepest features.
+PSTREAM_LAYERS: dict[str, tuple[str, ...]] = {
+    "vgg16_bn": ("conv4_3", "conv3_3"),
+    "resnet50": ("layer3", "layer2"),
+    "resnet18": ("layer3", "layer2"),
+}
+# VGG16-BN `features` index just after each readable conv's BN + ReLU.
+_VGG_CUTS = {"conv3_3": 23, "conv4_3": 33}
 
 
 class _VGG16BNFeatures(nn.Module):
@@ -163,8 +174,11 @@ def receptive_field(trunk: nn.Module) -> ReceptiveField:
     return ReceptiveField(size=size, stride=jump, center_offset=start)
 
 
-def build_backbone(name: str, pretrained: str = "none") -> Backbone:
+def build_backbone(name: str, pretrained: str = "none", pstream_layer: str | None = None) -> Backbone:
     """Build backbone `name` ("vgg16_bn", "resnet50", "resnet18") with one input channel.
+
+    pstream_layer: where the trunk ends (the P-stream reads there; the head runs on to the deep
+        features): one of ``PSTREAM_LAYERS[name]``, default its first (VGG conv4_3, ResNet layer3).
 
     pretrained:
         "none": torchvision's default random initialisation.
@@ -181,7 +195,10 @@ def build_backbone(name: str, pretrained: str = "none") -> Backbone:
     elif pretrained != "none":
         _load_weights(name, network, _read_state_dict(Path(pretrained)), source=pretrained)
     _make_stem_one_channel(network, spec)  # after loading: the summed weight is the pretrained one
-    trunk, head, trunk_channels, head_channels = _cut(name, network)
+    layer = pstream_layer or PSTREAM_LAYERS[name][0]
+    if layer not in PSTREAM_LAYERS[name]:
+        raise ValueError(f"the P-stream of {name} reads at one of {', '.join(PSTREAM_LAYERS[name])}, not {layer!r}")
+    trunk, head, trunk_channels, head_channels = _cut(name, network, layer)
     geometry = receptive_field(trunk)
     return Backbone(
         name=name,
@@ -276,26 +293,27 @@ def _make_stem_one_channel(network: nn.Module, spec: _Spec) -> None:
     setattr(parent, attr, new)
 
 
-def _cut(name: str, network: nn.Module) -> tuple[nn.Module, nn.Module, int, int]:
-    """Split a torchvision classifier into (trunk, head, trunk_channels, head_channels)."""
+def _cut(name: str, network: nn.Module, layer: str) -> tuple[nn.Module, nn.Module, int, int]:
+    """Split a torchvision classifier after `layer` into (trunk, head, trunk_channels, head_channels).
+
+    The default cuts keep their historical module names (checkpoints load unchanged)."""
     if name == "vgg16_bn":
         features = network.features
-        # features[:33] = conv1_1 .. conv4_3 with its BN + ReLU; [33:43] = pool4 + conv5 block (pool5 is
-        # dropped: global average pooling follows).
-        trunk = nn.Sequential(*features[:33])
-        head = nn.Sequential(*features[33:43])
-        return trunk, head, 512, 512
-    trunk = nn.Sequential(
-        OrderedDict(
-            conv1=network.conv1,
-            bn1=network.bn1,
-            relu=network.relu,
-            maxpool=network.maxpool,
-            layer1=network.layer1,
-            layer2=network.layer2,
-            layer3=network.layer3,
-        )
-    )
-    head = network.layer4
-    # layer4's first block reads layer3's output: 256 channels (ResNet-18) or 1024 (ResNet-50).
-    return trunk, head, network.layer4[0].conv1.in_channels, network.fc.in_features
+        # features[:33] = conv1_1 .. conv4_3 with its BN + ReLU ([:23] up to conv3_3); up to [43] =
+        # pool4 + conv5 block (pool5 is dropped: global average pooling follows). Indices kept, so a
+        # conv3_3 head numbers its layers from 0 again.
+        cut = _VGG_CUTS[layer]
+        trunk = nn.Sequential(*features[:cut])
+        head = nn.Sequential(*features[cut:43])
+        return trunk, head, 512 if layer == "conv4_3" else 256, 512
+    stages = OrderedDict(conv1=network.conv1, bn1=network.bn1, relu=network.relu, maxpool=network.maxpool,
+                         layer1=network.layer1, layer2=network.layer2, layer3=network.layer3)
+    if layer == "layer3":
+        trunk, head, first = nn.Sequential(stages), network.layer4, network.layer4[0]
+    else:  # layer2: the head is layer3 then layer4
+        del stages["layer3"]
+        trunk = nn.Sequential(stages)
+        head = nn.Sequential(OrderedDict(layer3=network.layer3, layer4=network.layer4))
+        first = network.layer3[0]
+    # The head's first block reads the trunk's output (ResNet-18: 128 after layer2, 256 after layer3).
+    return trunk, head, first.conv1.in_channels, network.fc.in_features

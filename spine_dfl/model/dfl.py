@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbones import build_backbone
+from .backbones import PSTREAM_LAYERS, build_backbone
 from .defaults import DEFAULT_BRANCH_WEIGHTS
 
 __all__ = ["DFLNet", "DFLOutput", "branch_loss", "dfl_loss"]
@@ -50,6 +50,11 @@ class DFLNet(nn.Module):
         fuse_weights: (wg, wp, ws) for the fused logits (`DEFAULT_BRANCH_WEIGHTS`).
         pretrained: "none", "imagenet" (local torch hub cache only) or a state-dict path; see
             `build_backbone`.
+        pstream_layer: where the trunk ends and the P-stream reads (``backbones.PSTREAM_LAYERS``:
+            ResNet "layer3" (stride 16, default) or "layer2" (stride 8); VGG "conv4_3" (default) or
+            "conv3_3"); the G-stream runs on to the deep features either way.
+        streams: "dfl" (G + P + side) or "g_only": the plain backbone classifier, for ablations: no
+            filter bank; p and side are zero logits (constant loss, no gradient) and fused = wg * g.
 
     Attributes:
         trunk: image -> conv4 features (B, C, H, W).
@@ -67,16 +72,22 @@ class DFLNet(nn.Module):
         filters_per_class: int = 10,
         fuse_weights: tuple[float, float, float] = DEFAULT_BRANCH_WEIGHTS,
         pretrained: str = "none",
+        pstream_layer: str | None = None,
+        streams: str = "dfl",
     ) -> None:
         super().__init__()
+        if streams not in ("dfl", "g_only"):
+            raise ValueError(f"streams must be 'dfl' or 'g_only', got {streams!r}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if filters_per_class < 1:
             raise ValueError(f"filters_per_class must be at least 1, got {filters_per_class}")
         if len(fuse_weights) != 3:
             raise ValueError(f"fuse_weights must be (g, p, side), got {fuse_weights}")
-        parts = build_backbone(backbone, pretrained)
+        parts = build_backbone(backbone, pretrained, pstream_layer)
         self.backbone_name = backbone
+        self.pstream_layer = pstream_layer or PSTREAM_LAYERS[backbone][0]
+        self.streams = streams
         self.num_classes = num_classes
         self.filters_per_class = filters_per_class
         self.fuse_weights = tuple(float(w) for w in fuse_weights)
@@ -97,9 +108,12 @@ class DFLNet(nn.Module):
                 classifier=nn.Linear(parts.head_channels, num_classes),
             )
         )
-        self.p_filters = nn.Conv2d(parts.trunk_channels, num_filters, kernel_size=1, bias=False)
         self.p_pool = nn.AdaptiveMaxPool2d(1, return_indices=True)
-        self.p_classifier = nn.Linear(num_filters, num_classes)
+        self.p_filters: nn.Conv2d | None = None
+        self.p_classifier: nn.Linear | None = None
+        if streams == "dfl":
+            self.p_filters = nn.Conv2d(parts.trunk_channels, num_filters, kernel_size=1, bias=False)
+            self.p_classifier = nn.Linear(num_filters, num_classes)
 
     def trunk_features(self, x: Tensor) -> Tensor:
         """(B, 1, S, S) image in [0, 1] -> conv4 features (B, C, H, W)."""
@@ -109,6 +123,8 @@ class DFLNet(nn.Module):
         """x: (B, 1, S, S) intensities scaled to about [0, 1] (normalised here for the backbone)."""
         features = self.trunk_features(x)
         g = self.g_stream(features)
+        if self.p_filters is None:
+            return self._g_only(g, features)
 
         response_maps = self.p_filters(features)  # (B, M*k, H, W)
         pooled, peak_index = self.p_pool(response_maps)  # (B, M*k, 1, 1) each; index = row*W + col
@@ -127,6 +143,13 @@ class DFLNet(nn.Module):
             feature_size=(features.shape[-2], features.shape[-1]),
             response_maps=response_maps if return_maps else None,
         )
+
+    def _g_only(self, g: Tensor, features: Tensor) -> DFLOutput:
+        """The plain classifier's output: zero P and side logits, no peaks."""
+        zeros = torch.zeros_like(g).detach()
+        none = torch.zeros((g.shape[0], self.num_classes * self.filters_per_class), dtype=torch.long, device=g.device)
+        return DFLOutput(g=g, p=zeros, side=zeros, fused=self.fuse_weights[0] * g, peak_index=none,
+                         peak_score=none.to(g.dtype), feature_size=(features.shape[-2], features.shape[-1]))
 
     def class_filter_slice(self, class_index: int) -> slice:
         """Channels of `p_filters` (and columns of `p_classifier`) belonging to class `class_index`."""
@@ -155,11 +178,9 @@ class DFLNet(nn.Module):
         biases (every 1-D parameter) get no weight decay. Each group carries a "name" key for logging.
         """
         backbone = [*self.trunk.named_parameters(), *self.g_stream.head.named_parameters()]
-        heads = [
-            *self.g_stream.classifier.named_parameters(),
-            *self.p_filters.named_parameters(),
-            *self.p_classifier.named_parameters(),
-        ]
+        heads = [*self.g_stream.classifier.named_parameters()]
+        if self.p_filters is not None and self.p_classifier is not None:
+            heads += [*self.p_filters.named_parameters(), *self.p_classifier.named_parameters()]
         groups = []
         for name, params, lr in (("backbone", backbone, lr_backbone), ("heads", heads, lr_heads)):
             decay = [p for _, p in params if p.ndim > 1]
