@@ -1,6 +1,6 @@
 """Locator inference time per radiograph on CPU: letterbox + network + decode + level labelling.
 
-    python benchmarks/locator_speed.py [--threads 2] [--size 384 192] [--repeats 20]
+    python benchmarks/locator_speed.py [--threads 2] [--size 320 192] [--repeats 20]
 
 Prints one JSON object. The acceptance bound is 0.3 s per radiograph on 2 CPU cores at the
 CPU config's input size. A random-init network does the same work as a trained one, except
@@ -28,7 +28,7 @@ LEVELS = tuple(f"T{i}" for i in range(4, 13)) + tuple(f"L{i}" for i in range(1, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--size", type=int, nargs=2, default=(384, 192), metavar=("ROWS", "COLS"))
+    parser.add_argument("--size", type=int, nargs=2, default=(320, 192), metavar=("ROWS", "COLS"))
     parser.add_argument("--original", type=int, nargs=2, default=(2048, 1152), metavar=("ROWS", "COLS"))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--blocks", type=int, nargs=4, default=(1, 1, 1, 1))

@@ -91,6 +91,21 @@ def test_resume_continues_a_killed_run_exactly(trained, small_cohort, tmp_path, 
         torch.testing.assert_close(resumed[name], value, msg=name)
 
 
+def test_evaluate_checkpoint_covers_every_image_of_the_split(trained, small_cohort):
+    import pandas as pd
+
+    from spine_dfl.locate.evaluate import evaluate_checkpoint
+
+    out, _ = trained
+    table = pd.read_csv(small_cohort / "manifest.csv")
+    val = table[table["split"] == "val"]
+    figures = evaluate_checkpoint(out / "best.pt", small_cohort / "manifest.csv", "val", device="cpu")
+    assert figures["images"] == val["image"].nunique() and figures["vertebrae"] == len(val)
+    assert set(figures["per_level"]) <= set(val["vertebra"]) and figures["split"] == "val"
+    with pytest.raises(ValueError, match="no rows in split 'nope'"):
+        evaluate_checkpoint(out / "best.pt", small_cohort / "manifest.csv", "nope", device="cpu")
+
+
 # ----------------------------------------------------------------------------- kinds
 def test_a_locator_checkpoint_is_not_a_grader_and_the_reverse(trained, tmp_path):
     from spine_dfl.data.transforms import Preprocessing

@@ -32,7 +32,8 @@ _LAZY: dict[str, str] = {
     "collate_targets": "targets", "encode_targets": "targets", "locator_loss": "targets",
     "LocatorConfig": "settings", "LocatorAugment": "settings",
     "LoadedLocator": "checkpoint", "load_locator": "checkpoint", "locate_radiograph": "checkpoint",
-    "ImageTruth": "evaluate", "locator_metrics": "evaluate", "evaluate_locator": "evaluate",
+    "ImageTruth": "evaluate", "ImagePrediction": "evaluate", "locator_metrics": "evaluate",
+    "evaluate_locator": "evaluate", "evaluate_checkpoint": "evaluate",
     "train_locator": "train",
 }
 

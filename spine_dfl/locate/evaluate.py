@@ -190,3 +190,25 @@ def evaluate_locator(model: Any, samples: Sequence[Any], threshold: float = 0.3)
         located = locate(model, s.tensor, s.to_original, threshold=threshold)
         pairs.append((ImageTruth(s.boxes, s.levels, s.points, s.spacing_mm), prediction_of(located, model.levels)))
     return locator_metrics(pairs, model.levels)
+
+
+def evaluate_checkpoint(checkpoint: str | Any, manifest: str | Any, split: str | None = "test",
+                        device: str = "auto") -> dict[str, Any]:
+    """``evaluate_locator`` of a locator checkpoint on one manifest split (every image when None).
+
+    Levels the checkpoint does not know count as unknown (-1): never identified. The dict gains
+    ``split`` and ``checkpoint_epoch``.
+    """
+    from spine_dfl.data.manifest import load_manifest
+    from spine_dfl.engine.device import resolve_device
+    from spine_dfl.locate.checkpoint import load_locator
+    from spine_dfl.locate.samples import load_samples
+
+    loaded = load_locator(checkpoint, map_location=resolve_device(device))
+    table = load_manifest(manifest).table
+    if split is not None and "split" in table.columns and not (table["split"] == split).any():
+        raise ValueError(f"{manifest}: no rows in split {split!r}")
+    samples = load_samples(table, loaded.levels, loaded.input_size, loaded.percentiles,
+                           None if split is None else [split])
+    figures = evaluate_locator(loaded.model, samples, loaded.threshold)
+    return {"split": split, "checkpoint_epoch": int(loaded.raw.get("epoch", -1)) + 1, **figures}
