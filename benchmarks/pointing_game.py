@@ -14,8 +14,8 @@ Prints one JSON object:
 - ``patch_side_over_body_height``: median drawn top-patch side (the larger of the box's width and
   height) divided by the body height (the largest of its anterior, middle and posterior heights),
   over the flagged fractures and over all matched vertebrae;
-- ``top_peak_above_body``: share of flagged fractures whose top peak lies above the body's highest
-  point (the failure the issue reports: peaks on the crop's top row).
+- ``top_peak_above_body`` / ``top_peak_below_body``: share of flagged fractures whose top peak lies
+  above the body's highest point / below its lowest (peaks on the crop's edge rows).
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ def score(entries: list[dict[str, Any]], truth: pd.DataFrame, normal: str) -> di
             "gradcam_on_body": contains(row["body"], cam),
             "gradcam_on_deformed_part": contains(row["deformed"], cam),
             "top_peak_above_body": bool(peak is not None and row["body"] is not None and peak[1] < row["body"][:, 1].min()),
+            "top_peak_below_body": bool(peak is not None and row["body"] is not None and peak[1] > row["body"][:, 1].max()),
         }
         for key, hit in hits.items():
             flagged[key].append(hit)
