@@ -12,6 +12,7 @@ from spine_dfl.data.transforms.acquisition import (
     AcquisitionAugment,
     RandomAcquisition,
     RandRoiJitterd,
+    RandRoiReframed,
     TorchioAcquisitiond,
     apply_acquisition,
 )
@@ -152,6 +153,37 @@ def test_roi_jitter_moves_the_crop_and_to_original_still_maps_every_pixel_home()
         np.testing.assert_array_equal(out["image"][0].numpy().ravel()[inside], image[0].numpy()[oy[inside], ox[inside]])
     assert moved >= 3
     assert jitter({"image": image, "roi": None})["roi"] is None
+
+
+def test_roi_reframe_after_the_crop_keeps_to_original_exact_and_zooms_out_for_looser_rois() -> None:
+    rows, cols = 80, 70
+    ys, xs = np.mgrid[0:rows, 0:cols]
+    # a linear ramp: bilinear resampling reproduces it exactly, so every value names its original position
+    ramp = lambda x, y: 0.01 * x + 0.02 * y  # noqa: E731
+    image = torch.as_tensor(ramp(xs + 0.5, ys + 0.5), dtype=torch.float32)[None]
+    crop = RoiCropd("image", margin=0.2)({"image": image, "roi": (20.0, 25.0, 44.0, 52.0),
+                                          "to_original": torch.eye(3, dtype=torch.float64)})
+    reframe = RandRoiReframed("image", dataclasses.replace(ALL_ON, roi_margin=(-0.04, 0.15), roi_shift=0.06),
+                              crop_margin=0.2, fill=-1.0)
+    reframe.set_random_state(3)
+    zooms = []
+    for _ in range(6):
+        out = reframe(crop)
+        _, h, w = out["image"].shape
+        assert (h, w) == tuple(crop["image"].shape[-2:])
+        gy, gx = np.mgrid[0:h, 0:w]
+        mapped = out["to_original"].numpy() @ np.stack([gx.ravel() + 0.5, gy.ravel() + 0.5, np.ones(h * w)])
+        # pixels whose source lies at least one pixel inside the crop carry the original's value there
+        source = np.linalg.inv(crop["to_original"].numpy()) @ mapped
+        inside = (source[0] > 1) & (source[0] < w - 1) & (source[1] > 1) & (source[1] < h - 1)
+        assert inside.sum() > 0.5 * h * w
+        np.testing.assert_allclose(out["image"][0].numpy().ravel()[inside], ramp(mapped[0], mapped[1])[inside],
+                                   atol=1e-4)
+        zooms.append(float(out["to_original"][0, 0] / crop["to_original"][0, 0]))
+    # a margin m per side makes the crop (1.4 + 2 m) / 1.4 times wider: m in [-0.04, 0.15]
+    assert all(1.32 / 1.4 - 1e-9 <= z <= 1.7 / 1.4 + 1e-9 for z in zooms) and max(zooms) > 1.1
+    never = RandRoiReframed("image", dataclasses.replace(ALL_ON, prob=0.0), crop_margin=0.2)
+    assert torch.equal(never(crop)["image"], crop["image"]) and torch.equal(never(crop)["to_original"], crop["to_original"])
 
 
 def test_options_are_validated() -> None:

@@ -29,8 +29,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +42,9 @@ from monai.transforms import Compose, Randomizable
 
 from spine_dfl.data.manifest import class_order, load_manifest
 from spine_dfl.data.samplers import sample_seed
+from spine_dfl.data.threads import single_thread
 from spine_dfl.data.transforms import AugmentConfig, Preprocessing
+from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.compose import augment_transforms, deterministic_transforms
 from spine_dfl.io import ROI_COLUMNS
 
@@ -151,25 +152,6 @@ class SampleCacheKey:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40].encode("utf-8")
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run per-sample tensor work on one intra-op thread.
-
-    Crops, resampling and blurs of one small image are slower with several OpenMP threads
-    (synchronisation dominates; ~5x on a 2-core machine). DataLoader workers already run with
-    one thread; this gives the same behaviour with ``num_workers=0``. Restored afterwards.
-    """
-    previous = torch.get_num_threads()
-    if previous == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "spine-dfl" / "samples"
@@ -234,6 +216,7 @@ def build_dataset(
     seed: int = 0,
     num_workers: int | None = None,
     lru_size: int = 2,
+    acquisition: AcquisitionAugment | None = None,
 ) -> SpineDataset:
     """A torch Dataset of samples for ``records`` (from :func:`records_from_table`, or a manifest table).
 
@@ -241,6 +224,7 @@ def build_dataset(
     cache: "none" | "memory" (CacheDataset, prepared now with ``num_workers`` threads) |
         "disk" (PersistentDataset in ``cache_dir``, default :func:`default_cache_dir`).
     seed: augmentation seed; see :meth:`SpineDataset.set_epoch`.
+    acquisition: with ``aug``, its ROI-level part (the crop reframed as another site's ROI convention).
     """
     if isinstance(records, pd.DataFrame):
         records = records_from_table(records)
@@ -262,5 +246,6 @@ def build_dataset(
         base = PersistentDataset(slim, transform=deterministic, cache_dir=folder, hash_func=SampleCacheKey(pre))
     else:
         raise ValueError(f"cache must be 'none', 'memory' or 'disk', got {cache!r}")
-    augment = Compose(augment_transforms(aug)) if aug is not None else None
+    augment = (Compose(augment_transforms(aug, acquisition=acquisition, crop_margin=pre.roi_margin))
+               if aug is not None else None)
     return SpineDataset(records, base, augment, seed=seed, cache=cache)

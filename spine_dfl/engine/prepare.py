@@ -133,7 +133,7 @@ def prepare_data(manifest_path: str | Path, config: RunConfig, out_dir: Path, di
         out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = config.data.cache_dir or str(out_dir / "cache")
     train_set = build_dataset(train_records, pre, aug=config.data.augment, cache=config.data.cache,
-                              cache_dir=cache_dir, seed=config.seed)
+                              cache_dir=cache_dir, seed=config.seed, acquisition=config.data.acquisition)
     val_set = build_dataset(val_records, pre, aug=None, cache=config.data.cache, cache_dir=cache_dir)
     weights = class_balanced_weights(train_labels, [r["vertebra"] for r in train_records], mode=config.data.balance)
     return TrainData(class_names, pre, train_records, val_records, train_labels, weights, train_set, val_set)

@@ -69,7 +69,8 @@ _LAZY = {
     "deterministic_transforms": "compose",
     "eval_transforms": "compose",
     "train_transforms": "compose",
-    **dict.fromkeys(("AcquisitionAugment", "RandomAcquisition", "RandRoiJitterd", "TorchioAcquisitiond"), "acquisition"),
+    **dict.fromkeys(("AcquisitionAugment", "RandomAcquisition", "RandRoiJitterd", "RandRoiReframed",
+                    "TorchioAcquisitiond"), "acquisition"),
 }
 
 __all__ = ["AugmentConfig", "Preprocessing", *_LAZY]

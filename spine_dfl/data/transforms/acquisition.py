@@ -6,7 +6,8 @@ enhancement) and collimation (a band at a border blanked with the fill value).  
 them is intensity-only: no pixel moves, so ``to_original`` (and every box mapped through it)
 stays exact.  The ROI margin and jitter are ROI-level: :class:`RandRoiJitterd` changes the ROI
 *before* :class:`~spine_dfl.data.transforms.crop.RoiCropd`, which then computes ``to_original``
-for the box it actually cropped.
+for the box it actually cropped; :class:`RandRoiReframed` does the same to the cached crop (zoom
+and shift composed into ``to_original``), the one training uses.
 
 Two paths, the same parameters (:class:`AcquisitionAugment`, torch-free in ``acquisition_options``
 so configs can hold it):
@@ -25,9 +26,8 @@ so configs can hold it):
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,10 +36,13 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
+from spine_dfl.data.threads import single_thread
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
+from spine_dfl.data.transforms.augment import AffineResampled
 
 __all__ = [
-    "AcquisitionAugment", "AcquisitionParams", "RandomAcquisition", "RandRoiJitterd", "TorchioAcquisitiond",
+    "AcquisitionAugment", "AcquisitionParams", "RandomAcquisition", "RandRoiJitterd", "RandRoiReframed",
+    "TorchioAcquisitiond",
     "apply_acquisition", "bias_field", "collimate", "gamma", "gaussian_blur", "resample_pitch", "torchio_acquisition",
     "unsharp_mask", "window_level",
 ]
@@ -216,26 +219,9 @@ class RandomAcquisition:
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if not self.options.enabled:
             return images
-        with _single_cpu_thread(images.device.type == "cpu"):
+        with single_thread(images.device.type == "cpu"):
             params = self.sample(images.shape[0], images.shape[-2], images.shape[-1], generator)
             return apply_acquisition(images, params, self.options)
-
-
-@contextlib.contextmanager
-def _single_cpu_thread(active: bool) -> Iterator[None]:
-    """On the CPU, run the batch augmentation on one intra-op thread: its ~20 element-wise ops on
-    a 32 x 96 x 96 batch gain nothing from threads, and on a loaded machine each parallel region
-    waits for descheduled threads (measured on 2 shared cores at load 9: 20 ms on one thread,
-    270 ms on two).  The model's own thread count is restored after."""
-    threads = torch.get_num_threads()
-    if not active or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------------------------
@@ -327,3 +313,45 @@ class RandRoiJitterd(Randomizable, MapTransform):
             return d
         d[self.roi_key] = tuple(new)
         return d
+
+
+class RandRoiReframed(Randomizable, MapTransform):
+    """Another site's ROI convention *after* the cached crop: the crop is zoomed and shifted as if
+    the ROI had grown by a margin per side uniform in ``roi_margin`` and its centre had moved by
+    +-``roi_shift`` per axis (fractions of the ROI's larger side, as :class:`RandRoiJitterd`).
+
+    The crop was cut with ``crop_margin`` (the preprocessing's ``roi_margin``) on every side, so
+    its side is ``L (1 + 2 crop_margin)`` for an ROI of larger side ``L``; a margin ``m`` more
+    makes it ``L (1 + 2 crop_margin + 2 m)``: zoom ``(1 + 2 crop_margin) / (1 + 2 crop_margin + 2 m)``.
+    Zooming out shows ``fill`` where the looser crop would show more anatomy; the shape of the
+    vertebra in its frame (size, offset) is what another site's localiser changes.  Done by
+    :class:`~spine_dfl.data.transforms.augment.AffineResampled`, which composes the step into
+    ``to_original``, so the mapping to original pixels stays exact.
+    """
+
+    def __init__(self, keys: KeysCollection = "image", options: AcquisitionAugment = AcquisitionAugment(),
+                 crop_margin: float = 0.0, fill: float | None = None, affine_key: str = "to_original") -> None:
+        MapTransform.__init__(self, keys)
+        self.options, self.crop_margin, self.affine_key = options, float(crop_margin), affine_key
+        self.fill = float(options.fill if fill is None else fill)
+        self._params: tuple[bool, float, float, float] = (False, 0.0, 0.0, 0.0)
+
+    def randomize(self, data: Any = None) -> None:
+        o = self.options
+        fires = bool(self.R.random_sample() < o.prob)
+        margin = float(self.R.uniform(o.roi_margin[0], o.roi_margin[1]))
+        shift_x, shift_y = (float(v) for v in self.R.uniform(-o.roi_shift, o.roi_shift, size=2))
+        self._params = (fires, margin, shift_x, shift_y)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        self.randomize()
+        fires, margin, shift_x, shift_y = self._params
+        if not fires:
+            return dict(data)
+        side = 1.0 + 2.0 * self.crop_margin
+        wider = max(side + 2.0 * margin, 0.5 * side)  # never zoom in past half the crop
+        first = next(iter(self.key_iterator(dict(data))), None)
+        size = float(torch.as_tensor(data[first]).shape[-1]) if first is not None else 0.0
+        # a centre shift of d L is d S / (new crop side / L) output pixels
+        shift = (shift_x * size / wider, shift_y * size / wider)
+        return AffineResampled(self.keys, 0.0, side / wider, shift, self.fill, self.affine_key)(data)

@@ -51,8 +51,8 @@ class AcquisitionAugment:
     collimation: bool = True
     collimation_width: tuple[float, float] = (0.02, 0.15)
     roi_jitter: bool = True
-    roi_margin: tuple[float, float] = (-0.03, 0.08)
-    roi_shift: float = 0.04
+    roi_margin: tuple[float, float] = (-0.04, 0.15)
+    roi_shift: float = 0.06
     fill: float = 0.0
 
     def __post_init__(self) -> None:

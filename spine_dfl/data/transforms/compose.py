@@ -14,6 +14,8 @@ from monai.transforms import (
     Transform,
 )
 
+from spine_dfl.data.transforms.acquisition import RandRoiReframed
+from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.augment import RandRadiographAffined
 from spine_dfl.data.transforms.crop import ResizePadd, RoiCropd
 from spine_dfl.data.transforms.load import LoadRadiographd
@@ -33,10 +35,20 @@ def deterministic_transforms(pre: Preprocessing, keys: str = "image", lru_size: 
     ]
 
 
-def augment_transforms(aug: AugmentConfig, keys: str = "image") -> list[Transform]:
-    """The random part (applied after :func:`deterministic_transforms`; intensities in [0, 1])."""
+def augment_transforms(aug: AugmentConfig, keys: str = "image", acquisition: AcquisitionAugment | None = None,
+                       crop_margin: float = 0.0) -> list[Transform]:
+    """The random part (applied after :func:`deterministic_transforms`; intensities in [0, 1]).
+
+    With ``acquisition`` enabled and its ``roi_jitter`` on, the cached crop (cut with ``crop_margin``)
+    is first reframed as another site's ROI convention would (:class:`RandRoiReframed`); the rest of
+    the acquisition augmentation runs on whole batches in the training loop.
+    """
     sigma = (float(aug.blur_sigma[0]), float(aug.blur_sigma[1]))
+    reframe: list[Transform] = []
+    if acquisition is not None and acquisition.enabled and acquisition.roi_jitter:
+        reframe = [RandRoiReframed(keys, acquisition, crop_margin=crop_margin)]
     return [
+        *reframe,
         RandRadiographAffined(keys, prob=aug.prob, rotate_deg=aug.rotate_deg, scale=aug.scale,
                               translate=aug.translate, fill=0.0),
         RandAdjustContrastd(keys, prob=aug.prob, gamma=(float(aug.gamma[0]), float(aug.gamma[1]))),

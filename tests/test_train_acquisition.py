@@ -1,0 +1,72 @@
+"""Acquisition augmentation inside the training loop: seeded like the rest, training batches only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import spine_dfl.engine.train as train_module
+from spine_dfl.config import load_config
+from spine_dfl.data.transforms.acquisition import RandomAcquisition
+from spine_dfl.engine.checkpoint import read_checkpoint
+from spine_dfl.engine.train import train
+
+QUICK = [
+    "data.input_size=64",
+    "data.workers=0",
+    "model.filters_per_class=2",
+    "model.init_max_images_per_class=8",
+    "train.batch_size=8",
+    "train.max_steps_per_epoch=3",
+    "train.epochs=2",
+    "train.early_stop_patience=0",
+]
+AUGMENTED = [*QUICK, "data.acquisition.enabled=true", "data.acquisition.prob=1.0"]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(run_dir / "last.pt")["model_state"]
+
+
+def test_augmented_training_repeats_bit_for_bit_and_differs_from_plain(small_cohort: Path, tmp_path: Path) -> None:
+    manifest = small_cohort / "manifest.csv"
+    train(manifest, load_config("cpu_demo", AUGMENTED), tmp_path / "a")
+    train(manifest, load_config("cpu_demo", AUGMENTED), tmp_path / "b")
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train(manifest, load_config("cpu_demo", QUICK), tmp_path / "plain")
+    plain = _weights(tmp_path / "plain")
+    assert not all(torch.equal(a[k], plain[k]) for k in a)  # the augmentation did reach the model
+
+
+def test_augmentation_runs_on_training_batches_only(small_cohort: Path, tmp_path: Path, monkeypatch) -> None:
+    events: list[tuple[str, int]] = []
+
+    class Recording(RandomAcquisition):
+        def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            out = super().__call__(images, generator)
+            events.append(("augment", int(images.shape[0])))
+            assert not torch.equal(out, images)  # prob 1: every batch is changed
+            return out
+
+    real_validate = train_module._validate
+
+    def validate(*args, **kwargs):
+        events.append(("validate", 0))
+        result = real_validate(*args, **kwargs)
+        events.append(("validated", 0))
+        return result
+
+    monkeypatch.setattr(train_module, "RandomAcquisition", Recording)
+    monkeypatch.setattr(train_module, "_validate", validate)
+    config = load_config("cpu_demo", AUGMENTED)
+    result = train(small_cohort / "manifest.csv", config, tmp_path)
+    # 2 epochs x 3 steps of training batches, none while validating (2 epochs + the final reload)
+    assert [e for e in events if e[0] == "augment"] == [("augment", 8)] * 6
+    inside = False
+    for kind, _ in events:
+        inside = {"validate": True, "validated": False}.get(kind, inside)
+        assert not (inside and kind == "augment")
+    assert sum(kind == "validate" for kind, _ in events) == 3
+    assert len(result.val_predictions) > 0
