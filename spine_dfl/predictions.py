@@ -12,7 +12,14 @@ Columns, in this order (a group appears only where its writer knows it):
   checkpoint order (the class order *is* the order of the ``prob_`` columns);
 - ``pred_g``, ``pred_p``, ``pred_side`` and ``g_prob_<class>``, ``p_prob_<class>``,
   ``side_prob_<class>`` (evaluate): each branch's prediction and softmax;
-- ``x_min, y_min, x_max, y_max``: the ROI in original pixels, empty for a whole image.
+- ``x_min, y_min, x_max, y_max``: the ROI in original pixels, empty for a whole image;
+- ``roi_source``, ``locator_confidence`` (ROI models): where the ROI came from (``file``: score's
+  --rois, ``manifest``, ``locator``) and, for a located one, the locator's confidence (detection score
+  times level confidence);
+- ``ha, hm, hp, height_unit, wedge_ratio, biconcave_ratio, crush_ratio, height_loss, morph_grade,
+  morph_kind`` (where six points are known: manifest or locator): six-point morphometry
+  (``locate.morphometry``); heights in ``height_unit`` ('detector mm', 'patient mm' or 'pixels'),
+  ratios unitless, ``crush_ratio`` empty without an adjacent level; empty cells on rows without points.
 
 Imports no torch: the report reads the table through `read_predictions`.
 """
@@ -37,6 +44,12 @@ BRANCHES = ("g", "p", "side")
 #: branch name -> prefix of its probability columns; the fused prediction uses the plain ``prob_`` ones.
 BRANCH_PROB_PREFIXES: dict[str, str] = {b: f"{b}_{PROB_PREFIX}" for b in BRANCHES}
 BRANCH_PRED_COLUMNS: dict[str, str] = {b: f"{PRED_COLUMN}_{b}" for b in BRANCHES}
+ROI_SOURCE_COLUMNS = ("roi_source", "locator_confidence")
+ROI_SOURCES = ("file", "manifest", "locator")
+MORPHOMETRY_COLUMNS = ("ha", "hm", "hp", "height_unit", "wedge_ratio", "biconcave_ratio", "crush_ratio",
+                       "height_loss", "morph_grade", "morph_kind")
+MORPHOMETRY_TEXT_COLUMNS = ("height_unit", "morph_grade", "morph_kind")
+NUMERIC_EXTRA_COLUMNS = ("locator_confidence", *(c for c in MORPHOMETRY_COLUMNS if c not in MORPHOMETRY_TEXT_COLUMNS))
 
 
 class PredictionsError(ValueError):
@@ -56,7 +69,7 @@ def table_classes(table: pd.DataFrame) -> list[str]:
 
 def predictions_columns(
     class_names: Sequence[str], *, status: bool = False, study: bool = False, patient_id: bool = True,
-    label: bool = False, branches: bool = False,
+    label: bool = False, branches: bool = False, roi_source: bool = False, morphometry: bool = False,
 ) -> list[str]:
     """The column names, in order, of a table with the given groups (module doc)."""
     columns = [IMAGE_COLUMN]
@@ -75,7 +88,25 @@ def predictions_columns(
         columns += [BRANCH_PRED_COLUMNS[b] for b in BRANCHES]
         for branch in BRANCHES:
             columns += prob_columns(class_names, branch)
-    return [*columns, *ROI_COLUMNS]
+    columns += ROI_COLUMNS
+    if roi_source:
+        columns += ROI_SOURCE_COLUMNS
+    if morphometry:
+        columns += MORPHOMETRY_COLUMNS
+    return columns
+
+
+def morphometry_cells(measured: Any) -> list[dict[str, Any]]:
+    """Per vertebra, the morphometry columns' values of a ``locate.morphometry.Morphometry`` (floats, text;
+    NaN where a ratio is undefined)."""
+    h = measured.heights
+    return [
+        {"ha": float(h.anterior[i]), "hm": float(h.middle[i]), "hp": float(h.posterior[i]), "height_unit": h.unit,
+         "wedge_ratio": float(measured.wedge_ratio[i]), "biconcave_ratio": float(measured.biconcave_ratio[i]),
+         "crush_ratio": float(measured.crush_ratio[i]), "height_loss": float(measured.height_loss[i]),
+         "morph_grade": measured.grade[i], "morph_kind": measured.kind[i]}
+        for i in range(len(measured.grade))
+    ]
 
 
 def build_predictions(
@@ -83,17 +114,19 @@ def build_predictions(
     probs: np.ndarray,
     class_names: Sequence[str],
     branch_probs: Mapping[str, np.ndarray] | None = None,
-    *, label: bool = True,
+    *, label: bool = True, roi_source: bool = False, morphometry: bool = False,
 ) -> pd.DataFrame:
     """The table of ``rows`` (dicts with ``image``, ``vertebra``, ``patient_id``, ``sop_instance_uid``,
     ``label`` and ``roi`` = (x_min, y_min, x_max, y_max) or None) and their probabilities.
 
     probs: (n, M) fused softmax; branch_probs: ``{"g"|"p"|"side": (n, M)}`` or None. Text cells that
-    are missing become ""; an absent ROI becomes NaN.
+    are missing become ""; an absent ROI becomes NaN. With ``roi_source``/``morphometry`` the rows also
+    give those columns' values by name (absent: empty text, NaN numbers).
     """
     names = np.asarray(class_names, dtype=object)
     branch_probs = dict(branch_probs or {})
-    columns = predictions_columns(class_names, label=label, branches=bool(branch_probs))
+    columns = predictions_columns(class_names, label=label, branches=bool(branch_probs), roi_source=roi_source,
+                                  morphometry=morphometry)
     data: dict[str, Any] = {IMAGE_COLUMN: [str(r["image"]) for r in rows]}
     for key in ("sop_instance_uid", "patient_id", "vertebra", *(("label",) if label else ())):
         data[key] = [str(r.get(key) or "") for r in rows]
@@ -104,26 +137,34 @@ def build_predictions(
         data.update(zip(prob_columns(class_names, branch), values.T))
     for k, column in enumerate(ROI_COLUMNS):
         data[column] = [np.nan if r.get("roi") is None else r["roi"][k] for r in rows]
+    for column in (*(ROI_SOURCE_COLUMNS if roi_source else ()), *(MORPHOMETRY_COLUMNS if morphometry else ())):
+        if column in NUMERIC_EXTRA_COLUMNS:
+            data[column] = np.array([_number(r.get(column)) for r in rows], dtype=np.float64)
+        else:
+            data[column] = [str(r.get(column) or "") for r in rows]
     return pd.DataFrame(data, columns=columns)
 
 
 def text_rows(
     columns: Sequence[str], fields: Mapping[str, Any], vertebrae: Sequence[str],
     probs: np.ndarray | None, rois: Sequence[Sequence[float] | None], class_names: Sequence[str],
+    extras: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[list[str]]:
     """CSV cells, in ``columns`` order, of one file's rows (streamed by score).
 
     fields: the per-file cells (``image``, ``status``, ``error``, the UIDs, ``patient_id``).
     probs: (n, M) fused softmax for the n ``vertebrae`` with their ``rois``; None for a failed file,
     which gives one row with empty prediction cells. Probabilities are written with 6 decimals.
+    extras: per row, more cells by column name (``roi_source``, morphometry); numbers with 6 digits.
     """
     if probs is None:
         return [[_cell(fields.get(c)) for c in columns]]
     prob_index = {name: j for j, name in enumerate(prob_columns(class_names))}
     roi_index = {name: k for k, name in enumerate(ROI_COLUMNS)}
     rows = []
-    for row_probs, vertebra, roi in zip(probs, vertebrae, rois):
-        cells = {**fields, "vertebra": vertebra, PRED_COLUMN: class_names[int(row_probs.argmax())]}
+    for j, (row_probs, vertebra, roi) in enumerate(zip(probs, vertebrae, rois)):
+        cells = {**fields, **(extras[j] if extras else {}), "vertebra": vertebra,
+                 PRED_COLUMN: class_names[int(row_probs.argmax())]}
         row = []
         for column in columns:
             if column in prob_index:
@@ -136,7 +177,13 @@ def text_rows(
     return rows
 
 
+def _number(value: Any) -> float:
+    return np.nan if value is None or value == "" else float(value)
+
+
 def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}" if np.isfinite(value) else ""
     return "" if value is None else str(value)
 
 
@@ -176,7 +223,7 @@ def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
         if bad.any():
             raise PredictionsError(f"{path}: column '{column}' is not a number in {row_names(table, bad)}")
         table[column] = converted.astype(np.float64)
-    for column in ROI_COLUMNS:
+    for column in (*ROI_COLUMNS, *NUMERIC_EXTRA_COLUMNS):
         if column in table.columns:
             table[column] = pd.to_numeric(table[column].str.strip(), errors="coerce")
     return table, table_classes(table)

@@ -14,6 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="files and folders (recursive; DICOM by content, DICOMDIR followed)")
     p.add_argument("--rois", type=Path, default=None,
                    help="ROI CSV for ROI models: sop_instance_uid or image, vertebra, x_min, y_min, x_max, y_max")
+    p.add_argument("--locator", type=Path, default=None,
+                   help="locator checkpoint (spine-dfl train, task: locator): without --rois it finds, labels and "
+                        "measures each radiograph's vertebrae (default: the one embedded in the checkpoint, if any)")
     p.add_argument("--out", type=Path, default=Path("runs/score"), help="output folder (default runs/score)")
     p.add_argument("--batch-size", type=int, default=16, help="samples per model batch (default 16)")
     p.add_argument("--workers", type=int, default=2, help="decode worker processes (default 2; 0 decodes in the scoring process, without crash isolation)")
@@ -34,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     summary = score(args.checkpoint, args.inputs, args.out, rois_csv=args.rois, batch_size=args.batch_size,
                     workers=args.workers, device=args.device, resume=args.resume, strict=args.strict,
-                    keep_ids=args.keep_ids, dicom_out=args.dicom_out, progress=not args.no_progress)
+                    keep_ids=args.keep_ids, dicom_out=args.dicom_out, progress=not args.no_progress,
+                    locator=args.locator)
     if int(os.environ.get("RANK", "0") or 0) == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in summary.failed_by_reason.items())
         print(f"{summary.found} file(s): {summary.scored} scored, {summary.failed} failed"

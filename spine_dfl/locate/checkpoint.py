@@ -64,9 +64,36 @@ def check_kind(raw: dict[str, Any], path: str | Path, expected: str) -> None:
                               + (f" ({hint})" if hint else ""))
 
 
+EMBEDDED_KEY = "locator"  # a grader checkpoint's embedded locator payload (``embed_locator``)
+
+
 def load_locator(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedLocator:
     """Rebuild the locator from its checkpoint in eval mode; CheckpointError says why not."""
-    raw = read_checkpoint(path, map_location)
+    return locator_from_payload(read_checkpoint(path, map_location), path, map_location)
+
+
+def embedded_locator_payload(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """The locator payload a grader checkpoint carries (``embed_locator``), or None."""
+    payload = raw.get(EMBEDDED_KEY) if raw.get("kind", "grader") == "grader" else None
+    return payload if isinstance(payload, dict) else None
+
+
+def embed_locator(grader_path: str | Path, locator_path: str | Path, out_path: str | Path) -> Path:
+    """Write ``out_path``: the grader checkpoint with the locator's payload inside it, so that one file
+    serves score and explain without --locator. Both are kind-checked; the write is atomic."""
+    from spine_dfl.engine.checkpoint import atomic_torch_save
+
+    grader = read_checkpoint(grader_path, "cpu")
+    check_kind(grader, grader_path, "grader")
+    locator = read_checkpoint(locator_path, "cpu")
+    check_kind(locator, locator_path, KIND)
+    locator_from_payload(locator, locator_path)  # the weights must load before they are embedded
+    atomic_torch_save({**grader, EMBEDDED_KEY: locator}, out_path)
+    return Path(out_path)
+
+
+def locator_from_payload(raw: dict[str, Any], path: str | Path, map_location: str | torch.device = "cpu") -> LoadedLocator:
+    """The locator of a checkpoint's payload (``path`` names it in errors)."""
     check_kind(raw, path, KIND)
     arch = raw["architecture"]
     model = VertebraLocator(arch["levels"], blocks=arch["blocks"], neck_channels=arch["neck_channels"],

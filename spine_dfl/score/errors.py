@@ -26,6 +26,7 @@ _REASON_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"^decoder crashed", DECODER_CRASHED),
     (r"transfer syntax|decod|plugin|pylibjpeg|cannot decompress", "pixel data cannot be decoded"),
     (r"no roi", "no ROIs for this image"),
+    (r"^no vertebrae found", "no vertebrae found"),
     (r"memory", "out of memory"),
     (r"cannot be read as (nifti|an image)", "corrupt image file"),
     (r"but no .* element|cannot be interpreted", "incomplete image header"),

@@ -24,7 +24,7 @@ def failed_item(index: int, file: str, input_size: int, reason: str, **ids: str)
     return {
         "index": index, "file": file, "ok": False, "error": reason,
         "sop_instance_uid": ids.get("sop_instance_uid", ""), "study_instance_uid": ids.get("study_instance_uid", ""),
-        "patient_id": ids.get("patient_id", ""), "vertebrae": [], "rois": [],
+        "patient_id": ids.get("patient_id", ""), "vertebrae": [], "rois": [], "extras": [],
         "images": np.zeros((0, 1, input_size, input_size), np.float32), "to_original": None, "regions": [],
     }
 
@@ -35,7 +35,11 @@ class FileSamples:
     Item keys: ``index`` (position in ``files``), ``file`` (str), ``ok`` (bool), ``error`` (reason
     or ""), ``sop_instance_uid``, ``study_instance_uid``, ``patient_id`` ("" unless keep_ids),
     ``vertebrae`` (list[str], one per sample), ``rois`` (list of 4-tuples or None), ``images``
-    (float32 numpy (n, 1, S, S); (0, 1, S, S) when not ok). With ``geometry`` (for the DICOM
+    (float32 numpy (n, 1, S, S); (0, 1, S, S) when not ok), ``extras`` (per sample the predictions
+    table's ``roi_source`` / ``locator_confidence`` / morphometry cells; [] for a whole-image model).
+    With ``locator`` (a ``score.locating.LocatorSource``) and no ``rois``, the vertebrae are the
+    locator's (loaded once per process; a radiograph where it finds none fails with
+    ``no vertebrae found``). With ``geometry`` (for the DICOM
     overlay's heatmaps) also ``to_original`` (float64 (n, 3, 3): each sample's network input ->
     original pixel affine; None otherwise) and ``regions`` (per sample the integer (x0, y0, x1, y1)
     original-pixel region the network saw, ``heatmap.geometry.display_region``; [] otherwise).
@@ -43,14 +47,16 @@ class FileSamples:
 
     def __init__(
         self, files: Sequence[str | Path], preprocessing: Any, rois: RoiTable | None, keep_ids: bool,
-        geometry: bool = False,
+        geometry: bool = False, locator: Any = None,
     ) -> None:
         self.files = [Path(f) for f in files]
         self.preprocessing = preprocessing
         self.rois = rois
         self.keep_ids = keep_ids
         self.geometry = geometry
+        self.locator = locator
         self._transforms: Any = None  # built lazily, in the process that decodes
+        self._locator: Any = None  # loaded lazily, in the process that decodes
 
     def __len__(self) -> int:
         return len(self.files)
@@ -60,7 +66,8 @@ class FileSamples:
         return int(self.preprocessing.input_size)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_transforms": None}  # MONAI transforms are rebuilt per process
+        # MONAI transforms are rebuilt and the locator reloaded per process (only its path travels)
+        return {**self.__dict__, "_transforms": None, "_locator": None}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
@@ -82,20 +89,47 @@ class FileSamples:
             ids["study_instance_uid"] = str(header.get("StudyInstanceUID", "") or "")
             if self.keep_ids:
                 ids["patient_id"] = str(header.get("PatientID", "") or "")
+        extras: list[dict[str, Any]] = []
         if self.rois is not None:
             rois: list[tuple[str, Box | None]] = list(self.rois.lookup(ids["sop_instance_uid"], path))
             if not rois:
                 if header is None or not ("Rows" in header and "Columns" in header):
                     read_image(path)  # not an image at all: its own reason is the better one
                 raise ImageReadError(path, "no ROIs for this image in the ROI CSV (matched by sop_instance_uid or image path)")
+            extras = [{"roi_source": "file"} for _ in rois]
+        elif self.locator is not None:
+            rois, extras = self._located(path)
         else:
             rois = [("", None)]
         images, affines, regions = self._transform(path, [roi for _, roi in rois])
         return {
             "index": index, "file": str(path), "ok": True, "error": "", **ids,
-            "vertebrae": [vertebra for vertebra, _ in rois], "rois": [roi for _, roi in rois],
+            "vertebrae": [vertebra for vertebra, _ in rois], "rois": [roi for _, roi in rois], "extras": extras,
             "images": images, "to_original": affines, "regions": regions,
         }
+
+    def _located(self, path: Path) -> tuple[list[tuple[str, Box | None]], list[dict[str, Any]]]:
+        """The locator's (level, box) pairs of ``path`` and their table cells; ImageReadError when it finds none."""
+        from spine_dfl.io import ImageReadError
+        from spine_dfl.score.locating import NO_VERTEBRAE, locate_rois
+
+        if self._locator is None:
+            self._locator = self.locator.load()
+        found = locate_rois(self._locator, self._loader()._read(str(path)))  # decoded once: the crops reuse it
+        if not found.vertebrae:
+            raise ImageReadError(path, NO_VERTEBRAE)
+        extras = [{"roi_source": "locator", "locator_confidence": confidence, **cells}
+                  for confidence, cells in zip(found.confidence, found.morphometry)]
+        return list(zip(found.vertebrae, found.boxes)), extras
+
+    def _loader(self) -> Any:
+        """The pipeline's LoadRadiographd: its per-process cache holds the radiograph just read."""
+        from spine_dfl.data.transforms import eval_transforms
+        from spine_dfl.data.transforms.load import LoadRadiographd
+
+        if self._transforms is None:
+            self._transforms = eval_transforms(self.preprocessing)
+        return next(t for t in self._transforms.transforms if isinstance(t, LoadRadiographd))
 
     def _transform(
         self, path: Path, rois: list[Box | None]

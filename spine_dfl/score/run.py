@@ -41,6 +41,7 @@ from spine_dfl.atomic import atomic_write_text
 from spine_dfl.engine.distributed import Distributed, init_distributed
 from spine_dfl.score.errors import ScoreError
 from spine_dfl.score.journal import PARTIAL_DIR, PartWriter, collect_done, merge
+from spine_dfl.score.locating import resolve_locator
 from spine_dfl.score.summary import PREDICTIONS, SUMMARY, ScoreSummary
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class _Setup:
     class_names: list[str]
     columns: list[str]
     rois: Any
+    locator: Any  # score.locating.LocatorSource, or None
     files: list[str]
     dicom_config: Any
 
@@ -73,11 +75,14 @@ def score(
     keep_ids: bool = False,
     dicom_out: str | Path | None = None,
     progress: bool = True,
+    locator: str | Path | None = None,
 ) -> ScoreSummary:
     """Score every file under ``inputs`` with the checkpoint; write predictions.csv + summary.json to out_dir.
 
     ``workers``: decode processes (0: decode in this process, without crash isolation).
     ``strict``: failed files make the run fail (``ScoreSummary.exit_status()`` is then 1).
+    ``locator``: a locator checkpoint; without ``rois_csv`` it finds each radiograph's vertebrae (a
+    grader checkpoint that embeds a locator uses that one when ``locator`` is not given).
     Raises ScoreError (or CheckpointError) for bad arguments/checkpoint; per-file problems never
     raise: they become ``status=error`` rows. Returns the merged summary (the same on every rank).
     """
@@ -86,7 +91,7 @@ def score(
     started = time.monotonic()
     dist = init_distributed("cpu", backend="gloo", timeout=datetime.timedelta(hours=12))
     try:
-        setup = _prepare(checkpoint_path, inputs, out_dir, rois_csv, device, keep_ids, dicom_out, dist)
+        setup = _prepare(checkpoint_path, inputs, out_dir, rois_csv, device, keep_ids, dicom_out, dist, locator)
         if dist.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
@@ -137,7 +142,7 @@ def _check_arguments(inputs: Sequence[str | Path], batch_size: int, workers: int
 
 def _prepare(
     checkpoint_path: str | Path, inputs: Sequence[str | Path], out_dir: Path, rois_csv: str | Path | None,
-    device: str, keep_ids: bool, dicom_out: str | Path | None, dist: Distributed,
+    device: str, keep_ids: bool, dicom_out: str | Path | None, dist: Distributed, locator: str | Path | None = None,
 ) -> _Setup:
     """Device, model, ROIs, the input files and the DICOM-output settings; usage errors raise ScoreError."""
     from spine_dfl.engine.checkpoint import load_checkpoint
@@ -153,13 +158,18 @@ def _prepare(
     loaded = load_checkpoint(checkpoint_path, map_location="cpu")  # CheckpointError: usage error
     pre = loaded.preprocessing
     class_names = list(loaded.class_names)
-    rois = None
-    if pre.use_roi:
+    rois = source = None
+    if pre.use_roi and rois_csv is None:
+        source = resolve_locator(locator, loaded.raw, checkpoint_path)  # CheckpointError: usage error
+    elif locator is not None:
+        log.warning("--locator %s is not used: %s", locator, "the ROIs come from --rois" if pre.use_roi
+                    else "the checkpoint scores whole images")
+    if pre.use_roi and source is None:
         if rois_csv is None:
             raise ScoreError(
                 f"{checkpoint_path}: this model was trained on vertebra ROIs and needs --rois "
                 "(a CSV keyed by sop_instance_uid or image, with vertebra, x_min, y_min, x_max, y_max; "
-                "`spine-dfl synth` writes one as rois.csv)"
+                "`spine-dfl synth` writes one as rois.csv) or --locator (a locator checkpoint)"
             )
         rois = read_rois(rois_csv)  # RoiTableError (a ValueError naming the file and rows): usage error
     elif rois_csv is not None:
@@ -167,7 +177,9 @@ def _prepare(
     dicom_config = _dicom_config(dicom_out, class_names, checkpoint_path, out_dir) if dicom_out is not None else None
     return _Setup(
         device=torch_device, model=loaded.model.to(torch_device).eval(), preprocessing=pre, class_names=class_names,
-        columns=predictions_columns(class_names, status=True, study=True, patient_id=keep_ids), rois=rois,
+        columns=predictions_columns(class_names, status=True, study=True, patient_id=keep_ids, roi_source=pre.use_roi,
+                                    morphometry=source is not None),
+        rois=rois, locator=source,
         # Absolute paths: unambiguous for whoever reads the CSV, and stable keys for --resume.
         files=[os.path.abspath(p) for p in find_inputs([Path(p) for p in inputs])], dicom_config=dicom_config,
     )
@@ -215,7 +227,8 @@ def _score_files(
     scorer = Scorer(setup.model, setup.class_names, setup.columns, setup.device, batch_size, part, dicom, bar)
     try:
         if mine:
-            dataset = FileSamples(mine, setup.preprocessing, setup.rois, keep_ids, geometry=dicom is not None)
+            dataset = FileSamples(mine, setup.preprocessing, setup.rois, keep_ids, geometry=dicom is not None,
+                                  locator=setup.locator)
             for item in iterate_items(dataset, workers):
                 scorer.add(item)
         scorer.flush()

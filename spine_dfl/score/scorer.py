@@ -135,7 +135,7 @@ class Scorer:
             "patient_id": item["patient_id"],
         }
         return text_rows(self.columns, fields, item["vertebrae"], probs if item["ok"] else None, item["rois"],
-                         self.class_names)
+                         self.class_names, item.get("extras"))
 
     def _finish(self, item: dict[str, Any], probs: np.ndarray | None, evidence: np.ndarray | None = None) -> None:
         rows = self._rows(item, probs)

@@ -1,0 +1,157 @@
+"""Scoring without an ROI file: the locator finds the vertebrae, the grader grades them, the table says
+where each ROI came from and gives six-point morphometry; kinds of checkpoints are never mixed up."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from spine_dfl.config import load_config
+from spine_dfl.data.transforms import Preprocessing
+from spine_dfl.engine.checkpoint import CheckpointError, save_checkpoint
+from spine_dfl.io import read_image
+from spine_dfl.locate.checkpoint import embed_locator, load_locator, locate_radiograph
+from spine_dfl.locate.morphometry import spine_morphometry
+from spine_dfl.model import DFLNet
+from spine_dfl.predictions import MORPHOMETRY_COLUMNS, build_predictions, morphometry_cells, read_predictions
+from spine_dfl.score import score
+
+CLASSES = ["normal", "mild", "severe"]
+TINY_LOCATOR = ["locator.input_size=[128, 64]", "locator.neck_channels=16", "locator.head_channels=16",
+                "train.batch_size=4", "train.time_budget_s=null", "device=cpu", "train.epochs=3",
+                # three epochs teach the heatmap little: a low threshold lets this locator find the bodies
+                "locator.threshold=0.05"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny locator trained three epochs on the synthetic cohort, one that finds nothing (its threshold
+    above any score), a random-init ROI grader, and the grader with the locator embedded."""
+    from spine_dfl.engine.train import train
+
+    folder = tmp_path_factory.mktemp("locator_checkpoints")
+    train(small_cohort / "manifest.csv", load_config("locator_cpu", TINY_LOCATOR), folder / "locator", progress=False)
+    paths = {"locator": folder / "locator" / "best.pt", "grader": folder / "grader.pt",
+             "blind": folder / "blind.pt", "embedded": folder / "embedded.pt"}
+    raw = torch.load(paths["locator"], weights_only=True)
+    torch.save({**raw, "threshold": 1.5}, paths["blind"])  # a sigmoid score never reaches 1.5
+    torch.manual_seed(0)
+    model = DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2)
+    save_checkpoint(paths["grader"], model, {"test": "roi"}, CLASSES, Preprocessing(input_size=32, use_roi=True), {})
+    embed_locator(paths["grader"], paths["locator"], paths["embedded"])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def images(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three of the cohort's radiographs, as a PACS export folder without an ROI file."""
+    folder = tmp_path_factory.mktemp("export")
+    for path in sorted((small_cohort / "images").iterdir())[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_located_vertebrae_are_graded_with_source_confidence_and_morphometry(checkpoints, images, tmp_path, workers):
+    summary = score(checkpoints["grader"], [images], tmp_path, locator=checkpoints["locator"], workers=workers,
+                    batch_size=8, progress=False)
+    assert (summary.found, summary.scored, summary.failed) == (3, 3, 0)
+    table, classes = read_predictions(tmp_path / "predictions.csv")
+    assert classes == CLASSES and set(table["roi_source"]) == {"locator"}
+    loaded = load_locator(checkpoints["locator"])
+    for image, rows in table.groupby("image", sort=False):
+        radiograph = read_image(image)
+        found = locate_radiograph(loaded, radiograph.pixels)
+        assert list(rows["vertebra"]) == list(found.levels) and len(rows) > 0
+        np.testing.assert_allclose(rows[["x_min", "y_min", "x_max", "y_max"]], found.detections.boxes, rtol=1e-5)
+        np.testing.assert_allclose(rows["locator_confidence"], found.confidence, rtol=1e-5)
+        levels = [loaded.levels.index(v) for v in found.levels]
+        source = radiograph.meta["spacing_source"]
+        measured = spine_morphometry(found.detections.points, levels, radiograph.spacing_mm, source)
+        np.testing.assert_allclose(rows["hp"], measured.heights.posterior, rtol=1e-5)
+        np.testing.assert_allclose(rows["wedge_ratio"], rows["ha"] / rows["hp"], rtol=1e-4)
+        unit = {"PixelSpacing": "patient mm", "ImagerPixelSpacing": "detector mm"}[source]
+        assert set(rows["height_unit"]) == {unit}
+        assert list(rows["morph_grade"]) == list(measured.grade)
+
+
+def test_a_radiograph_without_vertebrae_is_a_failed_file(checkpoints, images, tmp_path):
+    summary = score(checkpoints["grader"], [images], tmp_path, locator=checkpoints["blind"], workers=1,
+                    progress=False)
+    assert (summary.scored, summary.failed) == (0, 3)
+    assert summary.failed_by_reason == {"no vertebrae found": 3}
+    assert {(r["status"], r["error"]) for r in _rows(tmp_path / "predictions.csv")} == {("error", "no vertebrae found")}
+
+
+def test_an_embedded_locator_serves_without_the_option(checkpoints, images, tmp_path):
+    score(checkpoints["embedded"], [images], tmp_path / "embedded", workers=0, progress=False)
+    score(checkpoints["grader"], [images], tmp_path / "given", locator=checkpoints["locator"], workers=0,
+          progress=False)
+    embedded, given = _rows(tmp_path / "embedded" / "predictions.csv"), _rows(tmp_path / "given" / "predictions.csv")
+    assert embedded == given and {r["roi_source"] for r in embedded} == {"locator"}
+
+
+def test_roi_file_rows_say_file_and_carry_no_morphometry(checkpoints, images, small_cohort, tmp_path):
+    score(checkpoints["grader"], [images], tmp_path, rois_csv=small_cohort / "rois.csv", workers=0, progress=False)
+    rows = _rows(tmp_path / "predictions.csv")
+    assert {r["roi_source"] for r in rows} == {"file"} and {r["locator_confidence"] for r in rows} == {""}
+    assert not set(MORPHOMETRY_COLUMNS) & set(rows[0])
+
+
+def test_checkpoint_kinds_are_never_mixed_up(checkpoints, images, tmp_path):
+    with pytest.raises(CheckpointError, match="locator checkpoint, not a grader checkpoint") as err:
+        score(checkpoints["locator"], [images], tmp_path, progress=False)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match="grader checkpoint, not a locator checkpoint"):
+        score(checkpoints["grader"], [images], tmp_path, locator=checkpoints["grader"], progress=False)
+    with pytest.raises(CheckpointError, match="locator checkpoint, not a grader"):
+        embed_locator(checkpoints["locator"], checkpoints["grader"], tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_cli_reports_a_locator_given_as_the_grader_in_one_line(checkpoints, images, tmp_path, capsys):
+    from spine_dfl.cli import main
+
+    assert main(["score", str(checkpoints["locator"]), str(images), "--out", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "locator checkpoint, not a grader checkpoint" in err and "Traceback" not in err and "\n" not in err
+
+
+def test_morphometry_columns_from_manifest_points_match_hand_computed_values(small_cohort):
+    """T4 and T5 of the first radiograph, from the manifest's six points: heights by Pythagoras, ratios by hand."""
+    import pandas as pd
+
+    manifest = pd.read_csv(small_cohort / "manifest.csv")
+    first = manifest[manifest["image"] == manifest["image"].iloc[0]].iloc[:3]
+    points = first[[f"{p}_{a}" for p in ("sa", "sm", "sp", "ia", "im", "ip") for a in "xy"]].to_numpy(float)
+    points = points.reshape(-1, 6, 2)
+    spacing = (0.5, 0.5)
+    cells = morphometry_cells(spine_morphometry(points, [0, 1, 2], spacing, "PixelSpacing"))
+    r = first.iloc[1]  # the middle one has both neighbours
+    ha = math.hypot(r.sa_x - r.ia_x, r.sa_y - r.ia_y) * spacing[0]
+    hm = math.hypot(r.sm_x - r.im_x, r.sm_y - r.im_y) * spacing[0]
+    hp = [math.hypot(q.sp_x - q.ip_x, q.sp_y - q.ip_y) * spacing[0] for q in first.itertuples()]
+    assert cells[1]["ha"] == pytest.approx(ha) and cells[1]["hm"] == pytest.approx(hm)
+    assert cells[1]["hp"] == pytest.approx(hp[1]) and cells[1]["height_unit"] == "patient mm"
+    assert cells[1]["wedge_ratio"] == pytest.approx(ha / hp[1])
+    assert cells[1]["biconcave_ratio"] == pytest.approx(hm / hp[1])
+    assert cells[1]["crush_ratio"] == pytest.approx(hp[1] / ((hp[0] + hp[2]) / 2))
+    loss = max(0.0, 1 - ha / hp[1], 1 - hm / hp[1], 1 - hp[1] / ((hp[0] + hp[2]) / 2))
+    assert cells[1]["height_loss"] == pytest.approx(loss)
+    assert not math.isnan(cells[0]["crush_ratio"])  # T4 has T5 below it
+    rows = [{"image": "a", "vertebra": v, "roi": (0, 0, 1, 1), "roi_source": "manifest", **c}
+            for v, c in zip(first["vertebra"], cells)]
+    table = build_predictions(rows, np.full((3, 3), 1 / 3), CLASSES, label=False, roi_source=True, morphometry=True)
+    assert list(table.columns[-len(MORPHOMETRY_COLUMNS):]) == list(MORPHOMETRY_COLUMNS)
+    assert table["hp"].tolist() == pytest.approx(hp) and set(table["roi_source"]) == {"manifest"}
+    assert np.isnan(table["locator_confidence"]).all()
