@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spine_dfl.data import landmarks
 from spine_dfl.data.splits import SPLITS, patient_keys, patient_split
 from spine_dfl.data.summary import format_summary, summarize
 from spine_dfl.io import GENANT_GRADES, ROI_COLUMNS, normalize_level
@@ -418,6 +419,7 @@ def _load(
     raw = _read_csv(path)
     raw.columns = [str(c).strip().lower() for c in raw.columns]
     header_errors = _header_errors(path, list(raw.columns), require_labels)
+    header_errors += [f"{path}: {e}" for e in [landmarks.check_point_header(list(raw.columns))] if e]
     if header_errors:
         return None, header_errors
     if raw.empty:
@@ -430,13 +432,19 @@ def _load(
     names = _check_labels(p, require_labels, class_names)
     if has["split"]:
         _check_splits(p)
+    sizes = size_reader or ImageSizeReader()
     if has_roi:
         values, roi_ok = _parse_rois(p)
         if check_rois:
-            _check_rois_inside(p, values, roi_ok, size_reader or ImageSizeReader())
+            _check_rois_inside(p, values, roi_ok, sizes)
     else:
         for col in ROI_COLUMNS:
             p.table[col] = np.nan
+    if landmarks.POINT_COLUMNS[0] in raw.columns:  # all twelve, by the header check
+        points, images = landmarks.parse_points(p.table, p.rows, p.error), p.table["image"].tolist()
+        if check_rois:
+            landmarks.check_inside(points, images, p.rows, p.error, sizes)
+        landmarks.check_order(points, images, p.table["vertebra"].tolist(), p.rows, p.error)
     _check_duplicates(p)
     if has["patient_id"]:
         _check_one_patient_per_image(p)
