@@ -155,3 +155,67 @@ def test_morphometry_columns_from_manifest_points_match_hand_computed_values(sma
     assert list(table.columns[-len(MORPHOMETRY_COLUMNS):]) == list(MORPHOMETRY_COLUMNS)
     assert table["hp"].tolist() == pytest.approx(hp) and set(table["roi_source"]) == {"manifest"}
     assert np.isnan(table["locator_confidence"]).all()
+
+
+# ----------------------------------------------------------------------------- evaluate --locator
+def _oracle_locator(manifest_csv: Path, shift: float):
+    """locate_rois stand-in: each image's manifest vertebrae, boxes shifted by ``shift`` pixels, exact points
+    (the tiny locator above is too rough for IoU >= 0.5; the matching, grading and figures are what is tested)."""
+    import pandas as pd
+
+    from spine_dfl.io.vocabulary import LEVELS, POINT_COLUMNS
+    from spine_dfl.score.locating import LocatedRois
+
+    table = pd.read_csv(manifest_csv)
+
+    def locate_rois(loaded, radiograph):
+        rows = table[[str((manifest_csv.parent / i).resolve()) == str(Path(radiograph.meta["path"]).resolve())
+                      for i in table["image"]]]
+        points = rows[list(POINT_COLUMNS)].to_numpy(float).reshape(-1, 6, 2)
+        measured = spine_morphometry(points, [LEVELS.index(v) for v in rows["vertebra"]], radiograph.spacing_mm,
+                                     radiograph.meta["spacing_source"])
+        boxes = [tuple(float(v) + shift for v in box) for box in rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy()]
+        return LocatedRois(list(rows["vertebra"]), boxes, [0.9] * len(rows), morphometry_cells(measured))
+
+    return locate_rois
+
+
+def test_evaluate_reports_located_crops_beside_manifest_crops(checkpoints, small_cohort, tmp_path, monkeypatch):
+    import json
+
+    from spine_dfl.cli import main
+    from spine_dfl.report import located
+
+    manifest_csv = small_cohort / "manifest.csv"
+    monkeypatch.setattr("spine_dfl.score.locating.locate_rois", _oracle_locator(manifest_csv, shift=3.0))
+    grader = tmp_path / "grader4.pt"
+    torch.manual_seed(0)
+    save_checkpoint(grader, DFLNet("resnet18", num_classes=4, filters_per_class=2), {"test": "roi"},
+                    ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=32, use_roi=True), {})
+    out = tmp_path / "evaluate"
+    assert main(["evaluate", str(grader), str(manifest_csv), "--out", str(out), "--locator",
+                 str(checkpoints["locator"]), "--bootstrap", "10", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    n = metrics["overall"]["n"]
+    assert metrics["end_to_end"]["coverage"] == {"matched": n, "manifest_vertebrae": n, "min_iou": located.MATCH_IOU}
+    assert metrics["end_to_end"]["overall"]["n"] == n and 0 <= metrics["locator"]["detection_recall_iou50"] <= 1
+    by_manifest, _ = read_predictions(out / "predictions.csv")
+    by_locator, _ = read_predictions(out / "located" / "predictions.csv")
+    assert set(by_manifest["roi_source"]) == {"manifest"} and set(by_locator["roi_source"]) == {"locator"}
+    # the same vertebrae, the boxes 3 pixels off, the same points: the same morphometry
+    assert list(by_locator["vertebra"]) == list(by_manifest["vertebra"])
+    np.testing.assert_allclose(by_locator["x_min"], by_manifest["x_min"] + 3.0)
+    np.testing.assert_allclose(by_locator["hp"], by_manifest["hp"], rtol=1e-9)
+    assert list(by_locator["morph_grade"]) == list(by_manifest["morph_grade"])
+    assert (out / "located" / "report.html").is_file()
+
+
+def test_evaluate_with_a_locator_that_matches_nothing_says_so(checkpoints, small_cohort, tmp_path, capsys):
+    from spine_dfl.cli import main
+
+    grader = tmp_path / "grader4.pt"
+    save_checkpoint(grader, DFLNet("resnet18", num_classes=4, filters_per_class=2), {"test": "roi"},
+                    ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=32, use_roi=True), {})
+    assert main(["evaluate", str(grader), str(small_cohort / "manifest.csv"), "--out", str(tmp_path / "e"),
+                 "--locator", str(checkpoints["blind"]), "--bootstrap", "0", "--device", "cpu"]) == 2
+    assert "the locator matched none" in capsys.readouterr().err

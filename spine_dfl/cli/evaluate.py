@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test",
                    help="split to evaluate (default test; all rows when the manifest has no split column)")
     p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder")
+    p.add_argument("--locator", type=Path, default=None,
+                   help="locator checkpoint: also grade the located crops (end to end, in OUT/located) and "
+                        "report the locator's figures (default: the one embedded in the checkpoint, if any)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (patients) for the 95%% intervals")
@@ -27,8 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from spine_dfl.report.run import evaluate
 
     metrics = evaluate(args.checkpoint, args.manifest, args.split, args.out, device=args.device,
-                       batch_size=args.batch_size, n_bootstrap=args.bootstrap)
+                       batch_size=args.batch_size, n_bootstrap=args.bootstrap, locator=args.locator)
     overall = metrics["overall"]
     print(f"{overall['n']} samples: accuracy {overall['accuracy']:.3f}, macro AUC "
           f"{fmt(overall['macro_auc'])}; report: {args.out / 'report.html'}")
+    if "end_to_end" in metrics:
+        located, coverage = metrics["end_to_end"]["overall"], metrics["end_to_end"]["coverage"]
+        print(f"located crops: {coverage['matched']} of {coverage['manifest_vertebrae']} vertebrae matched, accuracy "
+              f"{located['accuracy']:.3f}, macro AUC {fmt(located['macro_auc'])}; identification rate "
+              f"{fmt(metrics['locator'].get('identification_rate'))}; report: {args.out / 'located' / 'report.html'}")
     return EXIT_OK

@@ -44,14 +44,33 @@ def predict_split(checkpoint: str | Path, manifest: str | Path, split: str | Non
 
 
 def evaluate(checkpoint: str | Path, manifest: str | Path, split: str, out_dir: str | Path, device: str = "auto",
-             batch_size: int = 32, n_bootstrap: int = 1000, title: str | None = None) -> dict[str, Any]:
+             batch_size: int = 32, n_bootstrap: int = 1000, title: str | None = None,
+             locator: str | Path | None = None) -> dict[str, Any]:
     """``spine-dfl evaluate``: predict ``split`` of ``manifest`` with ``checkpoint`` and write the report.
 
-    Returns metrics.json's content. Nothing is written when the manifest or checkpoint is bad.
+    With a locator (``locator``, or the one embedded in the checkpoint) the located crops are graded
+    too (``report.located``): their own predictions.csv and report in ``out_dir/located``, and
+    metrics.json gains ``end_to_end`` (their overall and per-level figures, coverage) and ``locator``
+    (``locate.evaluate``'s figures). Returns metrics.json's content. Nothing is written when the
+    manifest or checkpoint is bad.
     """
-    predictions = predict_split(checkpoint, manifest, split, device=device, batch_size=batch_size)
+    import json
+
+    from spine_dfl.atomic import atomic_write_text
+    from spine_dfl.report.located import evaluate_located
+
+    by_manifest, by_locator, figures = evaluate_located(checkpoint, locator, manifest, split, device=device,
+                                                        batch_size=batch_size)
     title = title if title is not None else f"{Path(manifest).name} [{split}]"
-    return write_evaluation(predictions, out_dir, title, n_bootstrap)
+    metrics = write_evaluation(by_manifest, out_dir, title, n_bootstrap)
+    if by_locator is None:
+        return metrics
+    located = write_evaluation(by_locator, Path(out_dir) / "located", f"{title}, located crops", n_bootstrap)
+    metrics["end_to_end"] = {"overall": located["overall"], "per_vertebra": located.get("per_vertebra"),
+                             "coverage": figures["coverage"], "report": "located/report.html"}
+    metrics["locator"] = figures["locator"]
+    atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    return metrics
 
 
 @dataclass
