@@ -208,6 +208,18 @@ def test_evaluate_reports_located_crops_beside_manifest_crops(checkpoints, small
     np.testing.assert_allclose(by_locator["hp"], by_manifest["hp"], rtol=1e-9)
     assert list(by_locator["morph_grade"]) == list(by_manifest["morph_grade"])
     assert (out / "located" / "report.html").is_file()
+    # report: CNN grade against morphometric grade, and morphometry per level, from the table alone
+    block = metrics["morphometry"]
+    counts = block["agreement"]["counts"]
+    assert sum(sum(row.values()) for row in counts.values()) == n == block["n"]
+    for cls, row in counts.items():
+        for grade, count in row.items():
+            assert count == int(((by_manifest["pred"] == cls) & (by_manifest["morph_grade"] == grade)).sum())
+    assert block["agreement"]["exact"] == pytest.approx(float((by_manifest["pred"] == by_manifest["morph_grade"]).mean()))
+    t5 = by_manifest[by_manifest["vertebra"] == "T5"]
+    assert block["per_vertebra"]["T5"]["median_hp"] == pytest.approx(float(np.median(t5["hp"])))
+    page = (out / "report.html").read_text()
+    assert 'id="morphometry"' in page and "quadratic-weighted kappa" in page
 
 
 def test_evaluate_with_a_locator_that_matches_nothing_says_so(checkpoints, small_cohort, tmp_path, capsys):

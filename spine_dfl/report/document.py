@@ -25,6 +25,7 @@ from spine_dfl.report.metrics import (
     SMALL_SAMPLE, PatientArrays, branch_differences, metrics_from_arrays, patient_level, per_vertebra_table,
     sorted_levels,
 )
+from spine_dfl.report.morphometry import morphometry_section, morphometry_summary
 from spine_dfl.report.table import PredictionArrays, load_predictions, prepare
 from spine_dfl.io.vocabulary import LEVELS
 
@@ -300,6 +301,7 @@ def render_html(arrays: PredictionArrays, metrics: dict[str, Any], title: str, i
         _confusion_section(arrays, classes, levels, patients),
         _roc_and_calibration_sections(arrays, classes, patients),
         _branches_section(arrays, metrics),
+        morphometry_section(metrics.get("morphometry")),
         _errors_section(arrays, image_root, thumbnails, max_errors),
         '<section id="definitions"><h2>How the figures are computed</h2>'
         + _static("definitions.html").replace("{small}", str(SMALL_SAMPLE)) + "</section>",
@@ -346,6 +348,9 @@ def write_report(
         predictions = table
     arrays = prepare(predictions, classes, source=source)
     metrics = metrics_from_arrays(arrays, n_bootstrap=n_bootstrap, seed=seed)
+    morphometry = morphometry_summary(predictions, list(metrics["classes"]))
+    if morphometry is not None:
+        metrics["morphometry"] = morphometry
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
