@@ -72,12 +72,18 @@ def test_located_vertebrae_are_graded_with_source_confidence_and_morphometry(che
     for image, rows in table.groupby("image", sort=False):
         radiograph = read_image(image)
         found = locate_radiograph(loaded, radiograph.pixels)
-        assert list(rows["vertebra"]) == list(found.levels) and len(rows) > 0
-        np.testing.assert_allclose(rows[["x_min", "y_min", "x_max", "y_max"]], found.detections.boxes, rtol=1e-5)
-        np.testing.assert_allclose(rows["locator_confidence"], found.confidence, rtol=1e-5)
-        levels = [loaded.levels.index(v) for v in found.levels]
+        # the locator's detections in its order, less those mostly outside the image, boxes clipped to it
+        rows_h, cols_w = radiograph.pixels.shape
+        keep = [k for k, box in enumerate(found.detections.boxes)
+                if (min(box[2], cols_w) - max(box[0], 0)) * (min(box[3], rows_h) - max(box[1], 0))
+                >= 0.5 * (box[2] - box[0]) * (box[3] - box[1])]
+        assert list(rows["vertebra"]) == [found.levels[k] for k in keep] and len(rows) > 0
+        expected = np.clip(found.detections.boxes[keep], 0, [cols_w, rows_h, cols_w, rows_h])
+        np.testing.assert_allclose(rows[["x_min", "y_min", "x_max", "y_max"]], expected, rtol=1e-5)
+        np.testing.assert_allclose(rows["locator_confidence"], found.confidence[keep], rtol=1e-5)
+        levels = [loaded.levels.index(found.levels[k]) for k in keep]
         source = radiograph.meta["spacing_source"]
-        measured = spine_morphometry(found.detections.points, levels, radiograph.spacing_mm, source)
+        measured = spine_morphometry(found.detections.points[keep], levels, radiograph.spacing_mm, source)
         np.testing.assert_allclose(rows["hp"], measured.heights.posterior, rtol=1e-5)
         np.testing.assert_allclose(rows["wedge_ratio"], rows["ha"] / rows["hp"], rtol=1e-4)
         unit = {"PixelSpacing": "patient mm", "ImagerPixelSpacing": "detector mm"}[source]
@@ -231,3 +237,38 @@ def test_evaluate_with_a_locator_that_matches_nothing_says_so(checkpoints, small
     assert main(["evaluate", str(grader), str(small_cohort / "manifest.csv"), "--out", str(tmp_path / "e"),
                  "--locator", str(checkpoints["blind"]), "--bootstrap", "0", "--device", "cpu"]) == 2
     assert "the locator matched none" in capsys.readouterr().err
+
+
+def _content_items(dataset):
+    for item in getattr(dataset, "ContentSequence", []):
+        yield item
+        yield from _content_items(item)
+
+
+def test_sr_carries_the_located_region_and_morphometry_with_units(checkpoints, images, tmp_path):
+    import pydicom
+
+    score(checkpoints["grader"], [images], tmp_path / "out", locator=checkpoints["locator"], workers=0,
+          dicom_out=tmp_path / "dicom", progress=False)
+    rows = [r for r in _rows(tmp_path / "out" / "predictions.csv") if r["status"] == "ok"]
+    first = rows[0]
+    sr_files = [p for p in (tmp_path / "dicom").rglob("*") if p.is_file() and pydicom.dcmread(p).Modality == "SR"]
+    sr = next(pydicom.dcmread(p) for p in sr_files
+              if pydicom.dcmread(p).CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+              .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first["sop_instance_uid"])
+    numeric = {}
+    for item in _content_items(sr):
+        if item.ValueType == "NUM":
+            value = item.MeasuredValueSequence[0]
+            numeric.setdefault(item.ConceptNameCodeSequence[0].CodeMeaning, []).append(
+                (float(value.NumericValue), value.MeasurementUnitsCodeSequence[0].CodeValue))
+    same_image = [r for r in rows if r["image"] == first["image"]]
+    heights = numeric["Posterior vertebral body height"]
+    assert [round(v, 3) for v, _ in heights] == [round(float(r["hp"]), 3) for r in same_image]
+    assert {unit for _, unit in heights} == {"mm"}
+    assert {unit for _, unit in numeric["Wedge ratio Ha/Hp"]} == {"{ratio}"}
+    texts = [item.TextValue for item in _content_items(sr) if item.ValueType == "TEXT"]
+    assert any(t.endswith("(located)") for t in texts)
+    methods = [item.ConceptCodeSequence[0].CodeMeaning for item in _content_items(sr)
+               if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Method"]
+    assert "Region found by the vertebra locator" in methods

@@ -62,6 +62,22 @@ CODES: dict[str, hd.sr.CodedConcept] = {
     "probability": hd.sr.CodedConcept(*codes.DCM.Probability),
     "no_units": hd.sr.CodedConcept(*codes.UCUM.NoUnits),
     "whole_spine": hd.sr.CodedConcept(*codes.SCT.Spine),
+    # six-point morphometry (Genant) and the locator: no standard codes exist
+    "ha": _private("HA", "Anterior vertebral body height"),
+    "hm": _private("HM", "Middle vertebral body height"),
+    "hp": _private("HP", "Posterior vertebral body height"),
+    "wedge_ratio": _private("WEDGE", "Wedge ratio Ha/Hp"),
+    "biconcave_ratio": _private("BICONCAVE", "Biconcave ratio Hm/Hp"),
+    "crush_ratio": _private("CRUSH", "Crush ratio Hp/adjacent Hp"),
+    "height_loss": _private("HEIGHTLOSS", "Vertebral height loss"),
+    "morph_grade": _private("MORPHGRADE", "Morphometric grade (Genant)"),
+    "locator_confidence": _private("LOCCONF", "Vertebra locator confidence"),
+    "located_region": _private("LOCATED", "Region found by the vertebra locator"),
+    "mm": hd.sr.CodedConcept("mm", "UCUM", "millimeter"),
+    "pixels": hd.sr.CodedConcept("{pixels}", "UCUM", "pixels"),
+    "ratio": hd.sr.CodedConcept("{ratio}", "UCUM", "ratio"),
+    "detector mm": _private("DETECTORMM", "Six-point morphometry in the detector plane (ImagerPixelSpacing)"),
+    "patient mm": _private("PATIENTMM", "Six-point morphometry calibrated to the patient (PixelSpacing)"),
 }
 
 # SNOMED CT codes of the levels pydicom knows (C1..L5; S1 has none there).

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch-free at import: the writer processes start quickly
     from spine_dfl.heatmap.evidence import EvidenceMap
@@ -28,6 +28,9 @@ class VertebraFinding:
     probabilities: class name -> softmax probability (0..1).
     evidence: the predicted class's evidence map (``spine_dfl.heatmap.EvidenceMap``) for the
         overlay's heatmap, or None (no heatmap).
+    cells: the sample's other predictions-table cells: ``roi_source``, ``locator_confidence`` and
+        the six-point morphometry (``ha``, ``hm``, ``hp``, ``height_unit``, the ratios, ``height_loss``,
+        ``morph_grade``, ``morph_kind``) where known; empty otherwise.
     """
 
     vertebra: str
@@ -35,6 +38,7 @@ class VertebraFinding:
     predicted: str
     probabilities: Mapping[str, float]
     evidence: EvidenceMap | None = None
+    cells: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,11 @@
 Per vertebra one ``PlanarROIMeasurementsAndQualitativeEvaluations`` group: the ROI rectangle as a
 closed 2-D SCOORD POLYLINE on the source image, the vertebra as tracking identifier and finding
 site, the predicted grade as a coded qualitative evaluation and its probability as a measurement,
-the model as algorithm identification. ``VerificationFlag`` UNVERIFIED and ``PreliminaryFlag``
+the model as algorithm identification; where known, the six-point morphometry as numeric
+measurements with units (Ha, Hm, Hp in mm with the method saying detector or patient mm, or in
+{pixels} without spacing; wedge, biconcave, crush ratios and height loss in {ratio}), the
+morphometric grade as a coded evaluation, and for a located vertebra the locator's confidence with
+the group's method "Region found by the vertebra locator". ``VerificationFlag`` UNVERIFIED and ``PreliminaryFlag``
 PRELIMINARY: unverified machine output for review. The per-class probabilities stay in
 predictions.csv (each SR content item costs highdicom time).
 
@@ -14,7 +18,8 @@ top-left corner of the top-left pixel).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -28,6 +33,7 @@ from spine_dfl.dicom_out.codes import (
     DEVICE_OBSERVER_UID,
     MANUFACTURER,
     MODEL_NAME,
+    PRIVATE_SCHEME,
     class_code,
     coding_scheme_item,
     vertebra_code,
@@ -74,20 +80,46 @@ def _measurement_group(
         value=float(finding.probabilities[finding.predicted]),
         unit=CODES["no_units"],
     )
+    located = finding.cells.get("roi_source") == "locator"
+    evaluations = [hd.sr.QualitativeEvaluation(name=CODES["predicted_grade"], value=class_code(class_names, finding.predicted))]
+    if finding.cells.get("morph_grade"):
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            name=CODES["morph_grade"], value=_private_value(str(finding.cells["morph_grade"]))))
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(entropy_srcs=[tracking_root, str(number), label]),
-            identifier=f"vertebra {label}",
+            identifier=f"vertebra {label}" + (" (located)" if located else ""),
         ),
         referenced_region=region,
         finding_type=CODES["finding_type"],
         algorithm_id=algorithm,
         finding_sites=[hd.sr.FindingSite(anatomic_location=vertebra_code(finding.vertebra))],
-        measurements=[probability],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=CODES["predicted_grade"], value=class_code(class_names, finding.predicted))
-        ],
+        measurements=[probability, *_morphometry_measurements(finding.cells)],
+        qualitative_evaluations=evaluations,
+        method=CODES["located_region"] if located else None,
     )
+
+
+def _private_value(name: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=name.upper()[:16], scheme_designator=PRIVATE_SCHEME, meaning=name)
+
+
+def _morphometry_measurements(cells: Mapping[str, Any]) -> list[hd.sr.Measurement]:
+    """Ha, Hm, Hp (mm, or pixels without spacing; the method says detector or patient mm), the three
+    ratios and the height loss ({ratio}), and the locator's confidence, where the cells give them."""
+    out = []
+    unit = str(cells.get("height_unit") or "pixels")
+    for key in ("ha", "hm", "hp", "wedge_ratio", "biconcave_ratio", "crush_ratio", "height_loss", "locator_confidence"):
+        value = cells.get(key)
+        if value is None or value == "" or not np.isfinite(float(value)):
+            continue
+        height = key in ("ha", "hm", "hp")
+        out.append(hd.sr.Measurement(
+            name=CODES[key], value=float(value),
+            unit=CODES["pixels" if height and unit == "pixels" else "mm" if height else "ratio"],
+            method=CODES[unit] if height and unit != "pixels" else None,
+        ))
+    return out
 
 
 def _device_observer() -> hd.sr.ObserverContext:

@@ -88,9 +88,11 @@ class DicomResults:
             return
         findings = [
             VertebraFinding(vertebra=vertebra, roi=roi, predicted=self.class_names[int(p.argmax())],
-                            probabilities={c: float(v) for c, v in zip(self.class_names, p)}, evidence=evidence_map)
-            for vertebra, roi, p, evidence_map in zip(
-                item["vertebrae"], item["rois"], probs, self._evidence_maps(item, evidence))
+                            probabilities={c: float(v) for c, v in zip(self.class_names, p)}, evidence=evidence_map,
+                            cells=cells)
+            for vertebra, roi, p, evidence_map, cells in zip(
+                item["vertebrae"], item["rois"], probs, self._evidence_maps(item, evidence),
+                item.get("extras") or [{}] * len(item["vertebrae"]))
         ]
         finished.job = (self.config, item["file"], findings)
         if self.pool is not None:

@@ -62,22 +62,34 @@ class LocatedRois:
     morphometry: list[dict[str, Any]]
 
 
+def _area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
 def locate_rois(loaded: Any, radiograph: Any) -> LocatedRois:
     """The locator's vertebrae of one decoded radiograph (``io.Radiograph``), with six-point morphometry."""
     from spine_dfl.data.threads import single_thread
+    from spine_dfl.heatmap.geometry import clip_boxes
     from spine_dfl.locate.checkpoint import locate_radiograph
     from spine_dfl.locate.morphometry import UNIT_BY_SPACING_SOURCE, spine_morphometry
     from spine_dfl.predictions import morphometry_cells
 
     with single_thread():
         found = locate_radiograph(loaded, np.asarray(radiograph.pixels))
-    vertebrae = list(found.levels)
-    if not vertebrae:
+    if not len(found):
         return LocatedRois([], [], [], [])
-    boxes = [tuple(float(v) for v in box) for box in found.detections.boxes]
+    # A box is clipped to the image; one that keeps less than half its area there (a peak in the
+    # letterbox padding, or a body cut by the field of view) is not a vertebra to grade.
+    raw = found.detections.boxes
+    clipped = clip_boxes(raw, np.asarray(radiograph.pixels).shape[:2])
+    keep = np.flatnonzero(_area(clipped) >= 0.5 * np.maximum(_area(raw), 1e-9))
+    if not keep.size:
+        return LocatedRois([], [], [], [])
+    vertebrae = [found.levels[k] for k in keep]
+    boxes = [tuple(float(v) for v in clipped[k]) for k in keep]
     # The locator's levels are consecutive in anatomical order: their indices give the crush ratio's neighbours.
     source = radiograph.meta.get("spacing_source")
     spacing = radiograph.spacing_mm if source in UNIT_BY_SPACING_SOURCE else None  # unknown source: pixels
-    measured = spine_morphometry(found.detections.points, [loaded.levels.index(name) for name in vertebrae],
+    measured = spine_morphometry(found.detections.points[keep], [loaded.levels.index(name) for name in vertebrae],
                                  spacing, source if spacing is not None else None)
-    return LocatedRois(vertebrae, boxes, [float(c) for c in found.confidence], morphometry_cells(measured))
+    return LocatedRois(vertebrae, boxes, [float(found.confidence[k]) for k in keep], morphometry_cells(measured))
