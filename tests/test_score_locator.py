@@ -272,3 +272,51 @@ def test_sr_carries_the_located_region_and_morphometry_with_units(checkpoints, i
     methods = [item.ConceptCodeSequence[0].CodeMeaning for item in _content_items(sr)
                if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeMeaning == "Measurement Method"]
     assert "Region found by the vertebra locator" in methods
+
+
+# ----------------------------------------------------------------------------- explain --locator
+def test_explain_with_the_locator_draws_each_vertebra_and_its_six_points(checkpoints, images, tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from spine_dfl.cli import main
+
+    out = tmp_path / "explain"
+    assert main(["explain", str(checkpoints["grader"]), str(images), "--out", str(out), "--locator",
+                 str(checkpoints["locator"]), "--top", "2", "--device", "cpu"]) == 0
+    entries = json.loads((out / "patches.json").read_text())
+    scored = {r["image"]: r for r in _rows_of_score(checkpoints, images, tmp_path)}
+    assert entries and {e["roi_source"] for e in entries} == {"locator"}
+    assert {e["image"] for e in entries} == set(scored)
+    entry = entries[0]
+    assert np.asarray(entry["points"]).shape == (6, 2)
+    png = np.asarray(Image.open(out / entry["png"]).convert("RGB"))
+    assert ((png == [0, 255, 255]).all(axis=-1)).sum() > 10  # the superior endplate, cyan
+    capsys.readouterr()
+    assert main(["explain", str(checkpoints["grader"]), str(images), "--out", str(tmp_path / "blind"), "--locator",
+                 str(checkpoints["blind"]), "--device", "cpu"]) == 1
+    assert "(3 failed: no vertebrae found)" in capsys.readouterr().err
+
+
+def _rows_of_score(checkpoints, images, tmp_path):
+    score(checkpoints["grader"], [images], tmp_path / "score", locator=checkpoints["locator"], workers=0,
+          progress=False)
+    return [r for r in _rows(tmp_path / "score" / "predictions.csv") if r["status"] == "ok"]
+
+
+def test_explain_draws_the_manifest_points(checkpoints, small_cohort, tmp_path):
+    import json
+
+    import pandas as pd
+
+    from spine_dfl.explain.inputs import explain_records
+
+    manifest = pd.read_csv(small_cohort / "manifest.csv")
+    first = manifest[manifest["image"] == manifest["image"][0]].head(2)
+    first = first.assign(image=[str(small_cohort / i) for i in first["image"]])
+    first.to_csv(tmp_path / "two.csv", index=False)
+    explain_records(checkpoints["grader"], tmp_path / "two.csv", tmp_path / "out", top_n=1, device="cpu")
+    entries = json.loads((tmp_path / "out" / "patches.json").read_text())
+    expected = first[[f"{p}_{a}" for p in ("sa", "sm", "sp", "ia", "im", "ip") for a in "xy"]].to_numpy(float)
+    np.testing.assert_allclose([np.ravel(e["points"]) for e in entries], expected, atol=0.006)

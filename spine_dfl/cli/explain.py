@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rois", type=Path, default=None,
                    help="CSV of vertebra ROIs for DICOM inputs: sop_instance_uid or image, vertebra, "
                         "x_min, y_min, x_max, y_max (original pixels)")
+    p.add_argument("--locator", type=Path, default=None,
+                   help="locator checkpoint: without --rois it finds each file's vertebrae (and draws their six points); "
+                        "default: the one embedded in the checkpoint, if any")
     p.add_argument("--batch-size", type=int, default=8, help="images per model batch (default 8)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
     p.set_defaults(func=run)
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if _is_manifest(args.inputs):
             explained = explain_records(args.checkpoint, args.inputs[0], args.out, split=args.split, **options)
         else:
-            explained = explain_inputs(args.checkpoint, args.inputs, args.rois, args.out, **options)
+            explained = explain_inputs(args.checkpoint, args.inputs, args.rois, args.out, locator=args.locator, **options)
     except NoSampleExplained as exc:
         print(f"spine-dfl explain: {exc}", file=sys.stderr)
         return EXIT_FAILED

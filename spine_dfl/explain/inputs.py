@@ -39,8 +39,8 @@ class ExplainInputError(ValueError):
 
 
 def _explain(loaded: Any, records: Iterable[Mapping[str, Any]], out_dir: str | Path, top_n: int, device: str,
-             batch_size: int) -> ExplainRun:
-    failures: list[dict[str, str]] = []
+             batch_size: int, failures: list[dict[str, str]] | None = None) -> ExplainRun:
+    failures = [] if failures is None else failures
     entries = explain(loaded, records, out_dir, top_n=top_n, device=device, batch_size=batch_size, failures=failures)
     return ExplainRun(Path(out_dir), entries, failures)
 
@@ -74,7 +74,27 @@ def explain_records(
                                    require_labels=False)
     except ValueError as exc:  # ManifestError names every bad row; ValueError an empty split
         raise ExplainInputError(str(exc)) from exc
-    return _explain(loaded, records, out_dir, top_n, device, batch_size)
+    return _explain(loaded, with_manifest_points(records, manifest), out_dir, top_n, device, batch_size)
+
+
+def with_manifest_points(records: list[dict[str, Any]], manifest: str | Path) -> list[dict[str, Any]]:
+    """The records with their manifest row's six points (``points`` (6, 2)) where all twelve cells are numbers."""
+    import numpy as np
+    import pandas as pd
+
+    from spine_dfl.data.manifest import load_manifest
+    from spine_dfl.io.vocabulary import POINT_COLUMNS
+
+    table = load_manifest(manifest, check_files=False, check_rois=False, require_labels=False).table
+    if not all(c in table.columns for c in POINT_COLUMNS):
+        return records
+    by_row = table.set_index("row")[list(POINT_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+    out = []
+    for record in records:
+        points = by_row.loc[record["row"]].to_numpy(np.float64) if record.get("row") in by_row.index else None
+        out.append({**record, "points": points.reshape(6, 2)} if points is not None and np.isfinite(points).all()
+                   else record)
+    return out
 
 
 def explain_inputs(
@@ -85,16 +105,47 @@ def explain_inputs(
     top_n: int = 5,
     device: str = "auto",
     batch_size: int = 8,
+    locator: str | Path | None = None,
 ) -> ExplainRun:
     """Explain image files and folders (DICOM, NIfTI, PNG/TIFF), with vertebra ROIs from `rois_csv`.
 
     A model trained on vertebra ROIs needs `rois_csv` (read by ``spine_dfl.io.read_rois``: one rule
-    for every caller, a bad row rejects the table naming the row); a whole-image model gets one
-    sample per file and reads no ROI table.
+    for every caller, a bad row rejects the table naming the row) or a locator (``locator``, or the
+    one embedded in the checkpoint), which finds each file's vertebrae and their six points (drawn
+    in the gallery); a file where it finds none is a failure "no vertebrae found". A whole-image
+    model gets one sample per file and reads no ROI table.
     """
+    from spine_dfl.score.locating import resolve_locator
+
     loaded = _load(checkpoint, device)
-    records = input_records(inputs, rois_csv, bool(loaded.preprocessing.use_roi))
-    return _explain(loaded, records, out_dir, top_n, device, batch_size)
+    use_roi = bool(loaded.preprocessing.use_roi)
+    source = resolve_locator(locator, loaded.raw, checkpoint) if use_roi and rois_csv is None else None
+    if source is None:
+        return _explain(loaded, input_records(inputs, rois_csv, use_roi), out_dir, top_n, device, batch_size)
+    failures: list[dict[str, str]] = []
+    records = located_records(input_records(inputs, None, False), source.load(), failures)
+    return _explain(loaded, records, out_dir, top_n, device, batch_size, failures)
+
+
+def located_records(files: Sequence[Mapping[str, Any]], locator: Any, failures: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """One record per located vertebra of each file record (``roi``, ``vertebra``, ``points`` (6, 2) and
+    ``locator_confidence``); files that cannot be read or where none is found go to ``failures``."""
+    from spine_dfl.io import read_image
+    from spine_dfl.score.locating import NO_VERTEBRAE, locate_rois
+
+    records = []
+    for file in files:
+        try:
+            found = locate_rois(locator, read_image(file["image"]))
+        except Exception as exc:  # an unreadable file fails on its own, as in score
+            failures.append({"image": str(file["image"]), "vertebra": "", "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        if not found.vertebrae:
+            failures.append({"image": str(file["image"]), "vertebra": "", "reason": NO_VERTEBRAE})
+        records += [{**file, "roi": box, "vertebra": level, "points": points, "locator_confidence": confidence}
+                    for level, box, points, confidence in zip(found.vertebrae, found.boxes, found.points,
+                                                              found.confidence)]
+    return records
 
 
 def input_records(inputs: Sequence[str | Path], rois_csv: str | Path | None, use_roi: bool) -> list[dict[str, Any]]:

@@ -95,12 +95,14 @@ def render_sample_figure(
     roi: tuple[float, float, float, float] | None,
     evidence_label: str,
     gradcam_label: str,
+    points: np.ndarray | None = None,
 ) -> None:
     """Write the three-panel PNG for one sample (atomically).
 
     pixels: (y1-y0, x1-x0) original pixels of `region` (x0, y0, x1, y1), VOI already applied.
     boxes: from ``heatmap.class_patches`` (original pixels). evidence / gradcam: maps on the same
-    pixels as `pixels` (NaN = not seen by the network).
+    pixels as `pixels` (NaN = not seen by the network). points: the vertebra's six landmarks (6, 2)
+    sa, sm, sp, ia, im, ip in original pixels, drawn as the two endplates, or None.
     """
     from PIL import Image, ImageDraw
 
@@ -112,6 +114,7 @@ def render_sample_figure(
     images = [panel.image(grey)] + [panel.image(blended) for blended, _, _ in heat]
     for image in images:
         _draw_roi(ImageDraw.Draw(image), panel, roi)
+        _draw_points(ImageDraw.Draw(image), panel, points)
     _draw_patches(images, panel, boxes)
 
     legend_lines = len(boxes) + 1
@@ -153,6 +156,17 @@ def _draw_ticks(draw: Any, panel: _Panel, left: int, x_axis: bool) -> None:
         else:
             draw.line((left - 5, _TOP + px, left - 1, _TOP + px), fill="black")
             draw.text((left - 7, _TOP + px), text, fill="black", font=font, anchor="rm")
+
+
+def _draw_points(draw: Any, panel: _Panel, points: np.ndarray | None) -> None:
+    """The six points as dots joined along each endplate (superior cyan, inferior green)."""
+    if points is None:
+        return
+    for endplate, colour in ((points[:3], "cyan"), (points[3:], "lime")):
+        xy = [panel.xy(float(x), float(y)) for x, y in endplate]
+        draw.line(xy, fill=colour, width=1)
+        for x, y in xy:
+            draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), outline="black", fill=colour)
 
 
 def _draw_roi(draw: Any, panel: _Panel, roi: tuple[float, float, float, float] | None) -> None:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -131,7 +132,9 @@ def explain(
                 entries.append(entry)
         json_file.write("\n]\n")
         if not entries:
-            raise NoSampleExplained(f"no sample could be explained ({len(failures)} failed)")
+            reasons = sorted({f["reason"] for f in failures})
+            raise NoSampleExplained(f"no sample could be explained ({len(failures)} failed: "
+                                    + "; ".join(reasons[:3]) + ("; ..." if len(reasons) > 3 else "") + ")")
     meta = [
         f"{len(entries)} samples, model {getattr(model, 'backbone_name', '?')} (P-stream stride {model.stride} px in a "
         f"{context.input_size} px input; patches drawn at the effective receptive field, {patch_side:.0f} px, "
@@ -192,6 +195,8 @@ def _explain_one(context: _Context, item: PreparedSample, output: _SampleOutput)
     vertebra = str(record.get("vertebra", "") or "")
     png = png_name(item.seq, record)
     roi = record_roi(record)
+    points = record.get("points")
+    points = None if points is None else np.asarray(points, dtype=np.float64).reshape(6, 2)
     probs = output.probs.tolist()
     verdict = "" if label is None else (f"  |  truth {label}: " + ("correct" if label == pred_name else "WRONG"))
     title = (f"{Path(str(record['image'])).name}  {vertebra or 'whole image'}  |  predicted {pred_name} "
@@ -201,7 +206,10 @@ def _explain_one(context: _Context, item: PreparedSample, output: _SampleOutput)
         context.out / png, item.pixels, region, boxes, evidence, cam_original, title, pred_name, roi,
         evidence_label=f"filter response (max of {pred_name}'s {model.filters_per_class} filters)",
         gradcam_label="Grad-CAM, relative to this image's maximum" + ("" if cam_max > 0 else " (zero everywhere)"),
+        points=points,
     )
+    located = {} if record.get("locator_confidence") is None else {
+        "roi_source": "locator", "locator_confidence": round(float(record["locator_confidence"]), 6)}
     return {
         "image": str(record["image"]),
         "vertebra": vertebra,
@@ -217,4 +225,6 @@ def _explain_one(context: _Context, item: PreparedSample, output: _SampleOutput)
         "patch_side": round(context.patch_side, 2),
         "boxes": boxes,
         "gradcam_peak": [round(gradcam_peak[0], 2), round(gradcam_peak[1], 2)],
+        "points": None if points is None else np.round(points, 2).tolist(),
+        **located,
     }

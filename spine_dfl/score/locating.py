@@ -7,7 +7,7 @@ crashes its process fails one file like a decoder would.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,14 @@ def resolve_locator(locator: str | Path | None, grader_raw: dict[str, Any], grad
 @dataclass(frozen=True)
 class LocatedRois:
     """One radiograph's located vertebrae, cranial first: level names, boxes (x_min, y_min, x_max, y_max)
-    in original pixels, confidences, and each vertebra's morphometry cells (``predictions.morphometry_cells``)."""
+    in original pixels, confidences, each vertebra's morphometry cells (``predictions.morphometry_cells``)
+    and its six points ((6, 2) arrays sa, sm, sp, ia, im, ip; (x, y) original pixels)."""
 
     vertebrae: list[str]
     boxes: list[tuple[float, float, float, float]]
     confidence: list[float]
     morphometry: list[dict[str, Any]]
+    points: list[np.ndarray] = field(default_factory=list)
 
 
 def _area(boxes: np.ndarray) -> np.ndarray:
@@ -92,4 +94,5 @@ def locate_rois(loaded: Any, radiograph: Any) -> LocatedRois:
     spacing = radiograph.spacing_mm if source in UNIT_BY_SPACING_SOURCE else None  # unknown source: pixels
     measured = spine_morphometry(found.detections.points[keep], [loaded.levels.index(name) for name in vertebrae],
                                  spacing, source if spacing is not None else None)
-    return LocatedRois(vertebrae, boxes, [float(found.confidence[k]) for k in keep], morphometry_cells(measured))
+    return LocatedRois(vertebrae, boxes, [float(found.confidence[k]) for k in keep], morphometry_cells(measured),
+                       [found.detections.points[k] for k in keep])
