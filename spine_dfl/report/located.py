@@ -3,8 +3,8 @@
 End to end: every radiograph of the split is located (``score.locating.locate_rois``, as score
 does); each located box is matched one-to-one to the manifest's boxes of that image at IoU >= 0.5
 (``locate.evaluate.match_boxes``) and takes the matched row's label, vertebra, patient and row
-number (the ``vertebra`` column is the manifest's level); the grader then grades the located crop. Located boxes without a match have no truth and
-are left out (the locator figures count them as false detections); manifest vertebrae without a
+number (the ``vertebra`` column is the manifest's level); the grader then grades the located
+crop. Located boxes without a match have no truth and are left out (the locator figures count them as false detections); manifest vertebrae without a
 match are counted in ``coverage``. The manifest-crop table gains ``roi_source = manifest`` and the
 manifest's six-point morphometry; the located one ``roi_source = locator``, its confidence and the
 locator's morphometry.
