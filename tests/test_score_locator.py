@@ -100,7 +100,12 @@ def test_a_radiograph_without_vertebrae_is_a_failed_file(checkpoints, images, tm
 
 
 def test_an_embedded_locator_serves_without_the_option(checkpoints, images, tmp_path):
-    score(checkpoints["embedded"], [images], tmp_path / "embedded", workers=0, progress=False)
+    from spine_dfl.cli import main
+
+    assert main(["embed-locator", str(checkpoints["grader"]), str(checkpoints["locator"]), str(tmp_path / "one.pt")]) == 0
+    assert main(["embed-locator", str(checkpoints["locator"]), str(checkpoints["grader"]), str(tmp_path / "x.pt")]) == 2
+    assert torch.load(tmp_path / "one.pt", weights_only=True)["locator"]["kind"] == "locator"
+    score(tmp_path / "one.pt", [images], tmp_path / "embedded", workers=0, progress=False)
     score(checkpoints["grader"], [images], tmp_path / "given", locator=checkpoints["locator"], workers=0,
           progress=False)
     embedded, given = _rows(tmp_path / "embedded" / "predictions.csv"), _rows(tmp_path / "given" / "predictions.csv")
