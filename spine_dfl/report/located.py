@@ -102,7 +102,7 @@ def evaluate_located(checkpoint: str | Path, locator_path: str | Path | None, ma
     where = resolve_device(device)
     loaded = load_checkpoint(checkpoint, map_location=where)
     records = manifest_records(manifest, loaded.class_names, split, loaded.preprocessing.use_roi)
-    table = load_manifest(manifest, class_names=loaded.class_names).table
+    table = load_manifest(manifest, check_files=False, check_rois=False, require_labels=False).table  # checked above
 
     def grade(rows: list[dict[str, Any]]) -> pd.DataFrame:
         return predict_records(loaded.model, rows, loaded.preprocessing, loaded.class_names, batch_size=batch_size,
@@ -134,6 +134,6 @@ def locator_figures(locator: Any, manifest: str | Path, split: str) -> dict[str,
     from spine_dfl.locate.evaluate import evaluate_locator
     from spine_dfl.locate.samples import load_samples
 
-    samples = load_samples(load_manifest(manifest).table, locator.levels, locator.input_size, locator.percentiles,
-                           [split])
+    table = load_manifest(manifest, check_files=False, check_rois=False).table  # validated by the grader's pass
+    samples = load_samples(table, locator.levels, locator.input_size, locator.percentiles, [split])
     return {"split": split, **evaluate_locator(locator.model, samples, locator.threshold)}
