@@ -26,7 +26,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from spine_dfl.engine import device as engine_device
+from spine_dfl.engine.device import DeviceUnavailable, resolve_device
 from spine_dfl.model import DFLNet
 from spine_dfl.model.kmeans import kmeans
 
@@ -44,13 +44,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
-
-
-def resolve_device(name: str) -> torch.device:
-    try:
-        return engine_device.resolve_device(name)
-    except engine_device.DeviceUnavailable:
-        raise SystemExit("--device cuda: no CUDA device available") from None
 
 
 @torch.no_grad()
@@ -77,7 +70,10 @@ def synchronize(device: torch.device) -> None:
 
 def main() -> None:
     args = parse_args()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceUnavailable as error:
+        raise SystemExit(f"--device {args.device}: {error}") from None
     if args.source == "trunk":
         features = trunk_features(args.num_features, args.seed)
     else:

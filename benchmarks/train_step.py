@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models
 
-from spine_dfl.engine import device as engine_device
+from spine_dfl.engine.device import DeviceUnavailable, resolve_device
 from spine_dfl.model import BACKBONES, DFLNet, dfl_loss
 
 
@@ -41,13 +41,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
     parser.add_argument("--no-channels-last", action="store_true", help="keep NCHW on CUDA")
     return parser.parse_args()
-
-
-def resolve_device(name: str) -> torch.device:
-    try:
-        return engine_device.resolve_device(name)
-    except engine_device.DeviceUnavailable:
-        raise SystemExit("--device cuda: no CUDA device available") from None
 
 
 def bare_classifier(name: str, num_classes: int) -> nn.Module:
@@ -89,7 +82,10 @@ def images_per_second(step: Callable[[Tensor, Tensor], None], images: Tensor, la
 
 def main() -> None:
     args = parse_args()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except DeviceUnavailable as error:
+        raise SystemExit(f"--device {args.device}: {error}") from None
     on_cuda = device.type == "cuda"
     amp = on_cuda and not args.no_amp
     channels_last = on_cuda and not args.no_channels_last
