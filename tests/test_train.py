@@ -17,17 +17,7 @@ from spine_dfl.cli import main
 from spine_dfl.config import load_config
 from spine_dfl.data.manifest import ManifestError
 from spine_dfl.engine.train import train
-
-QUICK = [
-    "data.input_size=64",
-    "data.workers=0",
-    "model.filters_per_class=2",
-    "model.init_max_images_per_class=8",
-    "train.batch_size=8",
-    "train.max_steps_per_epoch=3",
-    "train.epochs=2",
-    "train.early_stop_patience=0",
-]
+from quick_training import QUICK
 
 
 def _losses(run_dir: Path) -> list[float]:

@@ -11,17 +11,8 @@ from spine_dfl.config import load_config
 from spine_dfl.data.transforms.acquisition import RandomAcquisition
 from spine_dfl.engine.checkpoint import read_checkpoint
 from spine_dfl.engine.train import train
+from quick_training import QUICK
 
-QUICK = [
-    "data.input_size=64",
-    "data.workers=0",
-    "model.filters_per_class=2",
-    "model.init_max_images_per_class=8",
-    "train.batch_size=8",
-    "train.max_steps_per_epoch=3",
-    "train.epochs=2",
-    "train.early_stop_patience=0",
-]
 AUGMENTED = [*QUICK, "data.acquisition.enabled=true", "data.acquisition.prob=1.0"]
 
 
