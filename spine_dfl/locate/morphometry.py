@@ -29,10 +29,10 @@ import numpy as np
 
 # The six points' order along axis -2 (POINT_NAMES) and their flat column names sa_x .. ip_y in the
 # order of ``points.reshape(..., 12)`` (POINT_COLUMNS) are the manifest's, kept in one place.
-from spine_dfl.io.vocabulary import POINT_COLUMNS, POINT_NAMES
+from spine_dfl.io.vocabulary import GENANT_GRADES, POINT_COLUMNS, POINT_NAMES
 
 DEFORMITY_KINDS: tuple[str, ...] = ("wedge", "biconcave", "crush")
-MORPHOMETRIC_GRADES: tuple[str, ...] = ("normal", "mild", "moderate", "severe")
+MORPHOMETRIC_GRADES: tuple[str, ...] = GENANT_GRADES  # the morphometric grade uses the semi-quantitative names
 
 # Lower edges of Genant's bands of height loss: mild from 20 %, moderate from 25 %, severe above 40 %.
 MILD_LOSS, MODERATE_LOSS, SEVERE_LOSS = 0.20, 0.25, 0.40

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spine_dfl.io.vocabulary import sort_levels
+from spine_dfl.io.vocabulary import GENANT_GRADES, sort_levels
 from spine_dfl.predictions import PRED_COLUMN, STATUS_OK
 
-MORPH_GRADES: tuple[str, ...] = ("normal", "mild", "moderate", "severe")  # locate.morphometry.MORPHOMETRIC_GRADES
+MORPH_GRADES: tuple[str, ...] = GENANT_GRADES
 MEDIANS: tuple[str, ...] = ("ha", "hm", "hp", "wedge_ratio", "biconcave_ratio", "crush_ratio")
 
 
