@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,8 +23,6 @@ from typing import Any
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 ORTHANC_AET = "ORTHANC"
-# Orthanc's own transcoder cannot write JPEG 2000; the GDCM plugin (Debian orthanc-gdcm) can.
-GDCM_PLUGIN = (Path("/usr/share/orthanc/plugins/libOrthancGdcm.so"),)
 _USER, _PASSWORD = "tester", "serve-test"
 
 
@@ -56,7 +55,6 @@ class Orthanc:
             "RegisteredUsers": {_USER: _PASSWORD},
             "DicomModalities": {"spine": [node_aet, "127.0.0.1", node_port]},
             "DicomScuTimeout": 20,
-            "Plugins": [str(p) for p in GDCM_PLUGIN if p.is_file()],
             "ConcurrentJobs": 2,
         }
         self.config_path.write_text(json.dumps(config, indent=2))
@@ -80,6 +78,14 @@ class Orthanc:
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.1)
         raise TimeoutError(f"Orthanc did not answer /system within {timeout} s")
+
+    @property
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.workdir / "orthanc.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -150,6 +156,25 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def encode_jpeg2000_lossless(dicom_bytes: bytes, timeout: float = 120.0) -> bytes:
+    """Re-encode one DICOM instance as JPEG 2000 lossless with pydicom + pylibjpeg-openjpeg.
+
+    The native encoder runs in a child process, so a crash in it fails this call, not the test run.
+    """
+    script = (
+        "import io, sys, pydicom\n"
+        "from pydicom.uid import JPEG2000Lossless\n"
+        "ds = pydicom.dcmread(io.BytesIO(sys.stdin.buffer.read()))\n"
+        "ds.compress(JPEG2000Lossless)\n"
+        "out = io.BytesIO(); ds.save_as(out, enforce_file_format=True)\n"
+        "sys.stdout.buffer.write(out.getvalue())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], input=dicom_bytes, capture_output=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"JPEG 2000 encoding failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
+    return done.stdout
 
 
 def orthanc_available() -> bool:
