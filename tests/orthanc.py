@@ -23,6 +23,8 @@ from typing import Any
 
 ORTHANC_BINARY = Path("/usr/sbin/Orthanc")
 ORTHANC_AET = "ORTHANC"
+# Orthanc's own transcoder cannot write JPEG 2000; the GDCM plugin (Debian orthanc-gdcm) can.
+GDCM_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancGdcm.so")
 _USER, _PASSWORD = "tester", "serve-test"
 
 
@@ -55,6 +57,7 @@ class Orthanc:
             "RegisteredUsers": {_USER: _PASSWORD},
             "DicomModalities": {"spine": [node_aet, "127.0.0.1", node_port]},
             "DicomScuTimeout": 20,
+            "Plugins": [str(GDCM_PLUGIN)] if GDCM_PLUGIN.is_file() else [],
             "ConcurrentJobs": 2,
         }
         self.config_path.write_text(json.dumps(config, indent=2))
@@ -142,6 +145,24 @@ class Orthanc:
             return []
         return self.get(f"/studies/{orthanc_id}/instances?expand")
 
+    def transcode_study(self, orthanc_study_id: str, transfer_syntax: str, timeout: float = 60.0) -> str:
+        """Transcode a study into a new one (new UIDs); return the new study's Orthanc ID.
+
+        Asynchronous on purpose: GDCM's JPEG 2000 encoder needs more stack than Orthanc's HTTP
+        worker threads have (a synchronous ``/instances/{id}/modify`` segfaults in
+        libgdcmMSFF now and then); a job runs on a thread with a normal stack.
+        """
+        job = self.post(f"/studies/{orthanc_study_id}/modify", {"Transcode": transfer_syntax, "Asynchronous": True})
+
+        def finished() -> dict | None:
+            info = self.get(f"/jobs/{job['ID']}")
+            return info if info["State"] in ("Success", "Failure") else None
+
+        info = wait_for(finished, timeout, what=f"Orthanc job {job['ID']} (transcode)")
+        if info["State"] != "Success":
+            raise RuntimeError(f"Orthanc could not transcode: {info.get('ErrorDetails') or info.get('ErrorDescription')}")
+        return info["Content"]["ID"]
+
     def instance_tags(self, orthanc_id: str) -> dict:
         return self.get(f"/instances/{orthanc_id}/simplified-tags")
 
@@ -156,25 +177,6 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
-
-
-def encode_jpeg2000_lossless(dicom_bytes: bytes, timeout: float = 120.0) -> bytes:
-    """Re-encode one DICOM instance as JPEG 2000 lossless with pydicom + pylibjpeg-openjpeg.
-
-    The native encoder runs in a child process, so a crash in it fails this call, not the test run.
-    """
-    script = (
-        "import io, sys, pydicom\n"
-        "from pydicom.uid import JPEG2000Lossless\n"
-        "ds = pydicom.dcmread(io.BytesIO(sys.stdin.buffer.read()))\n"
-        "ds.compress(JPEG2000Lossless)\n"
-        "out = io.BytesIO(); ds.save_as(out, enforce_file_format=True)\n"
-        "sys.stdout.buffer.write(out.getvalue())\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], input=dicom_bytes, capture_output=True, timeout=timeout)
-    if done.returncode != 0:
-        raise RuntimeError(f"JPEG 2000 encoding failed ({done.returncode}): {done.stderr.decode(errors='replace')[-2000:]}")
-    return done.stdout
 
 
 def orthanc_available() -> bool:
