@@ -66,3 +66,36 @@ def small_cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cohort")
     generate_cohort(out, patients=8, seed=1)
     return out
+
+
+LOCATED_GRADER_CLASSES = ["normal", "mild", "severe"]
+TINY_LOCATOR = ["locator.input_size=[128, 64]", "locator.neck_channels=16", "locator.head_channels=16",
+                "train.batch_size=4", "train.time_budget_s=null", "device=cpu", "train.epochs=3",
+                # three epochs teach the heatmap little: a low threshold lets this locator find the bodies
+                "locator.threshold=0.05"]
+
+
+@pytest.fixture(scope="session")
+def located_grader_checkpoints(small_cohort: Path, tmp_path_factory) -> dict[str, Path]:
+    """A tiny locator trained three epochs on ``small_cohort``, one that finds nothing (its threshold above
+    any score), a random-init ROI grader, and the grader with the locator embedded (made once per session:
+    the scoring-with-a-locator and the DICOM node tests share them)."""
+    from spine_dfl.config import load_config
+    from spine_dfl.data.transforms import Preprocessing
+    from spine_dfl.engine.checkpoint import save_checkpoint
+    from spine_dfl.engine.train import train
+    from spine_dfl.locate.checkpoint import embed_locator
+    from spine_dfl.model import DFLNet
+
+    folder = tmp_path_factory.mktemp("locator_checkpoints")
+    train(small_cohort / "manifest.csv", load_config("locator_cpu", TINY_LOCATOR), folder / "locator", progress=False)
+    paths = {"locator": folder / "locator" / "best.pt", "grader": folder / "grader.pt",
+             "blind": folder / "blind.pt", "embedded": folder / "embedded.pt"}
+    raw = torch.load(paths["locator"], weights_only=True)
+    torch.save({**raw, "threshold": 1.5}, paths["blind"])  # a sigmoid score never reaches 1.5
+    torch.manual_seed(0)
+    model = DFLNet("resnet18", num_classes=len(LOCATED_GRADER_CLASSES), filters_per_class=2)
+    save_checkpoint(paths["grader"], model, {"test": "roi"}, LOCATED_GRADER_CLASSES,
+                    Preprocessing(input_size=32, use_roi=True), {})
+    embed_locator(paths["grader"], paths["locator"], paths["embedded"])
+    return paths

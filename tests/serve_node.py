@@ -1,12 +1,15 @@
-"""The serve tests' scorer, and a script that runs a Node with it (so tests can kill -9 it).
+"""A script that runs a Node on test-friendly settings (so tests can kill -9 it and restart it).
 
-``score_study_as_sc`` is a real, small scorer: it decodes every instance of the study (a file
-that cannot be decoded fails alone, with its reason), and writes one Secondary Capture built with
-highdicom from the first decodable image, in the source study, referencing every decoded source
-image, with UIDs derived from ``result_uid_seed`` (so scoring again writes the same instance).
+With ``--checkpoint`` the node scores with the real ``spine_dfl.serve.StudyScorer`` (SR + SC per
+scored image, as ``spine-dfl serve``); ``--score-delay`` wraps it in a sleep so a test can kill the
+node while it scores. Without a checkpoint it uses ``score_study_as_sc``, a small scorer for the
+tests about reception alone (hundreds of noise images no locator would find vertebrae in): it
+decodes every instance of the study (a file that cannot be decoded fails alone, with its reason),
+and writes one Secondary Capture built with highdicom from the first decodable image, in the source
+study, referencing every decoded source image, with UIDs derived from ``result_uid_seed``.
 
-    python tests/serve_node.py --spool DIR --port P --send-to AET@HOST:PORT [--stable-age S]
-        [--score-delay S] [--workers N] [--allow AET ...]
+    python tests/serve_node.py --spool DIR --port P --send-to AET@HOST:PORT [--checkpoint CKPT]
+        [--stable-age S] [--score-delay S] [--workers N] [--allow AET ...]
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from spine_dfl.serve import Node, RetryPolicy, ScoreOutcome, result_uid_seed
+from spine_dfl.serve import Node, RetryPolicy, ScoreOutcome, StudyScorer, result_uid_seed
 
 MODEL_VERSION = "serve-test-1"
 NODE_AET = "SPINEDFL"
@@ -37,7 +40,7 @@ def _thumbnail(pixels: np.ndarray) -> np.ndarray:
     return np.round((small - low) / max(high - low, 1.0) * 255).astype(np.uint8)
 
 
-def score_study_as_sc(study_uid: str, instance_paths: list[str], out_dir: str, delay: float = 0.0) -> ScoreOutcome:
+def score_study_as_sc(study_uid: str, instance_paths: list[str], out_dir: str) -> ScoreOutcome:
     decoded: list[tuple[Dataset, np.ndarray]] = []
     failed: dict[str, str] = {}
     for path in instance_paths:
@@ -46,8 +49,6 @@ def score_study_as_sc(study_uid: str, instance_paths: list[str], out_dir: str, d
             decoded.append((dataset, np.asarray(dataset.pixel_array)))
         except Exception as error:  # noqa: BLE001 - a file that cannot be decoded fails alone
             failed[path] = f"{path}: cannot decode the pixel data ({type(error).__name__})"
-    if delay:
-        time.sleep(delay)
     if not decoded:
         return ScoreOutcome([], failed)
     instance_uids = [Path(path).stem for path in instance_paths]
@@ -81,21 +82,36 @@ def score_study_as_sc(study_uid: str, instance_paths: list[str], out_dir: str, d
     return ScoreOutcome([str(target)], failed)
 
 
+def _delayed(scorer, delay: float):
+    """``scorer`` after a sleep of ``delay`` seconds (the kill-while-scoring test's window)."""
+
+    def score_study(study_uid: str, instance_paths: list[str], out_dir: str):
+        time.sleep(delay)
+        return scorer(study_uid, instance_paths, out_dir)
+
+    return score_study if delay > 0 else scorer
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spool", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--send-to", required=True)
     parser.add_argument("--stable-age", type=float, default=1.0)
+    parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--score-delay", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--allow", nargs="*", default=["ORTHANC", TEST_SCU_AET])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if args.checkpoint:
+        scorer = StudyScorer(args.checkpoint, device="cpu", decode_workers=1)
+    else:
+        scorer = score_study_as_sc
     node = Node(
         args.spool,
-        lambda study, paths, out: score_study_as_sc(study, paths, out, args.score_delay),
+        _delayed(scorer, args.score_delay),
         send_to=args.send_to,
         ae_title=NODE_AET,
         port=args.port,

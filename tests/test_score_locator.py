@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import LOCATED_GRADER_CLASSES as CLASSES
 
-from spine_dfl.config import load_config
 from spine_dfl.data.transforms import Preprocessing
 from spine_dfl.engine.checkpoint import CheckpointError, save_checkpoint
 from spine_dfl.io import read_image
@@ -21,12 +21,6 @@ from spine_dfl.model import DFLNet
 from spine_dfl.predictions import MORPHOMETRY_COLUMNS, build_predictions, morphometry_cells, read_predictions
 from spine_dfl.score import score
 
-CLASSES = ["normal", "mild", "severe"]
-TINY_LOCATOR = ["locator.input_size=[128, 64]", "locator.neck_channels=16", "locator.head_channels=16",
-                "train.batch_size=4", "train.time_budget_s=null", "device=cpu", "train.epochs=3",
-                # three epochs teach the heatmap little: a low threshold lets this locator find the bodies
-                "locator.threshold=0.05"]
-
 
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
@@ -34,22 +28,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def checkpoints(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny locator trained three epochs on the synthetic cohort, one that finds nothing (its threshold
-    above any score), a random-init ROI grader, and the grader with the locator embedded."""
-    from spine_dfl.engine.train import train
-
-    folder = tmp_path_factory.mktemp("locator_checkpoints")
-    train(small_cohort / "manifest.csv", load_config("locator_cpu", TINY_LOCATOR), folder / "locator", progress=False)
-    paths = {"locator": folder / "locator" / "best.pt", "grader": folder / "grader.pt",
-             "blind": folder / "blind.pt", "embedded": folder / "embedded.pt"}
-    raw = torch.load(paths["locator"], weights_only=True)
-    torch.save({**raw, "threshold": 1.5}, paths["blind"])  # a sigmoid score never reaches 1.5
-    torch.manual_seed(0)
-    model = DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2)
-    save_checkpoint(paths["grader"], model, {"test": "roi"}, CLASSES, Preprocessing(input_size=32, use_roi=True), {})
-    embed_locator(paths["grader"], paths["locator"], paths["embedded"])
-    return paths
+def checkpoints(located_grader_checkpoints: dict[str, Path]) -> dict[str, Path]:
+    """The session's tiny locator, blind locator, random-init ROI grader and embedded grader (conftest)."""
+    return located_grader_checkpoints
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,8 @@
 - ``scorer``: model batches over file items, rows of finished files;
 - ``journal``: crash-safe partial outputs, ``--resume``, the final merge;
 - ``dicom_jobs``: SR and Secondary Capture results (``--dicom-out``) in writer processes;
-- ``run``: ``score()``, the library entry point; ``summary``: its outcome and exit status.
+- ``run``: ``score()``, the library entry point (``prepare_scoring`` + ``score_prepared``: a model
+  loaded once for many small batches of files, as the DICOM node scores studies); ``summary``: its outcome and exit status.
 
 Names load on first use, so that ``import spine_dfl.score`` costs nothing until something is used.
 """
@@ -17,6 +18,9 @@ from spine_dfl.lazy import lazy_attributes
 
 _NAMES = {
     "score": "run",
+    "prepare_scoring": "run",
+    "score_prepared": "run",
+    "ScoringSetup": "run",
     "ScoreSummary": "summary",
     "EXIT_OK": "summary",
     "EXIT_FAILURES": "summary",

@@ -8,6 +8,7 @@ writing in the scoring process.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 from collections.abc import Sequence
@@ -28,6 +29,20 @@ def run_key(checkpoint_path: str | Path, out_dir: Path) -> str:
     except OSError:
         identity = str(path)
     return f"{identity}|{out_dir.resolve()}"
+
+
+def checkpoint_sha256(checkpoint_path: str | Path) -> str:
+    """Hex SHA-256 of the checkpoint file: the model's identity in the SR and in the node's result UIDs."""
+    digest = hashlib.sha256()
+    with open(checkpoint_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def algorithm_parameters(checkpoint_path: str | Path) -> tuple[str, ...]:
+    """The SR's algorithm parameters (TID 4019): the checkpoint's file name and SHA-256."""
+    return (f"checkpoint {Path(checkpoint_path).name}", f"checkpoint sha256 {checkpoint_sha256(checkpoint_path)}")
 
 
 def writer_pool(workers: int) -> Any:

@@ -9,6 +9,10 @@ class ScoreError(ValueError):
     """Bad arguments, inputs or checkpoint for a scoring run (the CLI exits with status 2)."""
 
 
+class NoRoiSource(ScoreError):
+    """A per-vertebra (ROI) model was given neither an ROI file nor a locator."""
+
+
 # A worker process died (segfault, abort) twice while decoding this file, the second time alone.
 DECODER_CRASHED = "decoder crashed"
 

@@ -31,7 +31,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,8 @@ import torch
 
 from spine_dfl.atomic import atomic_write_text
 from spine_dfl.engine.distributed import Distributed, init_distributed
-from spine_dfl.score.errors import ScoreError
-from spine_dfl.score.journal import PARTIAL_DIR, PartWriter, collect_done, merge
+from spine_dfl.score.errors import NoRoiSource, ScoreError
+from spine_dfl.score.journal import PARTIAL_DIR, DoneFile, PartWriter, collect_done, merge
 from spine_dfl.score.locating import resolve_locator
 from spine_dfl.score.summary import PREDICTIONS, SUMMARY, ScoreSummary
 
@@ -48,9 +48,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _Setup:
-    """What a run scores and with what: the model and everything derived from the checkpoint."""
+class ScoringSetup:
+    """What a run scores with (``prepare_scoring``: the model and everything derived from the checkpoint),
+    and for ``score()`` what it scores."""
 
+    checkpoint: str
     device: torch.device
     model: torch.nn.Module
     preprocessing: Any
@@ -58,8 +60,8 @@ class _Setup:
     columns: list[str]
     rois: Any
     locator: Any  # score.locating.LocatorSource, or None
-    files: list[str]
-    dicom_config: Any
+    files: list[str] = field(default_factory=list)
+    dicom_config: Any = None
 
 
 def score(
@@ -143,16 +145,37 @@ def _check_arguments(inputs: Sequence[str | Path], batch_size: int, workers: int
 def _prepare(
     checkpoint_path: str | Path, inputs: Sequence[str | Path], out_dir: Path, rois_csv: str | Path | None,
     device: str, keep_ids: bool, dicom_out: str | Path | None, dist: Distributed, locator: str | Path | None = None,
-) -> _Setup:
-    """Device, model, ROIs, the input files and the DICOM-output settings; usage errors raise ScoreError."""
+) -> ScoringSetup:
+    """``prepare_scoring``, the input files and the DICOM-output settings; usage errors raise ScoreError."""
+    from spine_dfl.io import find_inputs
+    from spine_dfl.score.dicom_jobs import run_key
+
+    setup = prepare_scoring(checkpoint_path, device=device, locator=locator, rois_csv=rois_csv, keep_ids=keep_ids,
+                            local_rank=dist.local_rank if device == "auto" or dist.enabled else None)
+    # Absolute paths: unambiguous for whoever reads the CSV, and stable keys for --resume.
+    setup.files = [os.path.abspath(p) for p in find_inputs([Path(p) for p in inputs])]
+    if dicom_out is not None:
+        setup.dicom_config = dicom_config(dicom_out, setup.class_names, run_key(checkpoint_path, out_dir),
+                                          checkpoint_path)
+    return setup
+
+
+def prepare_scoring(
+    checkpoint_path: str | Path, *, device: str = "auto", locator: str | Path | None = None,
+    rois_csv: str | Path | None = None, keep_ids: bool = False, local_rank: int | None = None,
+) -> ScoringSetup:
+    """Device, model, ROIs or locator of a checkpoint, loaded once for any number of ``score_prepared`` calls.
+
+    Usage errors (an ROI model with neither ROIs nor a locator, a bad device) raise ScoreError, a bad
+    checkpoint CheckpointError.
+    """
     from spine_dfl.engine.checkpoint import load_checkpoint
     from spine_dfl.engine.device import DeviceUnavailable, resolve_device
-    from spine_dfl.io import find_inputs
     from spine_dfl.io.rois import read_rois
     from spine_dfl.predictions import predictions_columns
 
     try:
-        torch_device = resolve_device(device, dist.local_rank if device == "auto" or dist.enabled else None)
+        torch_device = resolve_device(device, local_rank)
     except DeviceUnavailable as exc:
         raise ScoreError(str(exc)) from None
     loaded = load_checkpoint(checkpoint_path, map_location="cpu")  # CheckpointError: usage error
@@ -166,7 +189,7 @@ def _prepare(
                     else "the checkpoint scores whole images")
     if pre.use_roi and source is None:
         if rois_csv is None:
-            raise ScoreError(
+            raise NoRoiSource(
                 f"{checkpoint_path}: this model was trained on vertebra ROIs and needs --rois "
                 "(a CSV keyed by sop_instance_uid or image, with vertebra, x_min, y_min, x_max, y_max; "
                 "`spine-dfl synth` writes one as rois.csv) or --locator (a locator checkpoint)"
@@ -174,24 +197,49 @@ def _prepare(
         rois = read_rois(rois_csv)  # RoiTableError (a ValueError naming the file and rows): usage error
     elif rois_csv is not None:
         log.warning("the checkpoint scores whole images; --rois %s is ignored", rois_csv)
-    dicom_config = _dicom_config(dicom_out, class_names, checkpoint_path, out_dir) if dicom_out is not None else None
-    return _Setup(
-        device=torch_device, model=loaded.model.to(torch_device).eval(), preprocessing=pre, class_names=class_names,
+    return ScoringSetup(
+        checkpoint=str(checkpoint_path), device=torch_device, model=loaded.model.to(torch_device).eval(),
+        preprocessing=pre, class_names=class_names,
         columns=predictions_columns(class_names, status=True, study=True, patient_id=keep_ids, roi_source=pre.use_roi,
                                     morphometry=source is not None),
         rois=rois, locator=source,
-        # Absolute paths: unambiguous for whoever reads the CSV, and stable keys for --resume.
-        files=[os.path.abspath(p) for p in find_inputs([Path(p) for p in inputs])], dicom_config=dicom_config,
     )
 
 
-def _dicom_config(dicom_out: str | Path, class_names: list[str], checkpoint_path: str | Path, out_dir: Path) -> Any:
+def score_prepared(
+    setup: ScoringSetup, files: Sequence[str], out_dir: str | Path, *, dicom_out: str | Path | None = None,
+    run_key: str = "", batch_size: int = 16, workers: int = 1, dicom_writers: int = 0,
+) -> dict[str, DoneFile]:
+    """Score ``files`` (absolute paths) with a prepared model into ``out_dir/predictions.csv``; with ``dicom_out``
+    also each scored DICOM image's SR + SC there, their UIDs derived from ``run_key``.
+
+    One process, no resume: what a caller that keeps the model loaded (the DICOM node) runs per batch
+    of files. ``workers``: decode processes (crash isolation), ``dicom_writers``: SR/SC writer processes
+    (0: written in this process). Returns each file's outcome (``ok``, ``error``, ``dicom_out`` status);
+    per-file problems never raise.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
+    config = None if dicom_out is None else dicom_config(dicom_out, setup.class_names, run_key, setup.checkpoint)
+    files = list(files)
+    _score_files(replace(setup, files=files, dicom_config=config), files, out_dir, batch_size, workers,
+                 keep_ids="patient_id" in setup.columns, progress=False, dist=Distributed(), dicom_writers=dicom_writers)
+    done = collect_done(out_dir, setup.columns)  # with the journal's DICOM-output status of each file
+    merge(out_dir, files, setup.columns, earlier_count=0)
+    shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
+    return {file: done[file] for file in files}
+
+
+def dicom_config(dicom_out: str | Path, class_names: list[str], run_key: str, checkpoint_path: str | Path) -> Any:
+    """The SR/SC writer settings: output folder, UIDs from ``run_key``, the checkpoint's name and SHA-256
+    as the SR's algorithm parameters (TID 4019). An uncreatable folder is a ScoreError."""
     from spine_dfl.dicom_out import DicomOutConfig
-    from spine_dfl.score.dicom_jobs import run_key
+    from spine_dfl.score.dicom_jobs import algorithm_parameters
 
     config = DicomOutConfig(
         out_dir=str(Path(dicom_out).resolve()), class_names=tuple(class_names),
-        run_key=run_key(checkpoint_path, out_dir), algorithm_parameters=(f"checkpoint {Path(checkpoint_path).name}",),
+        run_key=run_key, algorithm_parameters=algorithm_parameters(checkpoint_path),
     )
     try:
         config.writer()  # the folder must be creatable: a usage error, not 1000 file errors
@@ -201,10 +249,11 @@ def _dicom_config(dicom_out: str | Path, class_names: list[str], checkpoint_path
 
 
 def _score_files(
-    setup: _Setup, mine: list[str], out_dir: Path, batch_size: int, workers: int, keep_ids: bool, progress: bool,
-    dist: Distributed,
+    setup: ScoringSetup, mine: list[str], out_dir: Path, batch_size: int, workers: int, keep_ids: bool,
+    progress: bool, dist: Distributed, dicom_writers: int | None = None,
 ) -> None:
-    """Score this rank's files into its own part of ``out_dir``."""
+    """Score this rank's files into its own part of ``out_dir`` (SR/SC writers: ``dicom_writers``, by default
+    as many as decode workers)."""
     from spine_dfl.score.dicom_jobs import DicomResults, writer_pool
     from spine_dfl.score.files import FileSamples
     from spine_dfl.score.isolation import iterate_items
@@ -223,7 +272,7 @@ def _score_files(
         input_size = int(setup.preprocessing.input_size)
         geometry = {"input_size": input_size, "stride": float(model.stride),
                     "center_offset": float(model.rf_center_offset), "patch_side": model_patch_side(model, input_size)}
-        dicom = DicomResults(setup.dicom_config, writer_pool(workers), setup.class_names, geometry)
+        dicom = DicomResults(setup.dicom_config, writer_pool(workers if dicom_writers is None else dicom_writers), setup.class_names, geometry)
     scorer = Scorer(setup.model, setup.class_names, setup.columns, setup.device, batch_size, part, dicom, bar)
     try:
         if mine:

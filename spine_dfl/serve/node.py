@@ -154,15 +154,19 @@ class Node:
             self._lock_handle = None
 
     def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT (then stop cleanly)."""
-        self.start()
+        """Run until SIGTERM or SIGINT (then stop cleanly). Call it from the main thread (signal handlers)."""
         done = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: done.set())
+        previous = {signum: signal.signal(signum, lambda *_: done.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
         try:
-            done.wait()
+            self.start()
+            try:
+                done.wait()
+                log.info("stopping: finishing the steps in progress")
+            finally:
+                self.stop()
         finally:
-            self.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     # -- threads ---------------------------------------------------------------------------------
     def _schedule(self) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 
 from pydicom.uid import UID
 
+from spine_dfl.dicom_out.codes import MANUFACTURER, SC_SERIES_NUMBER, SR_SERIES_NUMBER
 from spine_dfl.serve.queue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,9 @@ SLOW_STORE_S = 5.0  # a write + fsync + commit slower than this is logged: sende
 _UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
-# The node's own results (see spine_dfl.dicom_out: Manufacturer "spine-dfl", SR series 7701, SC
-# series 7702). Any SR or SC is dropped anyway; these only decide what the log says.
-OWN_MANUFACTURER = "spine-dfl"
-OWN_SERIES_NUMBERS = (7701, 7702)
+# The node's own results carry dicom_out's Manufacturer and series numbers. Any SR or SC is dropped
+# anyway; these only decide what the log says.
+OWN_SERIES_NUMBERS = (SR_SERIES_NUMBER, SC_SERIES_NUMBER)
 
 
 class SpoolError(ValueError):
@@ -79,7 +79,7 @@ def is_own_result(dataset: Any) -> bool:
         series_number = int(dataset.get("SeriesNumber", -1) or -1)
     except (TypeError, ValueError):
         series_number = -1
-    return manufacturer == OWN_MANUFACTURER or series_number in OWN_SERIES_NUMBERS
+    return manufacturer == MANUFACTURER or series_number in OWN_SERIES_NUMBERS
 
 
 def _fsync_dir(path: Path) -> None:
