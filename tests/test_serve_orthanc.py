@@ -302,13 +302,14 @@ def test_a_study_split_over_two_associations_is_scored_once_and_a_late_instance_
     assert node.query("SELECT generation, COUNT(*) FROM results GROUP BY generation") == [(0, 4)]
     # a late instance after the study is done: superseding results of all three, with new UIDs
     orthanc.store_to_node([answers[2]["ID"]])
-    wait_for(lambda: len(result_ids(orthanc, study_uid)) == 5, 60, what="the superseding results")
+    wait_for(lambda: node.query("SELECT state, generation FROM studies") == [("done", 1)], 60,
+             what="the superseding results to be sent")
+    assert len(result_ids(orthanc, study_uid)) == len(result_ids(orthanc, study_uid, SR_SERIES)) == 5
     by_series: dict[str, set[str]] = {}
     for orthanc_id in result_ids(orthanc, study_uid):
         sc = fetch(orthanc, orthanc_id)
         by_series.setdefault(str(sc.SeriesInstanceUID), set()).update(referenced(sc))
     assert sorted(map(sorted, by_series.values())) == sorted([sorted(sop_uids[:2]), sorted(sop_uids)])
-    assert node.query("SELECT state, generation FROM studies") == [("done", 1)]
 
 
 def test_a_jpeg2000_instance_is_accepted(orthanc, node, checkpoint, radiographs, tmp_path):
