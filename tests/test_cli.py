@@ -11,7 +11,7 @@ import pytest
 
 from spine_dfl.cli import build_parser, main
 
-COMMANDS = ["demo", "synth", "validate", "train", "evaluate", "explain", "score"]
+COMMANDS = ["demo", "synth", "validate", "train", "evaluate", "explain", "score", "serve"]
 
 
 def test_top_level_help_lists_every_command(capsys) -> None:
