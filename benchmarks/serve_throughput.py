@@ -1,8 +1,9 @@
 """``spine_dfl.serve`` throughput: instances/s received, studies/s completed, the node's RSS over the run.
 
-The node runs in its own process (``tests/serve_node.py``: the Node with the serve tests' real
-scorer, which decodes every instance and writes one Secondary Capture per study). This script
-is both ends around it:
+The node runs in its own process (``tests/serve_node.py`` without ``--checkpoint``: the Node with
+the serve tests' thumbnail scorer, which decodes every instance and writes one Secondary Capture
+per study; this measures reception, the queue and sending, not the model, whose throughput is
+``score_throughput.py``'s). This script is both ends around it:
 
 - pynetdicom SCUs (calling AE ``TESTSCU``, ``--associations`` at once) send ``--instances`` CR
   images of ``--size`` pixels square (12 bit, uncompressed), ``--per-study`` per study and

@@ -3,9 +3,11 @@
 Per vertebra one ``PlanarROIMeasurementsAndQualitativeEvaluations`` group: the ROI rectangle as a
 closed 2-D SCOORD POLYLINE on the source image, the vertebra as tracking identifier and finding
 site, the predicted grade as a coded qualitative evaluation and its probability as a measurement,
-the model as algorithm identification; where known, the six-point morphometry as numeric
-measurements with units (Ha, Hm, Hp in mm with the method saying detector or patient mm, or in
-{pixels} without spacing; wedge, biconcave, crush ratios and height loss in {ratio}), the
+the model as algorithm identification (TID 4019: name, software version, and the caller's
+parameters, for ``score`` and the node the checkpoint's file name and SHA-256); where known, the
+six-point morphometry as numeric measurements with units (Ha, Hm, Hp in mm with the method saying
+detector or patient mm, or in {pixels} without spacing; wedge, biconcave, crush ratios and height
+loss in {ratio}), the
 morphometric grade as a coded evaluation, and for a located vertebra the locator's confidence with
 the group's method "Region found by the vertebra locator". ``VerificationFlag`` UNVERIFIED and ``PreliminaryFlag``
 PRELIMINARY: unverified machine output for review. The per-class probabilities stay in
