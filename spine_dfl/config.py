@@ -54,6 +54,9 @@ class ModelConfig(_Strict):
     pstream_layer: str | None = Field(None, description="where the P-stream reads: resnet layer3 (default) or "
                                       "layer2; vgg16_bn conv4_3 (default) or conv3_3")
     streams: Literal["dfl", "g_only"] = Field("dfl", description="g_only: the plain backbone classifier (ablation)")
+    pstream_region: Literal["crop", "roi"] = Field(
+        "crop", description="where each P-stream filter's max pool searches: the whole crop, or the vertebra's box "
+                            "(its ROI; the margin stays context for the G-stream)")
 
     @field_validator("pstream_layer")
     @classmethod

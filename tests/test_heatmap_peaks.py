@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from spine_dfl.heatmap.erf import effective_receptive_field, gradient_box_side, model_patch_side
+from spine_dfl.heatmap.erf import effective_receptive_field, gradient_box_side, gradient_centres, model_patch_side
 from spine_dfl.heatmap.peaks import (
     class_patches,
     grid_to_input,
@@ -52,6 +52,29 @@ def test_effective_receptive_field_of_constant_convs_is_the_known_answer(layers:
     assert side == pytest.approx(expected_side(layers, mass), abs=1e-6)
     assert side <= receptive_field(network).size + 1e-6  # the theoretical field is 2n+1
     assert all(p.grad is None for p in network.parameters())
+
+
+def test_gradient_centre_is_where_a_shifted_kernel_reads() -> None:
+    # A 5 x 5 kernel whose only weight sits at (row 0, col 4): output (r, c) reads input (r - 2, c + 2).
+    conv = nn.Conv2d(1, 1, 5, padding=2, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 4] = 1.0
+    images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)) + 0.5
+    sample = torch.tensor([0, 1, 1])
+    channel = torch.zeros(3, dtype=torch.long)
+    rows, cols = torch.tensor([8, 5, 10]), torch.tensor([6, 3, 9])
+    centres, mass = gradient_centres(conv, images, sample, channel, rows * 16 + cols)
+    expected = torch.stack(((cols + 2).double() + 0.5, (rows - 2).double() + 0.5), dim=1)
+    assert torch.allclose(centres, expected)
+    assert mass.shape == (3, 16, 16) and torch.allclose(mass.sum(dim=(1, 2)), torch.ones(3, dtype=torch.float64))
+
+
+def test_gradient_centre_of_symmetric_convs_is_the_cell_centre() -> None:
+    network = constant_conv_stack(3)
+    images = torch.ones(1, 1, 24, 24)
+    centres, _ = gradient_centres(network, images, torch.tensor([0]), torch.tensor([0]), torch.tensor([12 * 24 + 12]))
+    assert torch.allclose(centres, torch.tensor([[12.5, 12.5]], dtype=torch.float64))
 
 
 def test_gradient_box_side_rejects_a_map_without_mass() -> None:
@@ -151,6 +174,35 @@ def test_refined_peak_follows_the_backbones_grid_for_stride_8_and_16() -> None:
         delta = (2.0 - 3.0) / (2 * (2.0 - 8.0 + 3.0))  # = 1/6 cell to the right
         assert x == pytest.approx(grid.center_offset + grid.stride * (3 + delta))
         assert y == pytest.approx(grid.center_offset + grid.stride * 3)
+
+
+def test_patches_are_drawn_where_the_peak_reads_plus_the_sub_cell_shift() -> None:
+    maps = torch.zeros(2, 6, 6)
+    maps[0, 2, 2:5] = torch.tensor([1.0, 5.0, 2.0])  # filter 0: peak (2, 3), pulled right by 1/14 of a cell
+    maps[1, 4, 1] = 3.0  # filter 1: peak (4, 1), no neighbours that bend: no shift
+    peak_index = maps.flatten(1).argmax(dim=1)
+    centres = torch.tensor([[40.0, 20.0], [10.0, 70.0]], dtype=torch.float64)  # input (x, y) each peak reads
+    identity = np.eye(3)
+    boxes = class_patches(maps, peak_index, 0, "mild", 2, (16.0, 7.5, 10.0), identity, (96, 96), 2, centres=centres)
+    by_filter = {b["filter"]: b for b in boxes}
+    assert (by_filter[0]["peak_x"], by_filter[0]["peak_y"]) == pytest.approx((40.0 + 16 / 14, 20.0), abs=0.01)
+    assert (by_filter[1]["peak_x"], by_filter[1]["peak_y"]) == pytest.approx((10.0, 70.0))
+    assert by_filter[1]["x_min"] == pytest.approx(5.0) and by_filter[1]["y_max"] == pytest.approx(75.0)
+    theoretical = class_patches(maps, peak_index, 0, "mild", 2, (16.0, 7.5, 10.0), identity, (96, 96), 2)
+    assert {b["filter"]: (b["peak_x"], b["peak_y"]) for b in theoretical}[1] == pytest.approx((7.5 + 16, 7.5 + 64))
+
+
+def test_evidence_outside_the_searched_locations_is_the_lowest_searched_value() -> None:
+    from spine_dfl.heatmap.evidence import class_evidence
+
+    maps = torch.arange(2 * 4 * 3 * 3, dtype=torch.float32).reshape(1, 8, 3, 3)  # 2 classes x 4 filters
+    searched = torch.zeros(1, 3, 3, dtype=torch.bool)
+    searched[0, 1, 1:] = True
+    evidence = class_evidence(maps, [1], 4, searched)[0]
+    everywhere = class_evidence(maps, [1], 4)[0]
+    assert torch.equal(everywhere, maps[0, 7])  # the class's strongest filter, the last one here
+    assert torch.equal(evidence[1, 1:], everywhere[1, 1:])
+    assert bool((evidence[~searched[0]] == everywhere[1, 1]).all())
 
 
 def test_evidence_patches_are_the_refined_distinct_maxima_in_original_pixels() -> None:

@@ -127,6 +127,42 @@ def test_branches_fused_pooled_and_side_are_consistent() -> None:
     assert torch.allclose(last.peak_score, reference.peak_score, atol=1e-4)
 
 
+def test_location_mask_keeps_centres_inside_the_box_and_the_nearest_for_a_thin_box() -> None:
+    from spine_dfl.model.dfl import location_mask
+
+    # stride 16, centre of location 0 at 0.5 px: centres 0.5, 16.5, 32.5, 48.5, 64.5, 80.5
+    roi = torch.tensor([[10.0, 20.0, 60.0, 40.0], [5.0, 0.0, 6.0, 96.0]])
+    mask = location_mask(roi, (6, 6), 16, 0.5)
+    expected = torch.zeros(2, 6, 6, dtype=torch.bool)
+    expected[0, 2, 1:4] = True  # rows: 32.5 in [20, 40); cols: 16.5, 32.5, 48.5 in [10, 60)
+    expected[1, :, 0] = True  # no centre in [5, 6): the nearest column, 0.5
+    assert torch.equal(mask, expected)
+
+
+def test_pstream_region_roi_pools_only_inside_the_box() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 96, 96)
+    roi = torch.tensor([[20.0, 30.0, 70.0, 60.0], [0.0, 0.0, 96.0, 96.0], [40.0, 40.0, 50.0, 50.0]])
+    inside_model = DFLNet("resnet18", 3, filters_per_class=2, pstream_layer="layer2", pstream_region="roi").eval()
+    crop_model = DFLNet("resnet18", 3, filters_per_class=2, pstream_layer="layer2").eval()
+    crop_model.load_state_dict(inside_model.state_dict())
+    with torch.no_grad():
+        inside = inside_model(x, return_maps=True, roi=roi)
+        anywhere = crop_model(x, return_maps=True, roi=roi)
+        plain = crop_model(x, return_maps=True)
+    from spine_dfl.model.dfl import location_mask
+
+    mask = location_mask(roi, inside.feature_size, inside_model.stride, inside_model.rf_center_offset).flatten(1)
+    assert bool(mask.gather(1, inside.peak_index).all())  # every filter's peak lies in its sample's box
+    maps = inside.response_maps.flatten(2)
+    best_inside = maps.masked_fill(~mask[:, None], float("-inf")).amax(dim=2)
+    assert torch.equal(inside.peak_score, best_inside)
+    assert torch.equal(inside.peak_index[1], plain.peak_index[1])  # a box over the whole input changes nothing
+    assert torch.equal(anywhere.peak_index, plain.peak_index)  # pstream_region "crop" ignores the box
+    assert not torch.equal(inside.peak_index, plain.peak_index)
+    assert torch.equal(inside.g, plain.g)  # the G-stream reads the whole crop either way
+
+
 def test_input_is_normalised_with_backbone_statistics() -> None:
     model = DFLNet("resnet18", 2).eval()
     x = torch.rand(1, 1, 64, 64)

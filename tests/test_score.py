@@ -289,8 +289,8 @@ def test_dicom_out_sc_heatmap_is_the_predicted_class_evidence(
     forward = DFLNet.forward
     seen = {"samples": 0, "with_maps": 0}
 
-    def planted(self: DFLNet, x: torch.Tensor, return_maps: bool = False):  # noqa: ANN202
-        out = forward(self, x, return_maps=return_maps)
+    def planted(self: DFLNet, x: torch.Tensor, return_maps: bool = False, roi: torch.Tensor | None = None):  # noqa: ANN202
+        out = forward(self, x, return_maps=return_maps, roi=roi)
         fused = torch.full_like(out.fused, -4.0)
         fused[:, 1] = 4.0
         maps = out.response_maps

@@ -46,6 +46,7 @@ from spine_dfl.data.threads import single_thread
 from spine_dfl.data.transforms import AugmentConfig, Preprocessing
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.compose import augment_transforms, deterministic_transforms
+from spine_dfl.data.transforms.geometry import roi_in_input
 from spine_dfl.io import ROI_COLUMNS
 
 CacheMode = Literal["none", "memory", "disk"]
@@ -159,7 +160,8 @@ def default_cache_dir() -> Path:
 
 class SpineDataset(torch.utils.data.Dataset):
     """Records -> sample dicts: the record's keys plus ``image`` (1, S, S) float32 in [0, 1]-ish,
-    ``to_original`` (3, 3) float64, ``spacing_mm`` (2,) float64 (NaN unknown) and ``meta``.
+    ``to_original`` (3, 3) float64, ``spacing_mm`` (2,) float64 (NaN unknown), ``meta`` and
+    ``roi_input`` (4,) float32, the ROI's box in input pixels (the whole input without a ROI).
 
     ``base`` yields the cached deterministic part; ``augment`` (None for evaluation) runs on
     every access, reseeded from (seed, epoch, index).
@@ -204,6 +206,9 @@ class SpineDataset(torch.utils.data.Dataset):
             if self.augment is not None:
                 self._rng.seed(sample_seed(self.seed, self.epoch, index))
                 item = self.augment(item)
+            # Where the vertebra lies in the network input, after every geometric step (the
+            # P-stream may search only there: model.pstream_region).
+            item["roi_input"] = roi_in_input(item.get("roi"), item["to_original"], item["image"].shape[-1])
         return item
 
 

@@ -72,6 +72,7 @@ def checkpoint_payload(
             "fuse_weights": list(net.fuse_weights),
             "pstream_layer": net.pstream_layer,
             "streams": net.streams,
+            "pstream_region": net.pstream_region,
         },
         # Measured once per model (heatmap.erf): the side explain, score and the SC draw patches with.
         "effective_receptive_field": patch_side_record(net, preprocessing.input_size),
@@ -150,6 +151,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         pretrained="none",  # the stored weights replace whatever the architecture starts with
         pstream_layer=arch.get("pstream_layer"),  # checkpoints from before the choice: the default
         streams=arch.get("streams", "dfl"),
+        pstream_region=arch.get("pstream_region", "crop"),  # checkpoints from before the choice
     )
     try:
         model.load_state_dict(raw["model_state"])

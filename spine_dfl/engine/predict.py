@@ -21,13 +21,15 @@ from spine_dfl.predictions import BRANCHES, build_predictions
 
 
 def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images and labels; keep the record index so rows can be matched back.
+    """Stack images, their ROI boxes in input pixels and labels; keep the record index so rows can be
+    matched back.
 
     MONAI's default collate chokes on meta dicts that hold None; the model needs only
-    these three fields.
+    these four fields.
     """
     return {
         "image": torch.stack([torch.as_tensor(item["image"]).float() for item in batch]),
+        "roi_input": torch.stack([torch.as_tensor(item["roi_input"]).float() for item in batch]),
         "label": torch.as_tensor([int(item.get("label", -1)) for item in batch], dtype=torch.long),
         "index": torch.as_tensor([int(item["index"]) for item in batch], dtype=torch.long),
     }
@@ -51,7 +53,7 @@ def predict_logits(
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, enabled=use_amp):
-            out = model(images)
+            out = model(images, roi=batch["roi_input"].to(device))
         for name in ("g", "p", "side", "fused"):
             chunks[name].append(getattr(out, name).float().cpu().numpy())
         chunks["index"].append(batch["index"].numpy())

@@ -148,6 +148,7 @@ def build_model(config: RunConfig, class_names: list[str], device: torch.device)
         pretrained=config.model.pretrained,
         pstream_layer=config.model.pstream_layer,
         streams=config.model.streams,
+        pstream_region=config.model.pstream_region,
     ).to(device)
     if device.type == "cuda" and config.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -210,7 +211,7 @@ def init_filters(model: DFLNet, data: TrainData, config: RunConfig, out_dir: Pat
                                       config.train.batch_size, config.seed, config.data.workers)
     report = init_filter_bank(
         model,
-        ((b["image"], b["label"]) for b in init_loader),
+        ((b["image"], b["label"], b["roi_input"]) for b in init_loader),
         peaks_per_image=config.model.init_peaks_per_image,
         nms_iou=config.model.init_nms_iou,
         max_features_per_class=config.model.init_max_features_per_class,

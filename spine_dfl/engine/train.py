@@ -209,7 +209,8 @@ def _train_epoch(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=device.type, enabled=use_amp):
-            loss, parts = dfl_loss(net(images), labels, weights=config.model.loss_weights.as_tuple(),
+            output = net(images, roi=batch["roi_input"].to(device, non_blocking=True))
+            loss, parts = dfl_loss(output, labels, weights=config.model.loss_weights.as_tuple(),
                                    class_weights=opt.class_weight)
         opt.optimizer.zero_grad(set_to_none=True)
         opt.scaler.scale(loss).backward()

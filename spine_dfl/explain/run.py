@@ -45,7 +45,7 @@ from spine_dfl.explain.gallery import render_gallery
 from spine_dfl.explain.gradcam import GradCamRunner
 from spine_dfl.explain.render import render_sample_figure
 from spine_dfl.explain.samples import PreparedSample, batches, label_name, png_name, prepare_samples, record_roi
-from spine_dfl.heatmap.erf import model_patch_side
+from spine_dfl.heatmap.erf import gradient_centres, model_patch_side
 from spine_dfl.heatmap.evidence import class_evidence
 from spine_dfl.heatmap.geometry import feature_map_to_original, feature_map_to_tensor_space, tensor_map_to_original
 from spine_dfl.heatmap.peaks import class_patches, map_peak_to_original
@@ -80,6 +80,7 @@ class _SampleOutput:
     pred: int
     peak_index: Tensor  # (M*k,)
     response_maps: Tensor  # (M*k, H, W) the P-stream filters' responses
+    centres: Tensor  # (k, 2) predicted class's filters: input (x, y) their peak reads (gradient centre)
     evidence: Tensor  # (H, W) predicted class's evidence on the feature grid
     cam: Tensor  # (1, h, w) Grad-CAM on the G-stream head's grid
     feature_size: tuple[int, int]  # (H, W) of the conv4 grid the peak indices count on
@@ -151,24 +152,43 @@ def _run_batch(
     model: nn.Module, gradcam: GradCamRunner, batch: Sequence[PreparedSample], device: torch.device
 ) -> list[_SampleOutput]:
     """One forward pass (plus Grad-CAM from the caught trunk features) for a batch of samples."""
+    from spine_dfl.data.transforms.geometry import roi_in_input
+
     images = torch.stack([item.image for item in batch]).to(device)
+    size = images.shape[-1]
+    rois = torch.stack([roi_in_input(record_roi(item.record), item.to_original, size) for item in batch]).to(device)
     captured: list[Tensor] = []
     # The trunk's output is caught on the way through the one forward pass (Grad-CAM starts from
     # it) instead of running the trunk a second time.
     hook = model.trunk.register_forward_hook(lambda _m, _i, output: captured.append(output))
     try:
         with torch.no_grad():
-            result = model(images, return_maps=True)
+            result = model(images, return_maps=True, roi=rois)
     finally:
         hook.remove()
     probs = torch.softmax(result.fused.float(), dim=1).cpu()
     preds = probs.argmax(dim=1)
     cams = gradcam.maps(captured[-1], preds.to(device)).cpu()
-    evidence = class_evidence(result.response_maps, preds.to(device), int(model.filters_per_class)).cpu()
+    centres = _predicted_class_centres(model, images, preds, result.peak_index).cpu()
+    searched = model.searched_locations(rois, result.response_maps.shape[-2:])
+    evidence = class_evidence(result.response_maps, preds.to(device), int(model.filters_per_class), searched).cpu()
     peak_index, response_maps = result.peak_index.cpu(), result.response_maps.cpu()
     feature_size = (int(result.feature_size[0]), int(result.feature_size[1]))
-    return [_SampleOutput(probs[i], int(preds[i]), peak_index[i], response_maps[i], evidence[i], cams[i], feature_size)
-            for i in range(len(batch))]
+    return [_SampleOutput(probs[i], int(preds[i]), peak_index[i], response_maps[i], centres[i], evidence[i], cams[i],
+                          feature_size) for i in range(len(batch))]
+
+
+def _predicted_class_centres(model: nn.Module, images: Tensor, preds: Tensor, peak_index: Tensor) -> Tensor:
+    """(B, k, 2) input (x, y) each of the predicted class's filters reads at its peak: the centroid of
+    the peak response's input gradient (``heatmap.erf.gradient_centres``), one backward pass for all."""
+    k = int(model.filters_per_class)
+    batch = images.shape[0]
+    sample = torch.arange(batch, device=images.device).repeat_interleave(k)
+    channel = (preds.to(images.device)[:, None] * k + torch.arange(k, device=images.device)[None, :]).reshape(-1)
+    flat_index = peak_index.to(images.device)[sample, channel]
+    centres, _ = gradient_centres(lambda x: model.p_filters(model.trunk_features(x)), images, sample, channel,
+                                  flat_index)
+    return centres.reshape(batch, k, 2)
 
 
 def _explain_one(context: _Context, item: PreparedSample, output: _SampleOutput) -> dict[str, Any]:
@@ -178,7 +198,7 @@ def _explain_one(context: _Context, item: PreparedSample, output: _SampleOutput)
     pred_name = class_names[pred]
     boxes = class_patches(output.response_maps, output.peak_index, pred, pred_name, int(model.filters_per_class),
                           (float(model.stride), float(model.rf_center_offset), context.patch_side),
-                          item.to_original, item.image_shape, context.top_n)
+                          item.to_original, item.image_shape, context.top_n, centres=output.centres)
     gradcam_peak = map_peak_to_original(output.cam[0], context.gradcam.stride, context.gradcam.center_offset,
                                         item.to_original)
     _, evidence = feature_map_to_original(output.evidence, context.input_size, float(model.stride),

@@ -20,12 +20,15 @@ from spine_dfl.heatmap.geometry import STRIP_PIXELS, Region, feature_map_to_orig
 __all__ = ["EvidenceMap", "class_evidence", "evidence_on_source", "evidence_patches"]
 
 
-def class_evidence(response_maps: Tensor, classes: Tensor | np.ndarray | Any, filters_per_class: int) -> Tensor:
+def class_evidence(response_maps: Tensor, classes: Tensor | np.ndarray | Any, filters_per_class: int,
+                   searched: Tensor | None = None) -> Tensor:
     """(B, M*k, H, W) P-stream response maps -> (B, H, W) float32 evidence of each sample's class.
 
     classes: (B,) class index per sample (usually the predicted class, the argmax of the
     probabilities). Channels ``c*k .. c*k + k-1`` are class c's filters (``DFLNet.class_filter_slice``).
-    On the maps' device.
+    searched: (B, H, W) bool, where the model's max pool searches (``DFLNet.searched_locations``), or
+    None for everywhere; elsewhere the evidence is the sample's lowest searched value (no evidence
+    is shown where the model does not look). On the maps' device.
     """
     b, channels, h, w = response_maps.shape
     k = int(filters_per_class)
@@ -36,7 +39,12 @@ def class_evidence(response_maps: Tensor, classes: Tensor | np.ndarray | Any, fi
     if index.numel() != b:
         raise ValueError(f"{index.numel()} class indices for {b} samples")
     per_class = response_maps.reshape(b, channels // k, k, h, w)[torch.arange(b, device=response_maps.device), index]
-    return per_class.amax(dim=1).float()
+    evidence = per_class.amax(dim=1).float()
+    if searched is not None:
+        searched = searched.to(evidence.device)
+        floor = evidence.masked_fill(~searched, float("inf")).amin(dim=(1, 2), keepdim=True)
+        evidence = torch.where(searched, evidence, floor)
+    return evidence
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,8 @@ class EvidenceMap:
     stride, center_offset: the feature grid's geometry in input pixels (location (row, col) is
         centred at (center_offset + stride*col, center_offset + stride*row)).
     patch_side: the model's effective receptive field (``heatmap.erf``) for ``evidence_patches``.
+    top_read: input (x, y) the map's strongest location reads (its input-gradient centre,
+        ``heatmap.erf.gradient_centres``), where ``explain`` draws the top patch; None: its centre.
     """
 
     values: np.ndarray
@@ -60,6 +70,7 @@ class EvidenceMap:
     stride: float
     center_offset: float
     patch_side: float = 0.0  # drawn patch side in input pixels (effective receptive field); 0: no patches
+    top_read: tuple[float, float] | None = None
 
 
 def evidence_on_source(
@@ -100,6 +111,14 @@ def evidence_patches(evidence: EvidenceMap, top_n: int = 3) -> list[tuple[float,
         return []
     row, col, height = refine_peaks(values.expand(len(flat), -1, -1), flat)
     x, y = grid_to_input(row, col, evidence.stride, evidence.center_offset)
+    if evidence.top_read is not None:  # the strongest place is drawn where it reads, as explain draws it
+        strongest = flat == int(values.reshape(-1).argmax())
+        if bool(strongest.any()):
+            cell = int(flat[strongest][0])
+            cell_x, cell_y = grid_to_input(torch.tensor([cell // values.shape[-1]]), torch.tensor([cell % values.shape[-1]]),
+                                           evidence.stride, evidence.center_offset)
+            x = torch.where(strongest, x + float(evidence.top_read[0]) - float(cell_x[0]), x)
+            y = torch.where(strongest, y + float(evidence.top_read[1]) - float(cell_y[0]), y)
     half = float(evidence.patch_side) / 2.0
     boxes = torch.stack((x - half, y - half, x + half, y + half), dim=1)
     kept = suppress_duplicates(boxes, height)[0][: int(top_n)]

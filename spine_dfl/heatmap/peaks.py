@@ -116,13 +116,16 @@ def class_patches(
     to_original: Tensor | np.ndarray,
     image_shape: tuple[int, int],
     top_n: int,
+    centres: Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """One class's strongest distinct P-stream patches in original pixels.
 
     response_maps: (M*k, H, W) one sample's filter responses; peak_index: (M*k,) their flat maxima
     (the model's max-pool indices). geometry: (stride, center_offset, patch side), input pixels.
-    The class's k filters are refined (``refine_peaks``), boxed with the patch side around the
-    refined peak, and duplicates suppressed (``suppress_duplicates``). Returns up to `top_n` dicts,
+    centres: (k, 2) input (x, y) each class filter's peak cell reads, e.g. its input-gradient centre
+    (``heatmap.erf.gradient_centres``); default the cell's theoretical centre. The class's k filters
+    are refined (``refine_peaks``: the sub-cell shift moves the centre by stride x the shift), boxed
+    with the patch side around the refined peak, and duplicates suppressed (``suppress_duplicates``). Returns up to `top_n` dicts,
     strongest first: rank, filter, filter_in_class, class, class_index, score (the filter's maximum),
     peak_x / peak_y (refined peak, original continuous pixels, unclipped), peak_row / peak_col
     (refined feature-grid position), x_min .. y_max (the box mapped to original pixels and clipped),
@@ -135,8 +138,14 @@ def class_patches(
     channels = torch.arange(class_index * k, (class_index + 1) * k)
     maps = response_maps.detach().cpu()[channels]
     scores = maps.reshape(k, -1).gather(1, peak_index.detach().cpu()[channels].long()[:, None])[:, 0].double()
-    row, col, _ = refine_peaks(maps, peak_index.detach().cpu()[channels])
+    cells = peak_index.detach().cpu()[channels].long()
+    row, col, _ = refine_peaks(maps, cells)
     x, y = grid_to_input(row, col, stride, center_offset)
+    if centres is not None:  # the same sub-cell shift, from where the peak cell reads instead of its centre
+        cell_x, cell_y = grid_to_input(torch.div(cells, maps.shape[-1], rounding_mode="floor").double(),
+                                       (cells % maps.shape[-1]).double(), stride, center_offset)
+        x = x - cell_x + centres[:, 0].double().cpu()
+        y = y - cell_y + centres[:, 1].double().cpu()
     half = side / 2.0
     boxes = torch.stack((x - half, y - half, x + half, y + half), dim=1)
     kept, owner = suppress_duplicates(boxes, scores)

@@ -74,8 +74,11 @@ class DFLNet(nn.Module):
         pretrained: str = "none",
         pstream_layer: str | None = None,
         streams: str = "dfl",
+        pstream_region: str = "crop",
     ) -> None:
         super().__init__()
+        if pstream_region not in ("crop", "roi"):
+            raise ValueError(f"pstream_region must be 'crop' or 'roi', got {pstream_region!r}")
         if streams not in ("dfl", "g_only"):
             raise ValueError(f"streams must be 'dfl' or 'g_only', got {streams!r}")
         if num_classes < 2:
@@ -88,6 +91,7 @@ class DFLNet(nn.Module):
         self.backbone_name = backbone
         self.pstream_layer = pstream_layer or PSTREAM_LAYERS[backbone][0]
         self.streams = streams
+        self.pstream_region = pstream_region
         self.num_classes = num_classes
         self.filters_per_class = filters_per_class
         self.fuse_weights = tuple(float(w) for w in fuse_weights)
@@ -119,15 +123,26 @@ class DFLNet(nn.Module):
         """(B, 1, S, S) image in [0, 1] -> conv4 features (B, C, H, W)."""
         return self.trunk((x - self.input_mean) / self.input_std)
 
-    def forward(self, x: Tensor, return_maps: bool = False) -> DFLOutput:
-        """x: (B, 1, S, S) intensities scaled to about [0, 1] (normalised here for the backbone)."""
+    def forward(self, x: Tensor, return_maps: bool = False, roi: Tensor | None = None) -> DFLOutput:
+        """x: (B, 1, S, S) intensities scaled to about [0, 1] (normalised here for the backbone).
+
+        roi: (B, 4) the vertebra's box in input pixels (x_min, y_min, x_max, y_max), or None. With
+        ``pstream_region == "roi"`` each filter's global max pool searches only the locations whose
+        centre lies in it (``location_mask``): the G-stream reads the whole crop, margin included, for
+        context, while the patches, the evidence a clinician reviews, lie on the vertebra. Without a
+        roi (a whole-image model) the P-stream searches the whole crop.
+        """
         features = self.trunk_features(x)
         g = self.g_stream(features)
         if self.p_filters is None:
             return self._g_only(g, features)
 
         response_maps = self.p_filters(features)  # (B, M*k, H, W)
-        pooled, peak_index = self.p_pool(response_maps)  # (B, M*k, 1, 1) each; index = row*W + col
+        searched = response_maps
+        inside = self.searched_locations(roi, response_maps.shape[-2:])
+        if inside is not None:
+            searched = response_maps.masked_fill(~inside[:, None], torch.finfo(response_maps.dtype).min)
+        pooled, peak_index = self.p_pool(searched)  # (B, M*k, 1, 1) each; index = row*W + col
         pooled = pooled.flatten(1)
         p = self.p_classifier(pooled)
         side = pooled.view(-1, self.num_classes, self.filters_per_class).mean(dim=-1)
@@ -143,6 +158,13 @@ class DFLNet(nn.Module):
             feature_size=(features.shape[-2], features.shape[-1]),
             response_maps=response_maps if return_maps else None,
         )
+
+    def searched_locations(self, roi: Tensor | None, feature_size: tuple[int, int]) -> Tensor | None:
+        """(B, H, W) bool: where the P-stream's max pool searches for these ROI boxes (input pixels),
+        or None when it searches the whole crop (``pstream_region == "crop"`` or no boxes)."""
+        if roi is None or self.pstream_region != "roi":
+            return None
+        return location_mask(roi, feature_size, self.stride, self.rf_center_offset)
 
     def _g_only(self, g: Tensor, features: Tensor) -> DFLOutput:
         """The plain classifier's output: zero P and side logits, no peaks."""
@@ -190,6 +212,27 @@ class DFLNet(nn.Module):
             if no_decay:
                 groups.append({"name": f"{name}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
         return groups
+
+
+def location_mask(roi: Tensor, feature_size: tuple[int, int], stride: float, center_offset: float) -> Tensor:
+    """(B, H, W) bool: the feature locations whose centre lies in each sample's box.
+
+    roi: (B, 4) input pixels (x_min, y_min, x_max, y_max); a location's centre is
+    (center_offset + stride * col, center_offset + stride * row). Along an axis where no centre lies
+    in the box (a box thinner than the stride), the centres nearest to it count, so every sample
+    keeps at least one location.
+    """
+    height, width = int(feature_size[0]), int(feature_size[1])
+    box = roi.to(torch.float32)
+
+    def along(count: int, low: Tensor, high: Tensor) -> Tensor:  # (B, count) bool
+        centres = center_offset + stride * torch.arange(count, device=box.device, dtype=torch.float32)
+        outside = (low[:, None] - centres).clamp(min=0) + (centres - high[:, None]).clamp(min=0)
+        return outside <= outside.amin(dim=1, keepdim=True)
+
+    rows = along(height, box[:, 1], box[:, 3])
+    cols = along(width, box[:, 0], box[:, 2])
+    return rows[:, :, None] & cols[:, None, :]
 
 
 def location_boxes(row: Tensor, col: Tensor, stride: int, receptive_field: int, center_offset: float) -> Tensor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-from .dfl import DFLNet, location_boxes
+from .dfl import DFLNet, location_boxes, location_mask
 from .kmeans import kmeans
 
 __all__ = [
@@ -90,6 +90,11 @@ def peak_locations(
         col=location - row * width,
         score=energy.reshape(-1)[keep].float(),
     )
+
+
+def _peaks_where(peaks: Peaks, keep: Tensor) -> Peaks:
+    return Peaks(image_index=peaks.image_index[keep], row=peaks.row[keep], col=peaks.col[keep],
+                 score=peaks.score[keep])
 
 
 class ReservoirSampler:
@@ -160,7 +165,9 @@ def init_filter_bank(
     """Initialise `model.p_filters` from k-means centres of per-class conv4 energy peaks (paper Sec. 3.3).
 
     batches: (images (B, 1, S, S) in [0, 1], labels (B,) long) pairs, e.g. a DataLoader over the training
-        split; labels of -1 (unknown) are skipped.
+        split; labels of -1 (unknown) are skipped. A third element, (B, 4) ROI boxes in input pixels,
+        keeps the peaks of a ``pstream_region == "roi"`` model where its max pool searches
+        (``location_mask``): locations outside get no energy.
     peaks_per_image: 3 by default. The paper leaves it open. A vertebra crop holds a few distinct
         structures (two endplates, anterior and posterior walls); 3 well-separated peaks cover them while
         lower-ranked peaks drift to soft tissue or padding, and a few hundred training images per class
@@ -218,7 +225,7 @@ def _sample_peak_vectors(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        for images, labels in batches:
+        for images, labels, *roi in batches:
             images = images.to(device, non_blocking=True)
             labels = torch.as_tensor(labels, device=device).long()
             if bool(((labels < -1) | (labels >= num_classes)).any()):
@@ -226,10 +233,15 @@ def _sample_peak_vectors(
             with torch.autocast(device.type, enabled=device.type == "cuda"):
                 features = model.trunk_features(images)
             features = features.float()
-            peaks = peak_locations(
-                energy_map(features), model.stride, model.receptive_field, model.rf_center_offset,
-                peaks_per_image, nms_iou,
-            )
+            energy = energy_map(features)
+            inside = None
+            if roi and model.pstream_region == "roi":
+                inside = location_mask(roi[0].to(device), energy.shape[-2:], model.stride, model.rf_center_offset)
+                energy = energy.masked_fill(~inside, -1.0)  # below every real (non-negative) energy
+            peaks = peak_locations(energy, model.stride, model.receptive_field, model.rf_center_offset,
+                                   peaks_per_image, nms_iou)
+            if inside is not None:
+                peaks = _peaks_where(peaks, inside[peaks.image_index, peaks.row, peaks.col])
             vectors = features[peaks.image_index, :, peaks.row, peaks.col]  # (N, C)
             peak_labels = labels[peaks.image_index]
             images_per_class += torch.bincount(labels[labels >= 0].cpu(), minlength=num_classes)

@@ -40,9 +40,9 @@ def checkpoint_sha256(checkpoint_path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def algorithm_parameters(checkpoint_path: str | Path) -> tuple[str, ...]:
+def algorithm_parameters(checkpoint_path: str | Path, sha256: str) -> tuple[str, ...]:
     """The SR's algorithm parameters (TID 4019): the checkpoint's file name and SHA-256."""
-    return (f"checkpoint {Path(checkpoint_path).name}", f"checkpoint sha256 {checkpoint_sha256(checkpoint_path)}")
+    return (f"checkpoint {Path(checkpoint_path).name}", f"checkpoint sha256 {sha256}")
 
 
 def writer_pool(workers: int) -> Any:
@@ -126,11 +126,13 @@ class DicomResults:
         affines, regions = item.get("to_original"), item.get("regions") or []
         if evidence is None or affines is None or len(regions) != count or len(evidence) != count:
             return [None] * count
+        reads = item.get("top_reads")  # (n, 2) input (x, y) each sample's strongest patch reads (scorer)
         return [
             EvidenceMap(values=evidence[j].copy(), to_original=np.asarray(affines[j], dtype=np.float64),
                         region=regions[j], input_size=int(self.geometry["input_size"]),
                         stride=float(self.geometry["stride"]), center_offset=float(self.geometry["center_offset"]),
-                        patch_side=float(self.geometry.get("patch_side", 0.0)))
+                        patch_side=float(self.geometry.get("patch_side", 0.0)),
+                        top_read=None if reads is None else (float(reads[j][0]), float(reads[j][1])))
             if regions[j] is not None else None
             for j in range(count)
         ]

@@ -25,7 +25,8 @@ def failed_item(index: int, file: str, input_size: int, reason: str, **ids: str)
         "index": index, "file": file, "ok": False, "error": reason,
         "sop_instance_uid": ids.get("sop_instance_uid", ""), "study_instance_uid": ids.get("study_instance_uid", ""),
         "patient_id": ids.get("patient_id", ""), "vertebrae": [], "rois": [], "extras": [],
-        "images": np.zeros((0, 1, input_size, input_size), np.float32), "to_original": None, "regions": [],
+        "images": np.zeros((0, 1, input_size, input_size), np.float32), "roi_input": np.zeros((0, 4), np.float32),
+        "to_original": None, "regions": [],
     }
 
 
@@ -101,11 +102,11 @@ class FileSamples:
             rois, extras = self._located(path)
         else:
             rois = [("", None)]
-        images, affines, regions = self._transform(path, [roi for _, roi in rois])
+        images, roi_input, affines, regions = self._transform(path, [roi for _, roi in rois])
         return {
             "index": index, "file": str(path), "ok": True, "error": "", **ids,
             "vertebrae": [vertebra for vertebra, _ in rois], "rois": [roi for _, roi in rois], "extras": extras,
-            "images": images, "to_original": affines, "regions": regions,
+            "images": images, "roi_input": roi_input, "to_original": affines, "regions": regions,
         }
 
     def _located(self, path: Path) -> tuple[list[tuple[str, Box | None]], list[dict[str, Any]]]:
@@ -133,17 +134,20 @@ class FileSamples:
 
     def _transform(
         self, path: Path, rois: list[Box | None]
-    ) -> tuple[np.ndarray, np.ndarray | None, list[tuple[int, int, int, int] | None]]:
-        """(n, 1, S, S) float32 network inputs of ``path`` cropped to each ROI (None = whole image);
-        with ``geometry`` also their (n, 3, 3) input -> original affines and displayed regions."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[tuple[int, int, int, int] | None]]:
+        """(n, 1, S, S) float32 network inputs of ``path`` cropped to each ROI (None = whole image) and
+        (n, 4) float32 ROI boxes in input pixels; with ``geometry`` also their (n, 3, 3) input ->
+        original affines and displayed regions."""
         import torch
 
         from spine_dfl.data.transforms import eval_transforms
+        from spine_dfl.data.transforms.geometry import roi_in_input
 
         if self._transforms is None:
             self._transforms = eval_transforms(self.preprocessing)
         size = self.input_size
         images = np.empty((len(rois), 1, size, size), np.float32)
+        roi_input = np.empty((len(rois), 4), np.float32)
         affines: list[np.ndarray] = []
         regions: list[tuple[int, int, int, int] | None] = []
         for j, roi in enumerate(rois):
@@ -151,11 +155,12 @@ class FileSamples:
             image = sample["image"]
             image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
             images[j] = image.float().reshape(1, size, size).numpy()
+            roi_input[j] = roi_in_input(roi, sample["to_original"], size).numpy()
             if self.geometry:
                 affine, region = self._geometry(sample, roi)
                 affines.append(affine)
                 regions.append(region)
-        return images, (np.stack(affines) if affines else None), regions
+        return images, roi_input, (np.stack(affines) if affines else None), regions
 
     def _geometry(self, sample: Mapping[str, Any], roi: Box | None) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
         """A sample's input -> original affine and the region it shows; no region (so no heatmap)

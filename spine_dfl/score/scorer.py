@@ -78,9 +78,11 @@ class Scorer:
         self._collect(keep_at_most=0)
         self.commit()
 
-    def _batch(self) -> tuple[torch.Tensor, list[tuple[_Pending, int, int]]]:
-        """The next ``batch_size`` queued samples on the device, and which file each slice belongs to."""
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple[_Pending, int, int]]]:
+        """The next ``batch_size`` queued samples on the device, their ROI boxes in input pixels, and
+        which file each slice belongs to."""
         pieces: list[np.ndarray] = []
+        boxes: list[np.ndarray] = []
         owners: list[tuple[_Pending, int, int]] = []  # (file, first sample, count)
         need = self.batch_size
         for pending in self.queue:
@@ -88,31 +90,35 @@ class Scorer:
                 break
             take = min(need, len(pending.item["vertebrae"]) - pending.filled)
             pieces.append(pending.item["images"][pending.filled : pending.filled + take])
+            boxes.append(pending.item["roi_input"][pending.filled : pending.filled + take])
             owners.append((pending, pending.filled, take))
             need -= take
         count = self.batch_size - need
+        rois = torch.from_numpy(np.concatenate(boxes)).to(self.device)
         if self.device.type != "cuda":
-            return torch.from_numpy(np.concatenate(pieces)), owners
+            return torch.from_numpy(np.concatenate(pieces)), rois, owners
         if self.staging is None:
             self.staging = torch.empty((self.batch_size, *pieces[0].shape[1:]), pin_memory=True)
         # One copy into pinned memory, then an asynchronous host-to-device copy (the .cpu() of the
         # results waits for this batch before the buffer is reused).
         np.concatenate(pieces, out=self.staging[:count].numpy())
-        return self.staging[:count].to(self.device, non_blocking=True), owners
+        return self.staging[:count].to(self.device, non_blocking=True), rois, owners
 
     @torch.inference_mode()
     def _run_batch(self) -> None:
         """Forward the next ``batch_size`` queued samples (spanning one or more files)."""
         from spine_dfl.heatmap.evidence import class_evidence
 
-        batch, owners = self._batch()
+        batch, rois, owners = self._batch()
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            output = self.model(batch, return_maps=True) if self.dicom is not None else self.model(batch)
+            output = self.model(batch, return_maps=self.dicom is not None, roi=rois)
         probs = torch.softmax(output.fused.float(), dim=1).cpu().numpy()
         evidence = None
         if self.dicom is not None:
+            searched = self.model.searched_locations(rois, output.response_maps.shape[-2:])
             evidence = class_evidence(output.response_maps, probs.argmax(axis=1),
-                                      self.model.filters_per_class).cpu().numpy()
+                                      self.model.filters_per_class, searched).cpu().numpy()
+            reads = self._top_reads(batch, output, probs.argmax(axis=1))
         del output
         offset = 0
         for pending, start, take in owners:
@@ -121,12 +127,31 @@ class Scorer:
                 if pending.evidence is None:
                     pending.evidence = np.empty((len(pending.item["vertebrae"]), *evidence.shape[1:]), np.float32)
                 pending.evidence[start : start + take] = evidence[offset : offset + take]
+                pending.item.setdefault("top_reads", np.empty((len(pending.item["vertebrae"]), 2)))
+                pending.item["top_reads"][start : start + take] = reads[offset : offset + take]
             pending.filled = start + take
             offset += take
             self.queued_samples -= take
         while self.queue and self.queue[0].filled == len(self.queue[0].item["vertebrae"]):
             done = self.queue.popleft()
             self._finish(done.item, done.probs, done.evidence)
+
+    def _top_reads(self, batch: torch.Tensor, output: Any, preds: np.ndarray) -> np.ndarray:
+        """(B, 2) input (x, y) where each sample's strongest patch reads (its predicted class's strongest
+        filter at its peak): the SC draws that patch where explain draws it. Needs gradients, so it
+        runs outside inference mode on a copy of the batch."""
+        from spine_dfl.heatmap.erf import gradient_centres
+
+        model, k = self.model, int(self.model.filters_per_class)
+        rows = torch.arange(batch.shape[0], device=batch.device)
+        classes = torch.as_tensor(preds, device=batch.device).long()
+        scores = output.peak_score.float().view(batch.shape[0], -1, k)[rows, classes]  # (B, k)
+        channel = classes * k + scores.argmax(dim=1)
+        with torch.inference_mode(False):
+            images = batch.clone().float()
+            centres, _ = gradient_centres(lambda x: model.p_filters(model.trunk_features(x)), images, rows.clone(),
+                                          channel.clone(), output.peak_index[rows, channel].clone())
+        return centres.numpy()
 
     def _rows(self, item: dict[str, Any], probs: np.ndarray | None) -> list[list[str]]:
         fields = {

@@ -56,6 +56,7 @@ _LAZY = {
     "map_points_to_original": "geometry",
     "resize_pad": "geometry",
     "roi_crop_box": "geometry",
+    "roi_in_input": "geometry",
     "META_FIELDS": "load",
     "LoadRadiographd": "load",
     "minimal_meta": "load",

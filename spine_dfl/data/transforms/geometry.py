@@ -133,6 +133,17 @@ def map_boxes_to_original(boxes: Any, to_original: Any) -> Any:
     return out.numpy() if is_numpy else out
 
 
+def roi_in_input(roi: Any, to_original: Any, size: int) -> torch.Tensor:
+    """The ROI (x_min, y_min, x_max, y_max) in original pixels -> its box in the (size x size) network
+    input: the inverse of ``to_original`` applied to its corners, their bounding box, clipped to the
+    input. ``roi=None`` (a whole-image sample) gives the whole input. (4,) float32."""
+    if roi is None:
+        return torch.tensor([0.0, 0.0, float(size), float(size)])
+    to_input = torch.linalg.inv(torch.as_tensor(to_original, dtype=torch.float64))
+    box = map_boxes_to_original(torch.as_tensor(roi, dtype=torch.float64).reshape(1, 4), to_input)[0]
+    return box.clamp(0.0, float(size)).to(torch.float32)
+
+
 def affine_matrix(size_xy: tuple[int, int], angle_deg: float, zoom: float, shift_xy: tuple[float, float]) -> torch.Tensor:
     """Output->input (3, 3) matrix of a rotation by ``angle_deg`` and zoom about the image centre, then a shift.
 
