@@ -1,8 +1,9 @@
 """Benchmark: end-to-end training images/s over model-only images/s, with the acquisition augmentation on.
 
 End to end is the engine's own epoch (``spine_dfl.engine.train._train_epoch``: sampler, cached
-crops, per-sample augmentation, collate, the batch acquisition augmentation, forward, loss,
-backward, clipping, optimiser and schedule), capped at ``--steps`` batches by
+crops, per-sample augmentation with, in the augmented arm, TorchIO's bias field, anisotropy, noise
+and gamma, collate, the batch part of the acquisition augmentation (window, unsharp mask,
+collimation), forward, loss, backward, clipping, optimiser and schedule), capped at ``--steps`` batches by
 ``train.max_steps_per_epoch``.  Model-only is ``benchmarks/train_step.py``'s loop on the same
 model and batch size: a fixed batch already in memory, forward, loss, backward, optimiser step.
 Rounds alternate end-to-end with augmentation, end-to-end without and model-only; the best round

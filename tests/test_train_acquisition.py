@@ -1,14 +1,17 @@
-"""Acquisition augmentation inside the training loop: seeded like the rest, training batches only."""
+"""Acquisition augmentation inside the training loop: TorchIO per sample and the batch part, seeded like
+the rest, training batches only."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torchio as tio
 
 import spine_dfl.engine.train as train_module
 from spine_dfl.config import load_config
-from spine_dfl.data.transforms.acquisition import RandomAcquisition
+from spine_dfl.data.dataset import SpineDataset
+from spine_dfl.data.transforms.acquisition import RandomBatchAcquisition
 from spine_dfl.engine.checkpoint import read_checkpoint
 from spine_dfl.engine.train import train
 from quick_training import QUICK
@@ -34,7 +37,7 @@ def test_augmented_training_repeats_bit_for_bit_and_differs_from_plain(small_coh
 def test_augmentation_runs_on_training_batches_only(small_cohort: Path, tmp_path: Path, monkeypatch) -> None:
     events: list[tuple[str, int]] = []
 
-    class Recording(RandomAcquisition):
+    class Recording(RandomBatchAcquisition):
         def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             out = super().__call__(images, generator)
             events.append(("augment", int(images.shape[0])))
@@ -49,7 +52,7 @@ def test_augmentation_runs_on_training_batches_only(small_cohort: Path, tmp_path
         events.append(("validated", 0))
         return result
 
-    monkeypatch.setattr(train_module, "RandomAcquisition", Recording)
+    monkeypatch.setattr(train_module, "RandomBatchAcquisition", Recording)
     monkeypatch.setattr(train_module, "_validate", validate)
     config = load_config("cpu_demo", AUGMENTED)
     result = train(small_cohort / "manifest.csv", config, tmp_path)
@@ -61,3 +64,42 @@ def test_augmentation_runs_on_training_batches_only(small_cohort: Path, tmp_path
         assert not (inside and kind == "augment")
     assert sum(kind == "validate" for kind, _ in events) == 3
     assert len(result.val_predictions) > 0
+
+
+def test_training_steps_run_torchio_on_every_training_sample_and_never_while_validating(
+    small_cohort: Path, tmp_path: Path, monkeypatch
+) -> None:
+    events: list[str] = []
+    for cls in (tio.RandomBiasField, tio.RandomAnisotropy, tio.RandomNoise, tio.RandomGamma):
+        def counted(self, *args, _real=cls.get_params, _name=cls.__name__):
+            events.append(_name)
+            return _real(self, *args)
+        monkeypatch.setattr(cls, "get_params", counted)
+    real_getitem = SpineDataset.__getitem__
+
+    def getitem(self, index):
+        if self.augment is not None:
+            events.append("training sample")
+        return real_getitem(self, index)
+
+    real_validate = train_module._validate
+
+    def validate(*args, **kwargs):
+        events.append("validate")
+        result = real_validate(*args, **kwargs)
+        events.append("validated")
+        return result
+
+    monkeypatch.setattr(SpineDataset, "__getitem__", getitem)
+    monkeypatch.setattr(train_module, "_validate", validate)
+    train(small_cohort / "manifest.csv", load_config("cpu_demo", AUGMENTED), tmp_path)
+    # every training sample the loader served (at least 2 epochs x 3 steps x 8) went through all
+    # four TorchIO transforms once (prob 1)
+    samples = events.count("training sample")
+    assert samples >= 2 * 3 * 8
+    for name in ("RandomBiasField", "RandomAnisotropy", "RandomNoise", "RandomGamma"):
+        assert events.count(name) == samples, name
+    inside = False
+    for event in events:
+        inside = {"validate": True, "validated": False}.get(event, inside)
+        assert not (inside and (event.startswith("Random") or event == "training sample"))

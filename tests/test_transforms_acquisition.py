@@ -1,29 +1,36 @@
-"""Acquisition augmentation: intensity-only (geometry and ROI mapping exact), seeded, batch and TorchIO paths."""
+"""Acquisition augmentation: intensity-only (geometry and ROI mapping exact), seeded; TorchIO per sample
+inside the training pipeline, window / unsharp mask / collimation on whole batches."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from spine_dfl.data.dataset import build_dataset, records_from_table
+from spine_dfl.data.manifest import load_manifest
+from spine_dfl.data.transforms import AugmentConfig, Preprocessing
 from spine_dfl.data.transforms.acquisition import (
     AcquisitionAugment,
-    RandomAcquisition,
+    RandomBatchAcquisition,
     RandRoiJitterd,
     RandRoiReframed,
     TorchioAcquisitiond,
-    apply_acquisition,
+    apply_processing,
 )
 from spine_dfl.data.transforms.crop import RoiCropd
+from spine_dfl.engine.predict import collate_samples
 
 ALL_ON = AcquisitionAugment(enabled=True, prob=1.0)
-PARTS = ("bias_field", "pitch", "noise", "gamma", "window", "unsharp", "collimation")
+BATCH_PARTS = ("window", "unsharp", "collimation")
+TORCHIO_PARTS = ("bias_field", "pitch", "noise", "gamma")
 
 
 def _only(*parts: str, **ranges) -> AcquisitionAugment:
-    return dataclasses.replace(ALL_ON, **{p: p in parts for p in PARTS}, **ranges)
+    return dataclasses.replace(ALL_ON, **{p: p in parts for p in (*BATCH_PARTS, *TORCHIO_PARTS)}, **ranges)
 
 
 def _planted(batch: int = 6, size: int = 48, seed: int = 0) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -43,37 +50,35 @@ def _without_spots(images: torch.Tensor, spots: list[tuple[int, int]]) -> torch.
     return flat
 
 
-def test_point_operations_change_only_the_planted_pixel() -> None:
-    """Bias field, gamma, window and noise are per-pixel maps: with the same parameters, planting a
-    bright pixel changes the output at that pixel and nowhere else."""
+# ------------------------------------------------------------------------------- batch path
+def test_window_is_a_point_operation_changing_only_the_planted_pixel() -> None:
     images, spots = _planted()
-    options = _only("bias_field", "gamma", "window", "noise")
-    params = RandomAcquisition(options).sample(images.shape[0], 48, 48, torch.Generator().manual_seed(1))
-    out = apply_acquisition(images, params, options)
+    options = _only("window", window_width=(0.5, 0.6))
+    params = RandomBatchAcquisition(options).sample(images.shape[0], torch.Generator().manual_seed(1))
+    out = apply_processing(images, params, options)
     assert out.shape == images.shape and not torch.equal(out, images)
-    changed = out != apply_acquisition(_without_spots(images, spots), params, options)
+    changed = out != apply_processing(_without_spots(images, spots), params, options)
     for index, spot in enumerate(spots):
         assert [tuple(map(int, rc)) for rc in torch.nonzero(changed[index, 0])] == [spot]
 
 
-@pytest.mark.parametrize("part", ["pitch", "unsharp"])
-def test_neighbourhood_operations_keep_a_bright_pixel_centred(part: str) -> None:
-    """Blur, resampling and edge enhancement spread a point symmetrically: the response's centroid stays."""
+def test_unsharp_mask_keeps_a_bright_pixel_centred() -> None:
+    """Edge enhancement spreads a point symmetrically: the response's centroid stays where it was."""
     images, spots = _planted()
     flat = _without_spots(images, spots)
-    options = _only(part, pitch_factor=(1.5, 2.0))
-    params = RandomAcquisition(options).sample(*images.shape[0:1], *images.shape[-2:], torch.Generator().manual_seed(2))
-    response = (apply_acquisition(images, params, options) - apply_acquisition(flat, params, options)).abs()[:, 0]
+    options = _only("unsharp", unsharp_gain=(0.5, 1.0))
+    params = RandomBatchAcquisition(options).sample(images.shape[0], torch.Generator().manual_seed(2))
+    response = (apply_processing(images, params, options) - apply_processing(flat, params, options)).abs()[:, 0]
     rows, cols = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
     for index, (row, col) in enumerate(spots):
         weight = response[index] / response[index].sum()
         centroid = (float((weight * rows).sum()), float((weight * cols).sum()))
-        assert abs(centroid[0] - row) < 1.0 and abs(centroid[1] - col) < 1.0, (part, centroid, (row, col))
+        assert abs(centroid[0] - row) < 1.0 and abs(centroid[1] - col) < 1.0, (centroid, (row, col))
 
 
 def test_collimation_blanks_one_border_band_and_nothing_else() -> None:
     images, _ = _planted()
-    out = RandomAcquisition(_only("collimation"))(images, torch.Generator().manual_seed(3))
+    out = RandomBatchAcquisition(_only("collimation"))(images, torch.Generator().manual_seed(3))
     for index in range(images.shape[0]):
         changed = out[index, 0] != images[index, 0]
         assert (out[index, 0][changed] == 0.0).all()
@@ -87,14 +92,16 @@ def test_collimation_blanks_one_border_band_and_nothing_else() -> None:
 
 def test_no_part_firing_is_exactly_the_identity() -> None:
     images, _ = _planted()
-    out = RandomAcquisition(dataclasses.replace(ALL_ON, prob=0.0))(images, torch.Generator().manual_seed(4))
+    out = RandomBatchAcquisition(dataclasses.replace(ALL_ON, prob=0.0))(images, torch.Generator().manual_seed(4))
     assert torch.equal(out, images)
-    assert RandomAcquisition(AcquisitionAugment(enabled=False))(images, torch.Generator()) is images
+    assert RandomBatchAcquisition(AcquisitionAugment(enabled=False))(images, torch.Generator()) is images
+    # TorchIO's parts are not the batch path's: with only those on, the batch path does nothing
+    assert RandomBatchAcquisition(_only(*TORCHIO_PARTS))(images, torch.Generator()) is images
 
 
 def test_the_same_seed_reproduces_the_batch_bit_for_bit_and_another_differs() -> None:
     images, _ = _planted(batch=8)
-    augment = RandomAcquisition(dataclasses.replace(ALL_ON, prob=0.5))
+    augment = RandomBatchAcquisition(dataclasses.replace(ALL_ON, prob=0.5))
     first = augment(images, torch.Generator().manual_seed(11))
     again = augment(images, torch.Generator().manual_seed(11))
     other = augment(images, torch.Generator().manual_seed(12))
@@ -103,32 +110,142 @@ def test_the_same_seed_reproduces_the_batch_bit_for_bit_and_another_differs() ->
 
 
 def test_switching_one_part_off_leaves_the_other_parts_draws_alone() -> None:
-    images, _ = _planted()
-    full = RandomAcquisition(ALL_ON).sample(6, 48, 48, torch.Generator().manual_seed(5))
-    no_noise = RandomAcquisition(dataclasses.replace(ALL_ON, noise=False)).sample(6, 48, 48, torch.Generator().manual_seed(5))
-    assert torch.equal(full.gammas, no_noise.gammas) and torch.equal(full.collimation_sides, no_noise.collimation_sides)
+    full = RandomBatchAcquisition(ALL_ON).sample(6, torch.Generator().manual_seed(5))
+    no_unsharp = RandomBatchAcquisition(dataclasses.replace(ALL_ON, unsharp=False)).sample(6, torch.Generator().manual_seed(5))
+    assert torch.equal(full.window_low, no_unsharp.window_low)
+    assert torch.equal(full.collimation_sides, no_unsharp.collimation_sides)
 
 
-def test_torchio_path_is_intensity_only_and_seeded() -> None:
+# ------------------------------------------------------------------------------- TorchIO, per sample
+def _sample(image: torch.Tensor) -> dict:
+    to_original = torch.tensor([[0.5, 0.0, 10.0], [0.0, 0.5, 20.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return {"image": image, "to_original": to_original, "roi": (10.0, 20.0, 30.0, 40.0)}
+
+
+def test_torchio_point_operations_change_only_the_planted_pixel_and_leave_the_mapping() -> None:
+    """Bias field, noise and gamma are per-pixel maps: with the same seed, planting a bright pixel
+    changes the output there and nowhere else; ``to_original`` and the ROI pass unchanged."""
     images, spots = _planted(batch=1, size=40)
-    sample = {"image": images[0], "to_original": torch.tensor([[0.5, 0.0, 10.0], [0.0, 0.5, 20.0], [0.0, 0.0, 1.0]],
-                                                             dtype=torch.float64), "roi": (10, 20, 30, 40)}
-    transform = TorchioAcquisitiond("image", _only("bias_field", "gamma"))
+    sample = _sample(images[0])
+    transform = TorchioAcquisitiond("image", _only("bias_field", "noise", "gamma"))
     transform.set_random_state(7)
     global_state = torch.random.get_rng_state()
     out = transform(sample)
     assert torch.equal(torch.random.get_rng_state(), global_state)  # TorchIO ran on a forked stream
     assert out["image"].shape == sample["image"].shape and out["image"].dtype == torch.float32
     assert not torch.equal(out["image"], sample["image"])
+    assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0
     assert torch.equal(out["to_original"], sample["to_original"]) and out["roi"] == sample["roi"]
+    assert torch.equal(sample["image"], images[0])  # the input was not modified in place
     transform.set_random_state(7)
     flat = transform({**sample, "image": _without_spots(images, spots)[0]})["image"]
     assert [tuple(map(int, rc)) for rc in torch.nonzero(out["image"][0] != flat[0])] == [spots[0]]
-    transform.set_random_state(7)
-    assert torch.equal(transform(sample)["image"], out["image"])
-    full = TorchioAcquisitiond("image", ALL_ON)
-    full.set_random_state(8)
-    assert full(sample)["image"].shape == sample["image"].shape
+
+
+def test_torchio_anisotropy_moves_no_pixel() -> None:
+    """A linear ramp names every pixel's position by its value: after downsampling along one axis and
+    resampling back, every inner pixel keeps its value within half a pixel's step, centred on it."""
+    rows, cols = np.mgrid[0:40, 0:48]
+    slope_x, slope_y = 0.01, 0.005
+    ramp = torch.as_tensor(slope_x * (cols + 0.5) + slope_y * (rows + 0.5), dtype=torch.float32)[None]
+    transform = TorchioAcquisitiond("image", _only("pitch", pitch_factor=(1.5, 2.0)))
+    transform.set_random_state(3)
+    for _ in range(6):
+        out = transform(_sample(ramp))
+        error = (out["image"] - ramp)[0, 2:-2, 2:-2]
+        assert float(error.abs().max()) > 1e-4  # it did resample
+        assert float(error.abs().max()) <= 0.5 * slope_x + 1e-5
+        assert abs(float(error.mean())) < 0.05 * slope_y  # no shift on average
+        assert torch.equal(out["to_original"], _sample(ramp)["to_original"])
+
+
+def test_torchio_the_same_seed_reproduces_the_sample_and_another_differs() -> None:
+    images, _ = _planted(batch=1, size=40)
+    transform = TorchioAcquisitiond("image", dataclasses.replace(ALL_ON, prob=0.5))
+    outputs = []
+    for seed in (7, 7, 8):
+        transform.set_random_state(seed)
+        outputs.append(torch.stack([transform(_sample(images[0]))["image"] for _ in range(4)]))
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(outputs[0], outputs[2])
+
+
+# ------------------------------------------------------------------------------- the training pipeline
+PRE = Preprocessing(input_size=48, roi_margin=0.2, use_roi=True)
+AUG = AugmentConfig(prob=1.0)
+INTENSITY_ONLY = dataclasses.replace(ALL_ON, roi_jitter=False)
+
+
+def _records(cohort: Path) -> list[dict]:
+    manifest = load_manifest(cohort / "manifest.csv")
+    return records_from_table(manifest.table, manifest.class_names)[:6]
+
+
+def _augmented_batch(records: list[dict], acquisition: AcquisitionAugment, seed: int, epoch: int = 1) -> dict:
+    """One training batch as the engine makes it: the dataset's per-sample pipeline (TorchIO inside),
+    collated, then the batch part from a generator seeded like the training loop's."""
+    dataset = build_dataset(records, PRE, aug=AUG, seed=seed, acquisition=acquisition)
+    dataset.set_epoch(epoch)
+    items = [dataset[i] for i in range(len(dataset))]
+    batch = collate_samples(items)
+    batch["image"] = RandomBatchAcquisition(acquisition)(batch["image"], torch.Generator().manual_seed(seed + epoch))
+    batch["to_original"] = torch.stack([item["to_original"] for item in items])
+    batch["roi"] = [item["roi"] for item in items]
+    return batch
+
+
+def test_pipeline_intensity_only_parts_leave_to_original_and_the_roi_mapping_unchanged(small_cohort: Path) -> None:
+    """With TorchIO and the batch parts on (every part firing), the pipeline's ``to_original`` (what
+    maps the crop, and every heatmap box, back to the radiograph) and the ROIs are bit for bit those
+    of the same pipeline without them; only the pixels differ."""
+    records = _records(small_cohort)
+    with_acquisition = _augmented_batch(records, INTENSITY_ONLY, seed=5)
+    without = _augmented_batch(records, AcquisitionAugment(enabled=False), seed=5)
+    assert torch.equal(with_acquisition["to_original"], without["to_original"])
+    assert with_acquisition["roi"] == without["roi"] == [r["roi"] for r in records]
+    plain = build_dataset(records, PRE, aug=None)  # the generic augmentation did move the crops
+    assert not torch.equal(without["to_original"], torch.stack([plain[i]["to_original"] for i in range(len(plain))]))
+    for a, b in zip(with_acquisition["image"], without["image"]):
+        assert not torch.equal(a, b)
+
+
+def test_pipeline_the_same_seed_gives_bit_identical_batches_and_another_seed_differs(small_cohort: Path) -> None:
+    records = _records(small_cohort)
+    options = dataclasses.replace(ALL_ON, prob=0.5)
+    first = _augmented_batch(records, options, seed=3)
+    again = _augmented_batch(records, options, seed=3)
+    other = _augmented_batch(records, options, seed=4)
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["to_original"], again["to_original"])
+    assert not torch.equal(first["image"], other["image"])
+
+
+def test_pipeline_runs_torchio_per_sample(small_cohort: Path, monkeypatch) -> None:
+    """Every training sample goes through TorchIO (prob 1): its random transforms sample each part's
+    parameters once and its operations apply them (the anisotropy's two resamples included)."""
+    import torchio as tio
+    from torchio.transforms.augmentation.intensity import random_bias_field, random_gamma, random_noise
+
+    calls: dict[str, int] = {}
+
+    def count(owner, name: str, label: str, static: bool = False) -> None:
+        real = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            calls[label] = calls.get(label, 0) + 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(owner, name, staticmethod(counted) if static else counted)
+
+    for cls in (tio.RandomBiasField, tio.RandomAnisotropy, tio.RandomNoise, tio.RandomGamma):
+        count(cls, "get_params", cls.__name__)
+    count(random_bias_field.BiasField, "generate_bias_field", "bias field", static=True)
+    count(tio.Resample, "apply_transform", "resample")
+    count(random_noise, "get_noise", "noise")
+    count(random_gamma, "power", "gamma")
+    records = _records(small_cohort)
+    _augmented_batch(records, ALL_ON, seed=1)
+    n = len(records)
+    assert calls == {"RandomBiasField": n, "RandomAnisotropy": n, "RandomNoise": n, "RandomGamma": n,
+                     "bias field": n, "resample": 2 * n, "noise": n, "gamma": n}
 
 
 def test_roi_jitter_moves_the_crop_and_to_original_still_maps_every_pixel_home() -> None:

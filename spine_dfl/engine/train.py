@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from spine_dfl.config import RunConfig, config_to_dict
 from spine_dfl.data.samplers import DistributedWeightedSampler
-from spine_dfl.data.transforms.acquisition import RandomAcquisition
+from spine_dfl.data.transforms.acquisition import RandomBatchAcquisition
 from spine_dfl.engine.checkpoint import _bare_model, atomic_torch_save, checkpoint_payload, read_checkpoint
 from spine_dfl.engine.device import resolve_device
 from spine_dfl.engine.distributed import Distributed, init_distributed
@@ -192,9 +192,10 @@ def _train_epoch(
     use_amp = device.type == "cuda" and tc.amp
     channels_last = device.type == "cuda" and tc.channels_last
     net.train()
-    # Acquisition augmentation on whole batches, on their device, after the cached crop; training
-    # batches only (validation never sees it). Its own generator, seeded per (seed, epoch, rank).
-    acquisition = RandomAcquisition(config.data.acquisition)
+    # The batch part of the acquisition augmentation (window, unsharp mask, collimation; TorchIO's
+    # parts ran per sample in the dataset), on whole batches on their device; training batches only
+    # (validation never sees it). Its own generator, seeded per (seed, epoch, rank).
+    acquisition = RandomBatchAcquisition(config.data.acquisition)
     generator = torch.Generator(device=device).manual_seed(epoch_seed(config.seed, epoch) + dist.rank)
     sums = {"loss": 0.0, "g": 0.0, "p": 0.0, "side": 0.0}
     seen, epoch_start = 0, time.monotonic()

@@ -70,7 +70,7 @@ _LAZY = {
     "deterministic_transforms": "compose",
     "eval_transforms": "compose",
     "train_transforms": "compose",
-    **dict.fromkeys(("AcquisitionAugment", "RandomAcquisition", "RandRoiJitterd", "RandRoiReframed",
+    **dict.fromkeys(("AcquisitionAugment", "RandomBatchAcquisition", "RandRoiJitterd", "RandRoiReframed",
                     "TorchioAcquisitiond"), "acquisition"),
 }
 

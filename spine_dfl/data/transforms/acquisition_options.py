@@ -13,21 +13,30 @@ class AcquisitionAugment:
     """Acquisition augmentation: a switch per part and its ranges; each part fires per sample
     with probability ``prob``.  Intensities are those of the network input, in [0, 1].
 
+    Per sample, by TorchIO (after the cached crop):
+
     bias_field: multiplicative ``exp(sum c_k P_k(x, y))`` over the polynomials up to
-        ``bias_order`` without the constant (heel effect, scatter), ``c_k`` uniform in
-        [-bias_coefficient, +bias_coefficient] (TorchIO ``RandomBiasField``).
-    pitch: downsampled by a factor uniform in ``pitch_factor`` and resampled back (detector
-        pitch, resampling; TorchIO ``RandomAnisotropy``, isotropic in the batch path).
-    noise: additive Gaussian noise, std uniform in ``noise_std``.
+        ``bias_order`` (heel effect, scatter; the constant term is a global exposure change),
+        ``c_k`` uniform in [-bias_coefficient, +bias_coefficient] (TorchIO ``RandomBiasField``).
+    pitch: one random in-plane axis sampled (nearest) onto a grid a factor uniform in
+        ``pitch_factor`` coarser and resampled back linearly (detector pitch, resampling;
+        TorchIO ``RandomAnisotropy``).
+    noise: additive Gaussian noise, std uniform in ``noise_std`` (TorchIO ``RandomNoise``).
     gamma: ``x ** exp(g)``, g uniform in ``log_gamma`` (TorchIO ``RandomGamma``).
+
+    On whole batches, in the training loop (TorchIO has none of these):
+
     window: a new window, level ``0.5 +- window_level_shift``, width in ``window_width``
         (1 = unchanged), clipped to [0, 1].
     unsharp: ``x + gain * (x - blur_sigma(x))``, sigma in ``unsharp_sigma`` px, gain in
         ``unsharp_gain`` (negative gains soften).
     collimation: a band of width ``collimation_width`` (fraction of the side) at one random
         border set to ``fill``.
-    roi_jitter: ROI-level (:class:`RandRoiJitterd`): margin per side uniform in ``roi_margin``
-        and shift per side in +-``roi_shift``, both fractions of the ROI's larger side.
+
+    Per sample, ROI-level (:class:`RandRoiReframed` on the cached crop):
+
+    roi_jitter: margin per side uniform in ``roi_margin`` and shift per side in +-``roi_shift``,
+        both fractions of the ROI's larger side.
     fill: the value of "no signal" in the input (0 after the percentile normalisation).
     """
 

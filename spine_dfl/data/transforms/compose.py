@@ -14,7 +14,7 @@ from monai.transforms import (
     Transform,
 )
 
-from spine_dfl.data.transforms.acquisition import RandRoiReframed
+from spine_dfl.data.transforms.acquisition import RandRoiReframed, TorchioAcquisitiond
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.augment import RandRadiographAffined
 from spine_dfl.data.transforms.crop import ResizePadd, RoiCropd
@@ -39,18 +39,29 @@ def augment_transforms(aug: AugmentConfig, keys: str = "image", acquisition: Acq
                        crop_margin: float = 0.0) -> list[Transform]:
     """The random part (applied after :func:`deterministic_transforms`; intensities in [0, 1]).
 
-    With ``acquisition`` enabled and its ``roi_jitter`` on, the cached crop (cut with ``crop_margin``)
-    is first reframed as another site's ROI convention would (:class:`RandRoiReframed`); the rest of
-    the acquisition augmentation runs on whole batches in the training loop.
+    With ``acquisition`` enabled, the cached crop (cut with ``crop_margin``) is first reframed as
+    another site's ROI convention would (:class:`RandRoiReframed`, when ``roi_jitter`` is on) and,
+    after the small pose change, imaged as another site's beam and detector would by TorchIO
+    (:class:`TorchioAcquisitiond`: bias field, anisotropy, noise, gamma).  The rest of the
+    acquisition augmentation (window, unsharp mask, collimation) runs on whole batches in the
+    training loop (:class:`~spine_dfl.data.transforms.acquisition.RandomBatchAcquisition`).
+    Every random transform here draws from the dataset's per-sample generator (``SpineDataset``).
     """
     sigma = (float(aug.blur_sigma[0]), float(aug.blur_sigma[1]))
     reframe: list[Transform] = []
-    if acquisition is not None and acquisition.enabled and acquisition.roi_jitter:
-        reframe = [RandRoiReframed(keys, acquisition, crop_margin=crop_margin)]
+    site: list[Transform] = []
+    if acquisition is not None and acquisition.enabled:
+        if acquisition.roi_jitter:
+            reframe = [RandRoiReframed(keys, acquisition, crop_margin=crop_margin)]
+        if acquisition.bias_field or acquisition.pitch or acquisition.noise or acquisition.gamma:
+            # Per sample on the cached crop (96 px in the CPU demo), not the original radiograph:
+            # ~1.3 ms a sample there at prob 0.5 (benchmarks/acquisition_speed.py).
+            site = [TorchioAcquisitiond(keys, acquisition)]
     return [
         *reframe,
         RandRadiographAffined(keys, prob=aug.prob, rotate_deg=aug.rotate_deg, scale=aug.scale,
                               translate=aug.translate, fill=0.0),
+        *site,
         RandAdjustContrastd(keys, prob=aug.prob, gamma=(float(aug.gamma[0]), float(aug.gamma[1]))),
         RandGaussianSmoothd(keys, sigma_x=sigma, sigma_y=sigma, prob=aug.prob),
         RandGaussianNoised(keys, prob=aug.prob, mean=0.0, std=float(aug.noise_std)),
