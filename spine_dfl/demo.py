@@ -1,5 +1,6 @@
-"""``spine-dfl demo``: synthesise a cohort, train the CPU demo, evaluate the held-out test patients
-and draw their heatmaps, all under one output folder and one seed."""
+"""``spine-dfl demo``: synthesise a cohort, train the CPU demo grader and the vertebra locator,
+evaluate the held-out test patients on the manifest's crops and end to end on the located crops (no
+ROI file), and draw their heatmaps, all under one output folder and one seed."""
 
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ class DemoResult:
     report_html: Path
     gallery_html: Path | None
     seconds: float
+    locator: Path | None = None
 
 
 def run_demo(out: str | Path, patients: int = 64, seed: int = 0, config: str | Path = "cpu_demo",
-             overrides: Sequence[str] = (), explain: bool = True,
-             say: Callable[[str], None] = print) -> DemoResult:
-    """synth -> train -> validation report -> test evaluation -> heatmaps; ``say`` reports each step."""
+             overrides: Sequence[str] = (), explain: bool = True, locator_config: str | Path | None = "locator_cpu",
+             locator_overrides: Sequence[str] = (), say: Callable[[str], None] = print) -> DemoResult:
+    """synth -> train the grader -> validation report -> train the locator -> test evaluation (manifest
+    crops, and located crops end to end) -> heatmaps; ``say`` reports each step. ``locator_config``
+    None: no locator (the manifest crops only)."""
     from spine_dfl.config import load_config
     from spine_dfl.engine.train import train
     from spine_dfl.explain.inputs import explain_records
@@ -36,19 +40,26 @@ def run_demo(out: str | Path, patients: int = 64, seed: int = 0, config: str | P
     out = Path(out)
     cohort = out / "cohort"
     run_config = load_config(config, [f"seed={seed}", *overrides])
-    say(f"[1/4] synthesising {patients} patients into {cohort}")
+    steps = 4 + (locator_config is not None)
+    say(f"[1/{steps}] synthesising {patients} patients into {cohort}")
     generate_cohort(cohort, patients=patients, seed=seed, overwrite=True)
     manifest = cohort / "manifest.csv"
-    say(f"[2/4] training {run_config.model.backbone} (config {config}) into {out / 'train'}")
+    say(f"[2/{steps}] training {run_config.model.backbone} (config {config}) into {out / 'train'}")
     result = train(manifest, run_config, out / "train")
     write_evaluation(result.val_predictions, out / "train" / "val_report", "validation split")
-    say(f"[3/4] evaluating the held-out test patients into {out / 'evaluate'}")
-    metrics = evaluate(result.best_checkpoint, manifest, "test", out / "evaluate", title="synthetic cohort [test]")
+    locator = None
+    if locator_config is not None:
+        say(f"[3/{steps}] training the vertebra locator (config {locator_config}) into {out / 'locator'}")
+        locator = Path(train(manifest, load_config(locator_config, [f"seed={seed}", *locator_overrides]), out / "locator").best_checkpoint)
+    say(f"[{steps - 1}/{steps}] evaluating the held-out test patients into {out / 'evaluate'}"
+        + (" (manifest crops, and the located crops without the ROI file)" if locator is not None else ""))
+    metrics = evaluate(result.best_checkpoint, manifest, "test", out / "evaluate", title="synthetic cohort [test]",
+                       locator=locator)
     gallery = None
     if explain:
         explain_dir = out / "explain"
-        say(f"[4/4] drawing patch heatmaps for the test patients into {explain_dir}")
+        say(f"[{steps}/{steps}] drawing patch heatmaps for the test patients into {explain_dir}")
         explain_records(result.best_checkpoint, manifest, explain_dir, split="test")
         gallery = explain_dir / "index.html"
     return DemoResult(Path(result.best_checkpoint), metrics, out / "evaluate" / "metrics.json",
-                      out / "evaluate" / "report.html", gallery, time.monotonic() - started)
+                      out / "evaluate" / "report.html", gallery, time.monotonic() - started, locator)

@@ -28,6 +28,9 @@ from test_report import (
 
 TINY = ["data.input_size=64", "model.filters_per_class=2", "train.epochs=2", "train.batch_size=16",
         "train.max_steps_per_epoch=4", "model.init_max_images_per_class=8"]
+# A locator this small finds little: the test checks the end-to-end path and its outputs, not figures.
+TINY_LOCATOR = ["locator.input_size=[128, 64]", "locator.neck_channels=16", "locator.head_channels=16",
+                "train.batch_size=2", "train.epochs=30", "train.lr_backbone=0.004", "locator.threshold=0.05"]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,8 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     args = ["demo", "--out", str(out), "--patients", "6", "--seed", "2"]
     for setting in TINY:
         args += ["--set", setting]
+    for setting in TINY_LOCATOR:
+        args += ["--locator-set", setting]
     assert main(args) == 0
     return out
 
@@ -43,7 +48,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_demo_writes_every_output(demo_dir: Path) -> None:
     for name in ("cohort/manifest.csv", "train/best.pt", "train/metrics.csv", "train/val_report/report.html",
                  "evaluate/predictions.csv", "evaluate/metrics.json", "evaluate/per_vertebra.csv",
-                 "evaluate/report.html", "explain/index.html", "explain/patches.json"):
+                 "evaluate/report.html", "explain/index.html", "explain/patches.json", "locator/best.pt"):
         assert (demo_dir / name).is_file(), name
     manifest = pd.read_csv(demo_dir / "cohort" / "manifest.csv")
     test_rows = manifest[manifest["split"] == "test"]
@@ -52,6 +57,14 @@ def test_demo_writes_every_output(demo_dir: Path) -> None:
     assert set(predictions["patient_id"].astype(str)) == set(test_rows["patient_id"].astype(str))
     patches = json.loads((demo_dir / "explain" / "patches.json").read_text())
     assert len(patches) == len(test_rows)
+
+
+def test_demo_evaluates_the_located_crops_without_the_roi_file(demo_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    metrics = json.loads((demo_dir / "evaluate" / "metrics.json").read_text())
+    assert metrics["locator"]["split"] == "test" and metrics["locator"]["vertebrae"] > 0
+    assert "end_to_end" in metrics and metrics["end_to_end"]["report"] == "located/report.html"
+    located = pd.read_csv(demo_dir / "evaluate" / "located" / "predictions.csv")
+    assert set(located["roi_source"]) == {"locator"}
 
 
 def test_demo_metrics_recomputed_with_sklearn(demo_dir: Path) -> None:

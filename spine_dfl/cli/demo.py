@@ -19,6 +19,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (repeatable)")
     p.add_argument("--no-explain", action="store_true", help="skip the heatmaps")
+    p.add_argument("--locator-set", dest="locator_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of the locator's config, locator_cpu (repeatable)")
+    p.add_argument("--no-locator", action="store_true",
+                   help="skip the vertebra locator (and the end-to-end figures without the ROI file)")
     p.set_defaults(func=run)
 
 
@@ -26,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from spine_dfl.demo import run_demo
 
     result = run_demo(args.out, patients=args.patients, seed=args.seed, config=args.config,
-                      overrides=args.overrides, explain=not args.no_explain)
+                      overrides=args.overrides, explain=not args.no_explain,
+                      locator_config=None if args.no_locator else "locator_cpu",
+                      locator_overrides=args.locator_overrides)
     overall = result.metrics["overall"]
     per_class = {name: block["auc_ovr"] for name, block in overall.get("per_class", {}).items()}
     print()
@@ -35,9 +41,25 @@ def run(args: argparse.Namespace) -> int:
           f"macro AUC (fused) {fmt(overall['macro_auc'])}")
     if per_class:
         print("  one-vs-rest AUC per class: " + ", ".join(f"{k} {fmt(v)}" for k, v in per_class.items()))
+    _print_located(result.metrics)
     print(f"  checkpoint:   {result.checkpoint}")
+    if result.locator is not None:
+        print(f"  locator:      {result.locator}")
     print(f"  metrics:      {result.metrics_json}")
     print(f"  report:       {result.report_html}")
     if result.gallery_html is not None:
         print(f"  heatmaps:     {result.gallery_html}")
     return EXIT_OK
+
+
+def _print_located(metrics: dict) -> None:
+    """The end-to-end figures (located crops, no ROI file) and the locator's, when the demo has them."""
+    located, figures = metrics.get("end_to_end"), metrics.get("locator") or {}
+    if not located:
+        return
+    overall = located["overall"]
+    print(f"  located crops, no ROI file: {overall['n']} vertebrae, accuracy {overall['accuracy']:.3f}, "
+          f"macro AUC (fused) {fmt(overall['macro_auc'])}")
+    shown = {key: figures.get(key) for key in ("detection_recall_iou50", "identification_rate", "median_centre_error_mm")}
+    if any(value is not None for value in shown.values()):
+        print("  locator: " + ", ".join(f"{key} {fmt(value)}" for key, value in shown.items()))
