@@ -93,10 +93,10 @@ def test_training_steps_run_torchio_on_every_training_sample_and_never_while_val
     monkeypatch.setattr(SpineDataset, "__getitem__", getitem)
     monkeypatch.setattr(train_module, "_validate", validate)
     train(small_cohort / "manifest.csv", load_config("cpu_demo", AUGMENTED), tmp_path)
-    # every training sample the loader served (at least 2 epochs x 3 steps x 8) went through all
-    # four TorchIO transforms once (prob 1)
+    # every training sample the loader served (at least one epoch of 3 steps x 8: the config's time
+    # budget may stop a loaded machine after the first) went through all four TorchIO transforms once
     samples = events.count("training sample")
-    assert samples >= 2 * 3 * 8
+    assert samples >= 3 * 8
     for name in ("RandomBiasField", "RandomAnisotropy", "RandomNoise", "RandomGamma"):
         assert events.count(name) == samples, name
     inside = False
