@@ -4,7 +4,8 @@
 
 Writes a small ``spine-dfl synth`` cohort (14 vertebrae per radiograph) into a temporary folder,
 explains every vertebra with the checkpoint given, or else with a random-init ResNet-18 DFL model at
-the CPU demo's preprocessing (96 px input, 20% margin: the same work as a trained one), and prints
+the CPU demo's setting (P-stream on layer2 searching the ROI, 96 px input, 20% margin: the same
+work as a trained one, the patches' input-gradient centres included), and prints
 one JSON object. The acceptance bound is 0.3 s per vertebra on 2 CPU cores. ``steady_s_per_vertebra``
 leaves out the run's one-time start (model load, effective receptive field); ``figure_s`` is the
 PNG drawing's share, timed by wrapping the renderer from outside.
@@ -30,8 +31,9 @@ from spine_dfl.synth import generate_cohort
 
 
 def random_checkpoint(path: Path, backbone: str, input_size: int, margin: float) -> Path:
+    """A random-init model with the CPU demo's P-stream (layer2, searching the vertebra's box)."""
     torch.manual_seed(0)
-    model = DFLNet(backbone, num_classes=4, filters_per_class=6).eval()
+    model = DFLNet(backbone, num_classes=4, filters_per_class=6, pstream_layer="layer2", pstream_region="roi").eval()
     pre = Preprocessing(input_size=input_size, roi_margin=margin)
     atomic_torch_save(checkpoint_payload(model, {}, ["normal", "mild", "moderate", "severe"], pre), path)
     return path
