@@ -128,6 +128,25 @@ def _draw_patches(draw: Any, findings: Sequence[VertebraFinding], rows: int, col
     return drawn
 
 
+def _draw_six_points(draw: Any, findings: Sequence[VertebraFinding], line_width: int) -> bool:
+    """Each finding's six points (``cells["points"]``: sa, sm, sp, ia, im, ip as (x, y) source pixels, the
+    locator's) as dots joined along each endplate, superior cyan and inferior green as in the explain
+    gallery (``explain.render``); whether any were drawn."""
+    drawn = False
+    for finding in findings:
+        points = np.asarray(finding.cells.get("points", ()), dtype=np.float64)
+        if points.shape != (6, 2) or not np.isfinite(points).all():
+            continue
+        radius = 2 * line_width + 0.5
+        for endplate, colour in ((points[:3], (0, 255, 255)), (points[3:], (0, 255, 0))):
+            xy = [(float(x), float(y)) for x, y in endplate]
+            draw.line(xy, fill=colour, width=line_width)
+            for x, y in xy:
+                draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour, outline=(0, 0, 0))
+        drawn = True
+    return drawn
+
+
 def render_roi_overlay(
     image: np.ndarray,
     findings: Sequence[VertebraFinding],
@@ -142,7 +161,9 @@ def render_roi_overlay(
     Boxes are coloured by predicted grade (first class green ... last class red), each captioned
     "level grade probability". With the model's patch side known, each finding's strongest
     ``patches_per_finding`` distinct evidence places are drawn inside (effective-field box, dot on
-    the refined peak; rank 1 cyan). ``banner`` (bottom left) says it is for review; with heatmaps a
+    the refined peak; rank 1 cyan). Findings whose cells give six points (``cells["points"]``, the
+    locator's) get them drawn as the two endplates (superior cyan, inferior green). ``banner``
+    (bottom left) says it is for review; with heatmaps a
     colour legend line goes above it.
     """
     from PIL import Image, ImageDraw, ImageFont
@@ -161,6 +182,7 @@ def render_roi_overlay(
     except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
         font = ImageFont.load_default()
     patches = _draw_patches(draw, findings, rows, cols, line_width, patches_per_finding)
+    _draw_six_points(draw, findings, line_width)
     for finding in findings:
         box = _pixel_box(finding.roi, rows, cols)
         if box is None:

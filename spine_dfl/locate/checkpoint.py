@@ -108,9 +108,13 @@ def locator_from_payload(raw: dict[str, Any], path: str | Path, map_location: st
                          config=raw["config"], raw=raw)
 
 
-def locate_radiograph(loaded: LoadedLocator, pixels: np.ndarray, **labelling: Any) -> Any:
-    """Letterbox one radiograph's pixels as the checkpoint says, then ``run.locate`` (original pixels out)."""
+def locate_radiograph(loaded: LoadedLocator, pixels: np.ndarray, refine: bool = True, **labelling: Any) -> Any:
+    """Letterbox one radiograph's pixels as the checkpoint says, then ``run.locate`` (original pixels out);
+    with ``refine`` the six points are snapped to their endplate edges on ``pixels`` (``refine.refine_located``)."""
+    from spine_dfl.locate.refine import refine_located
     from spine_dfl.locate.run import locate
 
     tensor, to_original = letterbox(pixels, loaded.input_size, loaded.percentiles)
-    return locate(loaded.model, tensor, to_original, threshold=loaded.threshold, **labelling)
+    located = locate(loaded.model, tensor, to_original, threshold=loaded.threshold,
+                     image_shape=tuple(np.shape(pixels))[-2:], **labelling)
+    return refine_located(located, pixels) if refine else located

@@ -4,7 +4,9 @@ Peaks: the sigmoid centre heatmap, kept where it equals its 3 x 3 maximum (Cente
 non-maximum suppression) and reaches ``threshold``, at most ``max_detections`` by score. At a
 peak cell (i, j) the centre is ``(i + offset) * STRIDE`` input pixels, the inverse of
 ``targets.encode_targets``; boxes, points and centres then go to original pixels through the
-exact ``to_original`` affine of ``preprocess.letterbox``.
+exact ``to_original`` affine of ``preprocess.letterbox``. With ``image_shape`` a peak whose centre
+lies outside the image (in the letterbox padding, where no vertebra can be) is dropped before the
+``max_detections`` cut, so it neither reaches the labelling nor takes a true vertebra's place.
 """
 
 from __future__ import annotations
@@ -61,11 +63,16 @@ def decode(
     to_original: Any = None,
     threshold: float = 0.3,
     max_detections: int = 32,
+    image_shape: tuple[int, int] | None = None,
 ) -> Detections:
-    """Detections of ONE image from its output maps (each (C, h, w), or (1, C, h, w))."""
+    """Detections of ONE image from its output maps (each (C, h, w), or (1, C, h, w)).
+
+    ``image_shape``: (rows, cols) of the image ``to_original`` maps to (the input tensor without it);
+    detections whose centre lies outside [0, cols] x [0, rows] are dropped.
+    """
     maps = {name: (m[0] if m.ndim == 4 else m).detach().float().cpu() for name, m in outputs.items()}
     _, h, w = maps["heatmap"].shape
-    index, scores = heatmap_peaks(maps["heatmap"], threshold, max_detections)
+    index, scores = heatmap_peaks(maps["heatmap"], threshold, h * w if image_shape is not None else max_detections)
 
     def at(name: str) -> torch.Tensor:  # (K, C) values of a head at the peak cells
         return maps[name].reshape(maps[name].shape[0], -1)[:, index].T.double()
@@ -79,7 +86,17 @@ def decode(
         boxes = map_boxes_to_original(boxes[None], to_original)[0]
         points = map_points_to_original(points.reshape(-1, 2), to_original).reshape(-1, 6, 2)
         centres = map_points_to_original(centres, to_original)
-    return Detections(
+    found = Detections(
         boxes=boxes.numpy(), points=points.numpy(), centres=centres.numpy(),
         scores=scores.double().numpy(), level_logits=at("levels").numpy(),
     )
+    if image_shape is None:
+        return found
+    return found.take(np.flatnonzero(inside_image(found.centres, image_shape))[: int(max_detections)])
+
+
+def inside_image(centres: np.ndarray, image_shape: tuple[int, int]) -> np.ndarray:
+    """(N,) whether each (x, y) centre lies in the image of (rows, cols) (continuous pixels, edges included)."""
+    rows, cols = (float(v) for v in image_shape[:2])
+    x, y = centres[:, 0], centres[:, 1]
+    return (x >= 0) & (x <= cols) & (y >= 0) & (y <= rows)

@@ -181,15 +181,36 @@ def prediction_of(located: Any, level_names: Sequence[str]) -> ImagePrediction:
 
 
 @torch.no_grad()
-def evaluate_locator(model: Any, samples: Sequence[Any], threshold: float = 0.3) -> dict[str, Any]:
-    """Locate every ``samples.LocatorSample`` with ``model`` and return ``locator_metrics``."""
+def evaluate_locator(model: Any, samples: Sequence[Any], threshold: float = 0.3, refine: bool = True) -> dict[str, Any]:
+    """Locate every ``samples.LocatorSample`` with ``model`` and return ``locator_metrics``.
+
+    With ``refine`` (as ``checkpoint.locate_radiograph`` does) each radiograph is read again at full
+    resolution and the six points are snapped to their endplates (``refine.refine_located``); the
+    figures are of the refined points, and ``unrefined`` gives the landmark and ratio errors of the
+    locator's own points beside them, ``refined_point_share`` the share of points that found an edge.
+    """
+    from spine_dfl.io import read_image
+    from spine_dfl.locate.refine import refine_located
     from spine_dfl.locate.run import locate
 
-    pairs = []
+    pairs, raw_pairs, refined = [], [], []
     for s in samples:
-        located = locate(model, s.tensor, s.to_original, threshold=threshold)
-        pairs.append((ImageTruth(s.boxes, s.levels, s.points, s.spacing_mm), prediction_of(located, model.levels)))
-    return locator_metrics(pairs, model.levels)
+        located = locate(model, s.tensor, s.to_original, threshold=threshold,
+                         image_shape=s.image_shape)
+        truth = ImageTruth(s.boxes, s.levels, s.points, s.spacing_mm)
+        if refine:
+            raw_pairs.append((truth, prediction_of(located, model.levels)))
+            located = refine_located(located, read_image(s.image).pixels)
+            refined.append(located.refined)
+        pairs.append((truth, prediction_of(located, model.levels)))
+    figures = locator_metrics(pairs, model.levels)
+    if refine:
+        raw = locator_metrics(raw_pairs, model.levels)
+        figures["unrefined"] = {key: raw[key] for key in (
+            "median_landmark_error_mm", "median_landmark_error_px", "median_ratio_error")}
+        marks = np.concatenate(refined) if refined else np.zeros((0, 6), bool)
+        figures["refined_point_share"] = float(marks.mean()) if marks.size else None
+    return figures
 
 
 def evaluate_checkpoint(checkpoint: str | Any, manifest: str | Any, split: str | None = "test",

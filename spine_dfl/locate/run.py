@@ -22,6 +22,9 @@ class LocatedVertebrae:
     ``detections``: boxes, six points, centres (original pixels), heatmap scores, level logits;
     ``levels``: level names; ``level_confidence``: posterior probability of each level from the
     labelling; ``ambiguous``: the runner-up labelling scored within the margin of the chosen one.
+    After ``refine.refine_located`` the detections' points are the refined ones, ``refined`` (N, 6)
+    says which points moved to an endplate edge (False: the locator's point, kept for want of a clear
+    edge) and ``unrefined_points`` (N, 6, 2) are the locator's own; both None before refinement.
     """
 
     detections: Detections
@@ -29,6 +32,8 @@ class LocatedVertebrae:
     level_confidence: np.ndarray
     ambiguous: bool
     head_up: bool
+    refined: np.ndarray | None = None
+    unrefined_points: np.ndarray | None = None
 
     @property
     def confidence(self) -> np.ndarray:
@@ -73,6 +78,7 @@ def locate(
     threshold: float = 0.3,
     outer_levels: int = 1,
     outer_logit: float = 0.0,
+    image_shape: tuple[int, int] | None = None,
     **labelling: Any,
 ) -> LocatedVertebrae:
     """Find, label and order the vertebrae of one (1, H, W) locator input (see ``letterbox``).
@@ -83,7 +89,9 @@ def locate(
     trained range (the sacrum below L5, T3 above T4) looks like a vertebra, and without a place to
     put it consecutive labelling must shift every level by one, or the cut to one detection per
     level drops a true vertebra instead (on a synth cohort this turned 2 of 40 images wholly
-    off by one). ``labelling`` keyword arguments go to ``assign_levels``.
+    off by one). ``image_shape`` (rows, cols) of the original radiograph drops peaks centred in
+    the letterbox padding before labelling (``decode``). ``labelling`` keyword arguments go to
+    ``assign_levels``.
     """
     if image_tensor.ndim != 3 or image_tensor.shape[0] != 1:
         raise ValueError(f"locate takes one (1, H, W) image, got {tuple(image_tensor.shape)}")
@@ -91,7 +99,8 @@ def locate(
     device = next(model.parameters()).device
     outputs = model(image_tensor[None].to(device))
     n_levels = len(model.levels)
-    found = decode(outputs, to_original, threshold=threshold, max_detections=n_levels + 2 * outer_levels)
+    found = decode(outputs, to_original, threshold=threshold, max_detections=n_levels + 2 * outer_levels,
+                   image_shape=image_shape)
     pad = np.full((len(found), outer_levels), float(outer_logit))
     assignment = assign_levels(found.centres, np.concatenate([pad, found.level_logits, pad], axis=1), **labelling)
     levels = assignment.levels - outer_levels

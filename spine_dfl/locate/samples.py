@@ -25,7 +25,8 @@ from spine_dfl.locate.preprocess import letterbox
 class LocatorSample:
     """One radiograph: ``tensor`` (1, H, W) letterboxed input, ``to_original`` its (3, 3) map back;
     truth in original pixels: ``boxes`` (N, 4), ``points`` (N, 6, 2) (NaN rows: no landmarks),
-    ``levels`` (N,) indices into the level names (-1: unknown); ``spacing_mm`` (row, col) or None."""
+    ``levels`` (N,) indices into the level names (-1: unknown); ``spacing_mm`` (row, col) or None;
+    ``image_shape`` (rows, cols) of the radiograph (decode drops peaks centred outside it)."""
 
     image: str
     split: str
@@ -36,6 +37,7 @@ class LocatorSample:
     levels: np.ndarray
     spacing_mm: tuple[float, float] | None
     spacing_source: str | None
+    image_shape: tuple[int, int] | None = None  # (rows, cols) of the original radiograph
 
     def input_truth(self) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (N, 4) and points (N, 6, 2) in input-tensor pixels (the inverse letterbox map)."""
@@ -89,6 +91,7 @@ def load_samples(
             image=str(image), split=str(rows["split"].iloc[0]) if "split" in rows else "",
             tensor=tensor, to_original=to_original, boxes=boxes, points=points, levels=level_index,
             spacing_mm=radiograph.spacing_mm, spacing_source=_spacing_source(radiograph.meta),
+            image_shape=tuple(int(v) for v in np.shape(radiograph.pixels)[-2:]),
         ))
     return samples
 

@@ -176,7 +176,7 @@ def _validate(run: _Run) -> tuple[float, dict[str, Any]]:
         parts = locator_loss(outputs, {k: v.to(run.device) for k, v in targets.items()},
                              run.config.locator.loss_weights)
         total, n = total + float(parts["loss"]) * len(chunk), n + len(chunk)
-    return total / max(1, n), evaluate_locator(run.model, run.val, run.config.locator.threshold)
+    return total / max(1, n), evaluate_locator(run.model, run.val, run.config.locator.threshold, refine=False)
 
 
 def _end_epoch(run: _Run, epoch: int, row: dict[str, Any], started: float) -> int:

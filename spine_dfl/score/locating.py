@@ -54,8 +54,10 @@ def resolve_locator(locator: str | Path | None, grader_raw: dict[str, Any], grad
 @dataclass(frozen=True)
 class LocatedRois:
     """One radiograph's located vertebrae, cranial first: level names, boxes (x_min, y_min, x_max, y_max)
-    in original pixels, confidences, each vertebra's morphometry cells (``predictions.morphometry_cells``)
-    and its six points ((6, 2) arrays sa, sm, sp, ia, im, ip; (x, y) original pixels)."""
+    in original pixels, confidences, each vertebra's morphometry cells (``predictions.morphometry_cells``,
+    plus ``points``: the six points as ((x, y), ...) for the SC overlay, and ``points_refined``: how many
+    of them were snapped to an endplate edge, ``locate.refine``; cells not a table column are not written
+    to predictions.csv) and its six points ((6, 2) arrays sa, sm, sp, ia, im, ip; (x, y) original pixels)."""
 
     vertebrae: list[str]
     boxes: list[tuple[float, float, float, float]]
@@ -94,5 +96,10 @@ def locate_rois(loaded: Any, radiograph: Any) -> LocatedRois:
     spacing = radiograph.spacing_mm if source in UNIT_BY_SPACING_SOURCE else None  # unknown source: pixels
     measured = spine_morphometry(found.detections.points[keep], [loaded.levels.index(name) for name in vertebrae],
                                  spacing, source if spacing is not None else None)
-    return LocatedRois(vertebrae, boxes, [float(found.confidence[k]) for k in keep], morphometry_cells(measured),
+    cells = morphometry_cells(measured)
+    for k, cell in zip(keep, cells):
+        cell["points"] = tuple((float(x), float(y)) for x, y in found.detections.points[k])
+        if found.refined is not None:
+            cell["points_refined"] = int(found.refined[k].sum())
+    return LocatedRois(vertebrae, boxes, [float(found.confidence[k]) for k in keep], cells,
                        [found.detections.points[k] for k in keep])
