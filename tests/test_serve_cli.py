@@ -44,7 +44,7 @@ def running_node(located_grader_checkpoints, tmp_path_factory):
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: _echo(port, process, log), 90, what="spine-dfl serve to answer C-ECHO")
+        wait_for(lambda: _echo(port, process, log), 180, what="spine-dfl serve to answer C-ECHO")
         yield {"process": process, "spool": spool, "port": port, "log": log}
     finally:
         if process.poll() is None:

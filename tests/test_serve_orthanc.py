@@ -95,7 +95,8 @@ class NodeProcess:
         self.spool.mkdir(parents=True, exist_ok=True)
         with open(self.spool.parent / "node.log", "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=TESTS)
-        wait_for(self._echo, 60, what="the node to answer C-ECHO")
+        # the node imports torch and loads the model first: minutes on a busy machine
+        wait_for(self._echo, 180, what="the node to answer C-ECHO")
 
     def _echo(self) -> bool:
         if self.process.poll() is not None:
@@ -156,7 +157,7 @@ def fetch(orthanc: Orthanc, orthanc_id: str) -> pydicom.Dataset:
 
 
 def wait_for_results(orthanc: Orthanc, study_uid: str, count: int = 1, kinds: tuple[str, ...] = (SR_SERIES, SC_SERIES),
-                     timeout: float = 90.0) -> dict[str, list[pydicom.Dataset]]:
+                     timeout: float = 180.0) -> dict[str, list[pydicom.Dataset]]:
     """Wait for ``count`` results of each kind in the study, check no more follow, return them by kind."""
     wait_for(lambda: all(len(result_ids(orthanc, study_uid, kind)) >= count for kind in kinds), timeout,
              what=f"{count} result(s) of each kind in the source study")
@@ -302,7 +303,7 @@ def test_a_study_split_over_two_associations_is_scored_once_and_a_late_instance_
     assert node.query("SELECT generation, COUNT(*) FROM results GROUP BY generation") == [(0, 4)]
     # a late instance after the study is done: superseding results of all three, with new UIDs
     orthanc.store_to_node([answers[2]["ID"]])
-    wait_for(lambda: node.query("SELECT state, generation FROM studies") == [("done", 1)], 60,
+    wait_for(lambda: node.query("SELECT state, generation FROM studies") == [("done", 1)], 180,
              what="the superseding results to be sent")
     assert len(result_ids(orthanc, study_uid)) == len(result_ids(orthanc, study_uid, SR_SERIES)) == 5
     by_series: dict[str, set[str]] = {}
@@ -373,7 +374,7 @@ def test_kill9_while_scoring_then_restart_sends_one_result(orthanc, node, checkp
     study_uid, encoded, sop_uids = radiograph_study(radiographs[:2])
     upload_all(orthanc, encoded)
     orthanc.store_to_node([orthanc.study_id(study_uid)])
-    wait_for(lambda: node.query("SELECT state FROM studies") == [("scoring",)], 30, what="scoring to start")
+    wait_for(lambda: node.query("SELECT state FROM studies") == [("scoring",)], 60, what="scoring to start")
     node.kill9()
     node.start(checkpoint)
     results = wait_for_results(orthanc, study_uid, count=2)

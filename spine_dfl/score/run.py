@@ -10,6 +10,10 @@ run by supervised decode workers (``score.isolation``: a decoder that kills its 
 one file, never the run) -> ``score.scorer.Scorer`` (model batches, rows of finished files) ->
 ``score.journal`` (crash-safe parts, ``--resume``, the final merge).
 
+``prepare_scoring`` (the model, ROIs or locator of a checkpoint) and ``score_prepared`` (one
+process, a list of files, SR + SC with a caller's ``run_key``) are the two halves for a caller that
+keeps the model loaded: the DICOM node scores each study with them.
+
 Distributed: under ``torchrun`` the pending files are split across ranks (rank r takes
 ``pending[r::world]``), every rank writes its own part, and rank 0 merges after a barrier (gloo:
 barriers and object broadcasts work on CPU and GPU hosts, and ranks may finish far apart).
@@ -53,6 +57,7 @@ class ScoringSetup:
     and for ``score()`` what it scores."""
 
     checkpoint: str
+    checkpoint_sha256: str  # of the file as loaded: the SR's algorithm parameter, the node's model version
     device: torch.device
     model: torch.nn.Module
     preprocessing: Any
@@ -155,8 +160,7 @@ def _prepare(
     # Absolute paths: unambiguous for whoever reads the CSV, and stable keys for --resume.
     setup.files = [os.path.abspath(p) for p in find_inputs([Path(p) for p in inputs])]
     if dicom_out is not None:
-        setup.dicom_config = dicom_config(dicom_out, setup.class_names, run_key(checkpoint_path, out_dir),
-                                          checkpoint_path)
+        setup.dicom_config = dicom_config(dicom_out, setup, run_key(checkpoint_path, out_dir))
     return setup
 
 
@@ -173,6 +177,7 @@ def prepare_scoring(
     from spine_dfl.engine.device import DeviceUnavailable, resolve_device
     from spine_dfl.io.rois import read_rois
     from spine_dfl.predictions import predictions_columns
+    from spine_dfl.score.dicom_jobs import checkpoint_sha256
 
     try:
         torch_device = resolve_device(device, local_rank)
@@ -198,7 +203,8 @@ def prepare_scoring(
     elif rois_csv is not None:
         log.warning("the checkpoint scores whole images; --rois %s is ignored", rois_csv)
     return ScoringSetup(
-        checkpoint=str(checkpoint_path), device=torch_device, model=loaded.model.to(torch_device).eval(),
+        checkpoint=str(checkpoint_path), checkpoint_sha256=checkpoint_sha256(checkpoint_path), device=torch_device,
+        model=loaded.model.to(torch_device).eval(),
         preprocessing=pre, class_names=class_names,
         columns=predictions_columns(class_names, status=True, study=True, patient_id=keep_ids, roi_source=pre.use_roi,
                                     morphometry=source is not None),
@@ -221,7 +227,7 @@ def score_prepared(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)
-    config = None if dicom_out is None else dicom_config(dicom_out, setup.class_names, run_key, setup.checkpoint)
+    config = None if dicom_out is None else dicom_config(dicom_out, setup, run_key)
     files = list(files)
     _score_files(replace(setup, files=files, dicom_config=config), files, out_dir, batch_size, workers,
                  keep_ids="patient_id" in setup.columns, progress=False, dist=Distributed(), dicom_writers=dicom_writers)
@@ -231,15 +237,15 @@ def score_prepared(
     return {file: done[file] for file in files}
 
 
-def dicom_config(dicom_out: str | Path, class_names: list[str], run_key: str, checkpoint_path: str | Path) -> Any:
+def dicom_config(dicom_out: str | Path, setup: ScoringSetup, run_key: str) -> Any:
     """The SR/SC writer settings: output folder, UIDs from ``run_key``, the checkpoint's name and SHA-256
     as the SR's algorithm parameters (TID 4019). An uncreatable folder is a ScoreError."""
     from spine_dfl.dicom_out import DicomOutConfig
     from spine_dfl.score.dicom_jobs import algorithm_parameters
 
     config = DicomOutConfig(
-        out_dir=str(Path(dicom_out).resolve()), class_names=tuple(class_names),
-        run_key=run_key, algorithm_parameters=algorithm_parameters(checkpoint_path),
+        out_dir=str(Path(dicom_out).resolve()), class_names=tuple(setup.class_names), run_key=run_key,
+        algorithm_parameters=algorithm_parameters(setup.checkpoint, setup.checkpoint_sha256),
     )
     try:
         config.writer()  # the folder must be creatable: a usage error, not 1000 file errors

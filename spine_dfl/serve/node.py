@@ -8,7 +8,8 @@ Threads:
   sending``) or sends its results (``sending -> done``), retrying with back-off and parking it as
   ``failed`` after the retry policy's attempts.
 
-Scoring is a plain callable, ``score_study(study_uid, instance_paths, out_dir)``: it writes the
+Scoring is a plain callable, ``score_study(study_uid, instance_paths, out_dir)`` (the real one is
+``serve.scoring.StudyScorer``; tests wrap it or pass their own): it writes the
 result files (SR, SC) under ``out_dir`` and returns their paths, or a ``ScoreOutcome`` that also
 names the instances it could not use and why (they are kept per instance in the queue; the rest
 of the study is still scored). An exception means the attempt failed (retried with back-off).

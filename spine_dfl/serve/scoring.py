@@ -58,7 +58,7 @@ class StudyScorer:
                 f"{checkpoint}: a per-vertebra model needs the vertebra locator: give --locator LOC, or a "
                 "checkpoint that embeds one (spine-dfl embed-locator GRADER LOCATOR OUT)"
             ) from None
-        identity = [f"checkpoint sha256 {checkpoint_sha256(checkpoint)}"]
+        identity = [f"checkpoint sha256 {self.setup.checkpoint_sha256}"]
         if locator is not None and self.setup.locator is not None:
             identity.append(f"locator sha256 {checkpoint_sha256(locator)}")
         self.model_version = " | ".join([f"{MODEL_NAME} {__version__}", *identity])
