@@ -38,7 +38,7 @@ class RefineSettings:
     # Half-length of the profile along the axis: a severely wedged or crushed body's points sit up to
     # ~0.4 of the locator's (normal-looking) height off; the nearest edge of the same polarity, the
     # neighbour's same endplate, is ~1.2 heights away (on a seed-23 synth cohort 0.25 -> 0.45 took
-    # the refined share from 0.85 to 0.97 and the Genant kappa from 0.69 to 0.89).
+    # the refined share from 0.85 to 0.97 and the Genant kappa from 0.69 to 0.89, two passes each).
     window: float = 0.45
     strip: float = 0.08  # half-width of the strip averaged along the endplate
     step: float = 0.25  # profile sampling step, pixels
