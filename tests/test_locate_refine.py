@@ -37,7 +37,8 @@ def to_local(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d @ ALONG, d @ AXIS
 
 
-def trapezoid_image(body: float = 900.0, background: float = 300.0, noise: float = 6.0, seed: int = 0) -> np.ndarray:
+def trapezoid_image(body: float = 900.0, background: float = 300.0, noise: float = 6.0, seed: int = 0,
+                    walls: tuple[float, float] = (-22.0, 22.0)) -> np.ndarray:
     """A rotated bright trapezoid, edges area-sampled (8 x 8 per pixel) so they lie exactly where drawn,
     seen through a 1-pixel Gaussian blur with a little noise; continuous pixels (pixel i covers [i, i+1))."""
     from scipy import ndimage
@@ -46,7 +47,7 @@ def trapezoid_image(body: float = 900.0, background: float = 300.0, noise: float
     ys, xs = np.mgrid[0:rows * sub, 0:cols * sub]
     xy = np.stack([(xs + 0.5) / sub, (ys + 0.5) / sub], axis=-1)
     u, v = to_local(xy)
-    inside = (np.abs(u) <= 22.0) & (v >= superior_v(u)) & (v <= inferior_v(u))
+    inside = (u >= walls[0]) & (u <= walls[1]) & (v >= superior_v(u)) & (v <= inferior_v(u))
     cover = inside.reshape(rows, sub, cols, sub).mean(axis=(1, 3))
     image = background + (body - background) * ndimage.gaussian_filter(cover, 1.0)
     return (image + np.random.default_rng(seed).normal(0.0, noise, image.shape)).astype(np.float32)
@@ -75,10 +76,28 @@ def test_refined_points_land_on_the_endplate_edges_within_a_fraction_of_a_pixel(
     result = refine_points(trapezoid_image(), start)
     assert result.refined.all()
     np.testing.assert_array_less(np.abs(edge_distance(result.points)), 0.25)
-    # only the axial coordinate moves: the position along the endplate is the locator's
-    moved = result.points - start
-    np.testing.assert_allclose(np.abs(moved[0] @ ALONG), 0.0, atol=0.1 * np.abs(moved[0] @ AXIS).max())
+    # along the endplates the points go to the manifest's convention: 10 % of the wall-to-wall depth (44 px)
+    # inside the anterior (u = -22) and posterior (u = 22) walls, the middle ones at mid-depth
+    assert result.walls.all()
+    u, _ = to_local(result.points[0])
+    np.testing.assert_allclose(u, [-17.6, 0.0, 17.6, -17.6, 0.0, 17.6], atol=0.25)
     np.testing.assert_allclose(result.shift[0], (result.points - start)[0] @ AXIS, atol=0.15)
+
+
+def test_a_missing_wall_keeps_the_locator_position_on_that_side():
+    start = perturbed_points()
+    # the body runs anteriorly off the image: no anterior wall within reach of the locator's points
+    result = refine_points(trapezoid_image(walls=(-200.0, 22.0)), start)
+    assert result.walls.tolist() == [[False, False, True, False, False, True]]
+    u_start, _ = to_local(start[0])
+    u, _ = to_local(result.points[0])
+    kept = (result.points - start)[0, [0, 1, 3, 4]]  # moved only axially (the axis the points imply)
+    np.testing.assert_array_less(np.abs(kept @ ALONG), 0.1 * np.abs(kept @ AXIS) + 0.02)
+    # the posterior points: 10 % of the depth the anterior points imply (a-p distance / 0.8) inside the found wall
+    depth = (u[[2, 5]] - u[[0, 3]]) / 0.8  # each endplate's
+    np.testing.assert_allclose(u[[2, 5]], 22.0 - 0.1 * depth, atol=0.25)
+    assert abs(u[2] - u_start[2]) > 0.5  # it did move
+    np.testing.assert_array_less(np.abs(edge_distance(result.points)), 0.25)
 
 
 def test_points_already_on_the_edges_stay_there():
