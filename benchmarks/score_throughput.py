@@ -83,8 +83,9 @@ def _child_score(args: argparse.Namespace) -> dict[str, Any]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    summary = score(args.checkpoint, [args.files], args.out, rois_csv=args.rois, batch_size=args.batch_size,
-                    workers=args.workers, device=args.device, progress=False)
+    summary = score(args.checkpoint, [args.files], args.out, rois_csv=None if args.locator else args.rois,
+                    batch_size=args.batch_size, workers=args.workers, device=args.device, progress=False,
+                    locator=args.locator)
     seconds = time.perf_counter() - started
     stop.set()
     sampler.join()
@@ -187,6 +188,8 @@ def _run_child(mode: str, args: argparse.Namespace, extra: list[str]) -> dict[st
                "--forward-seconds", str(args.forward_seconds), *extra]
     if args.worker_niceness is not None:
         command += ["--worker-niceness", str(args.worker_niceness)]
+    if args.locator is not None:
+        command += ["--locator", str(args.locator)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"benchmark child failed ({mode}):\n{result.stderr[-4000:]}")
@@ -224,6 +227,24 @@ def _prepare_data(args: argparse.Namespace, work: Path) -> list[Path]:
     return sorted((cohort / "images").iterdir())
 
 
+def _located_runs(args: argparse.Namespace, images: list[Path], work: Path) -> int:
+    """With ``--locator``: end-to-end runs per folder size, their files/s and RSS (flat = no growth)."""
+    runs = []
+    for size in args.sizes:
+        folder = work / f"export_{size}"
+        if not folder.exists():
+            _build_folder(images, folder, size)
+        out = work / f"out_located_{size}"
+        shutil.rmtree(out, ignore_errors=True)
+        runs.append(_run_child("score", args, ["--files", str(folder), "--out", str(out)]))
+    report: dict[str, Any] = {"locator": str(args.locator), "checkpoint": str(args.checkpoint), "workers": args.workers,
+                              "image_rows": args.rows, "image_cols": args.cols, "runs": runs}
+    if len(runs) >= 2:
+        report["peak_rss_ratio_largest_to_smallest"] = round(runs[-1]["peak_rss_mb_main"] / runs[0]["peak_rss_mb_main"], 3)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _niceness(args: argparse.Namespace) -> int:
     from spine_dfl.score.isolation import WORKER_NICENESS
 
@@ -246,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None, help="keep the generated data here (default: temporary)")
     parser.add_argument("--worker-niceness", type=int, default=None,
                         help="niceness of the decode workers (default: spine_dfl.score.isolation.WORKER_NICENESS)")
+    parser.add_argument("--locator", type=Path, default=None,
+                        help="find the vertebrae with this locator instead of rois.csv (then only the end-to-end "
+                             "runs and their RSS are measured: the stage limits are those of the ROI path)")
     parser.add_argument("--child", choices=["score", "forward", "decode"], help=argparse.SUPPRESS)
     parser.add_argument("--files", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--rois", type=Path, help=argparse.SUPPRESS)
@@ -266,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="score-bench-"))
     try:
         images = _prepare_data(args, work)
+        if args.locator is not None:
+            return _located_runs(args, images, work)
         forward = _run_child("forward", args, ["--files", str(work / "cohort" / "images")])
         runs = []
         for size in args.sizes:
