@@ -69,7 +69,7 @@ def main() -> None:
         x, y = grid_to_input(r, c, model.stride, model.rf_center_offset)
         width = out.response_maps.shape[-1]
         cx, cy = grid_to_input(cell // width, cell % width, model.stride, model.rf_center_offset)
-        centre, _ = gradient_centres(lambda t: model.p_filters(model.trunk_features(t)), image,
+        centre, _ = gradient_centres(model.filter_responses, image,
                                      torch.tensor([0]), torch.tensor([best]), cell)
         offsets.append((float(centre[0, 0] - cx[0]), float(centre[0, 1] - cy[0])))
         points = {"cell_centre": (float(x[0]), float(y[0])),

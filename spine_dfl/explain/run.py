@@ -186,8 +186,7 @@ def _predicted_class_centres(model: nn.Module, images: Tensor, preds: Tensor, pe
     sample = torch.arange(batch, device=images.device).repeat_interleave(k)
     channel = (preds.to(images.device)[:, None] * k + torch.arange(k, device=images.device)[None, :]).reshape(-1)
     flat_index = peak_index.to(images.device)[sample, channel]
-    centres, _ = gradient_centres(lambda x: model.p_filters(model.trunk_features(x)), images, sample, channel,
-                                  flat_index)
+    centres, _ = gradient_centres(model.filter_responses, images, sample, channel, flat_index)
     return centres.reshape(batch, k, 2)
 
 

@@ -151,6 +151,6 @@ def measure_model_patch_side(model: nn.Module, input_size: int) -> float:
     try:
         if model.p_filters is None:  # a G-stream-only model: the trunk's own locations
             return effective_receptive_field(model.trunk_features, inputs)
-        return effective_receptive_field(lambda x: model.p_filters(model.trunk_features(x)), inputs)
+        return effective_receptive_field(model.filter_responses, inputs)
     finally:
         model.train(was_training)

@@ -123,6 +123,13 @@ class DFLNet(nn.Module):
         """(B, 1, S, S) image in [0, 1] -> conv4 features (B, C, H, W)."""
         return self.trunk((x - self.input_mean) / self.input_std)
 
+    def filter_responses(self, x: Tensor) -> Tensor:
+        """(B, 1, S, S) image -> (B, M*k, H, W) P-stream filter responses (trunk, then the filter bank),
+        before any pooling: what the input-gradient measurements of ``heatmap.erf`` differentiate."""
+        if self.p_filters is None:
+            raise ValueError("a G-stream-only model (streams='g_only') has no P-stream filters")
+        return self.p_filters(self.trunk_features(x))
+
     def forward(self, x: Tensor, return_maps: bool = False, roi: Tensor | None = None) -> DFLOutput:
         """x: (B, 1, S, S) intensities scaled to about [0, 1] (normalised here for the backbone).
 

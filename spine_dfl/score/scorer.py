@@ -149,7 +149,7 @@ class Scorer:
         channel = classes * k + scores.argmax(dim=1)
         with torch.inference_mode(False):
             images = batch.clone().float()
-            centres, _ = gradient_centres(lambda x: model.p_filters(model.trunk_features(x)), images, rows.clone(),
+            centres, _ = gradient_centres(model.filter_responses, images, rows.clone(),
                                           channel.clone(), output.peak_index[rows, channel].clone())
         return centres.numpy()
 
