@@ -14,7 +14,7 @@ Each part runs in one place only, with the options of :class:`AcquisitionAugment
 
 - :class:`TorchioAcquisitiond`, per sample after the cached crop (``compose.augment_transforms``):
   TorchIO's ``RandomBiasField``, ``RandomAnisotropy``, ``RandomNoise`` and ``RandomGamma``, the
-  parts TorchIO has.  It draws its seed from the dataset's per-sample generator like the other
+  parts TorchIO has (the anisotropy's resampling in torch, :func:`resample_axis`).  It draws its seed from the dataset's per-sample generator like the other
   random transforms, so the config seed reproduces it.
 - :class:`RandomBatchAcquisition`, in the training loop on whole batches ``(B, 1, H, W)`` on their
   device: window and level, unsharp-mask edge enhancement and collimation, which TorchIO does
@@ -26,8 +26,7 @@ Each part runs in one place only, with the options of :class:`AcquisitionAugment
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +42,7 @@ from spine_dfl.data.transforms.augment import AffineResampled
 __all__ = [
     "AcquisitionAugment", "ProcessingParams", "RandomBatchAcquisition", "RandRoiJitterd", "RandRoiReframed",
     "TorchioAcquisition", "TorchioAcquisitiond",
-    "apply_processing", "collimate", "gaussian_blur", "unsharp_mask", "window_level",
+    "apply_processing", "collimate", "gaussian_blur", "resample_axis", "unsharp_mask", "window_level",
 ]
 
 
@@ -176,20 +175,37 @@ class RandomBatchAcquisition:
 # --------------------------------------------------------------------------------------------
 # Per-sample parts with TorchIO (MONAI dictionary transform)
 # --------------------------------------------------------------------------------------------
-@contextmanager
-def _one_itk_thread() -> Iterator[None]:
-    """SimpleITK (TorchIO's resampler) on one thread, then as before: a 96 px resample gains nothing
-    from threads, and on a loaded machine each parallel region waits for descheduled threads
-    (as :func:`~spine_dfl.data.threads.single_thread` explains for torch); measured 1.9 against
-    4.0 ms per anisotropy on 2 shared cores."""
-    import SimpleITK as sitk
+def resample_axis(volume: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
+    """TorchIO's anisotropy operation in torch: sample ``volume`` along ``axis`` (nearest) onto a
+    grid ``factor`` times coarser, ``floor(n / factor)`` points centred on the image as TorchIO's
+    ``Resample`` places them, then back onto the original grid by linear interpolation (the edges
+    hold the outermost coarse sample).  Pixel centres stay where they are: a linear ramp comes back
+    within half a pixel's step, with no shift on average.  ``factor`` 1 = identity.
 
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+    TorchIO's own ``RandomAnisotropy`` does the same through two SimpleITK images: 2.1 ms against
+    ~0.05 ms per 96 px sample (``benchmarks/acquisition_speed.py``), the difference between
+    training above and below 0.8 of model-only speed.
+    """
+    size = volume.shape[axis]
+    coarse_size = max(1, math.floor(size / factor))
+    if coarse_size >= size:
+        return volume
+    centre = (size - 1) / 2.0
+    coarse_at = centre + (torch.arange(coarse_size, dtype=torch.float64) - (coarse_size - 1) / 2.0) * factor
+    picks = torch.floor(coarse_at + 0.5).clamp(0, size - 1).long()  # ties up, as SimpleITK's nearest
+    samples = volume.index_select(axis, picks.to(volume.device))
+    if coarse_size == 1:
+        return samples.expand_as(volume).clone()
+    # each original pixel's position on the coarse grid, held at the outermost samples
+    position = ((torch.arange(size, dtype=torch.float64) - centre) / factor + (coarse_size - 1) / 2.0)
+    position = position.clamp(0.0, coarse_size - 1)
+    below = position.floor().long().clamp(max=coarse_size - 2)
+    shape = [1] * volume.ndim
+    shape[axis] = size
+    weight = (position - below).to(volume.device, volume.dtype).view(shape)
+    lower = samples.index_select(axis, below.to(volume.device))
+    upper = samples.index_select(axis, (below + 1).to(volume.device))
+    return lower + weight * (upper - lower)
 
 
 class TorchioAcquisition:
@@ -199,8 +215,10 @@ class TorchioAcquisition:
     probability ``prob``.  Draws from torch's global CPU generator, as TorchIO does.
 
     TorchIO's random transforms sample every parameter (``get_params``) and TorchIO's own
-    operations apply them: ``BiasField.generate_bias_field``, the ``RandomAnisotropy`` transform
-    (two SimpleITK resamples), ``get_noise`` and the gamma ``power``.  Calling the three point
+    operations apply them: ``BiasField.generate_bias_field``, ``get_noise`` and the gamma
+    ``power``; the anisotropy's axis and factor come from ``RandomAnisotropy.get_params`` and
+    :func:`resample_axis` applies them (TorchIO's resampling through SimpleITK cost 2.1 ms of the
+    2.4).  Calling the three point
     operations directly rather than through ``tio.Compose`` skips TorchIO's per-call machinery
     (subject parsing, history, a deep copy per transform, and a ``torch.manual_seed`` per noise
     draw that formats a stack trace for lazy CUDA seeding): 2.4 against 4.3 ms per 96 px sample
@@ -213,7 +231,7 @@ class TorchioAcquisition:
 
         o = self.options = options
         self.bias = tio.RandomBiasField(coefficients=o.bias_coefficient, order=o.bias_order) if o.bias_field else None
-        self.anisotropy = (tio.RandomAnisotropy(axes=(0, 1), downsampling=o.pitch_factor, copy=False)
+        self.anisotropy = (tio.RandomAnisotropy(axes=(0, 1), downsampling=o.pitch_factor)
                            if o.pitch and o.pitch_factor[1] > 1.0 else None)
         self.noise = tio.RandomNoise(std=o.noise_std) if o.noise else None
         self.gamma = tio.RandomGamma(log_gamma=o.log_gamma) if o.gamma else None
@@ -222,7 +240,6 @@ class TorchioAcquisition:
         return float(torch.rand(1)) < self.options.prob  # TorchIO's own test of ``p``
 
     def __call__(self, volume: torch.Tensor) -> torch.Tensor:
-        import torchio as tio
         from torchio.transforms.augmentation.intensity.random_bias_field import BiasField
         from torchio.transforms.augmentation.intensity.random_gamma import power
         from torchio.transforms.augmentation.intensity.random_noise import get_noise
@@ -232,7 +249,8 @@ class TorchioAcquisition:
             coefficients = self.bias.get_params(self.bias.order, self.bias.coefficients_range)
             out = out * torch.as_tensor(BiasField.generate_bias_field(out, self.bias.order, coefficients))
         if self.anisotropy is not None and self._fires():
-            out = self.anisotropy(tio.ScalarImage(tensor=out.contiguous())).data
+            axis, factor = self.anisotropy.get_params(self.anisotropy.axes, self.anisotropy.downsampling_range)
+            out = resample_axis(out, 1 + int(axis), float(factor))  # TorchIO's axis 0 is dim 1 of (C, W, H, 1)
         if self.noise is not None and self._fires():
             mean, std, _ = self.noise.get_params(self.noise.mean_range, self.noise.std_range)
             out = out + get_noise(out, mean, std)
@@ -264,15 +282,14 @@ class TorchioAcquisitiond(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
         d = dict(data)
-        with torch.random.fork_rng(devices=[]), single_thread(), _one_itk_thread():
+        with torch.random.fork_rng(devices=[]), single_thread():
             # the CPU generator only (TorchIO draws there): torch.manual_seed would also queue a
             # lazy CUDA seeding with a formatted stack trace, ~0.5 ms a sample on a CPU machine
             torch.default_generator.manual_seed(self._seed)
             for key in self.key_iterator(d):
                 # TorchIO's (C, W, H, D) layout: a radiograph is (C, W, H, 1)
                 volume = torch.as_tensor(d[key], dtype=torch.float32).transpose(-1, -2).unsqueeze(-1)
-                # a contiguous copy of our own: the anisotropy (copy=False) may work on it in place
-                out = self.transform(volume.clone(memory_format=torch.contiguous_format))
+                out = self.transform(volume)
                 d[key] = out[..., 0].transpose(-1, -2).clamp(0.0, 1.0).to(torch.float32).contiguous()
         return d
 

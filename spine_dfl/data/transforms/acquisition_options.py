@@ -20,7 +20,7 @@ class AcquisitionAugment:
         ``c_k`` uniform in [-bias_coefficient, +bias_coefficient] (TorchIO ``RandomBiasField``).
     pitch: one random in-plane axis sampled (nearest) onto a grid a factor uniform in
         ``pitch_factor`` coarser and resampled back linearly (detector pitch, resampling;
-        TorchIO ``RandomAnisotropy``).
+        TorchIO ``RandomAnisotropy`` samples axis and factor, ``resample_axis`` applies them).
     noise: additive Gaussian noise, std uniform in ``noise_std`` (TorchIO ``RandomNoise``).
     gamma: ``x ** exp(g)``, g uniform in ``log_gamma`` (TorchIO ``RandomGamma``).
 
