@@ -29,7 +29,8 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import CacheDataset, Dataset, PersistentDataset, get_track_meta, set_track_meta
 from monai.transforms import Compose, Randomizable
 
 from spine_dfl.data.manifest import class_order, load_manifest
@@ -205,12 +206,27 @@ class SpineDataset(torch.utils.data.Dataset):
             item["to_original"] = torch.as_tensor(item["to_original"], dtype=torch.float64).clone()
             if self.augment is not None:
                 self._rng.seed(sample_seed(self.seed, self.epoch, index))
-                item = self.augment(item)
+                with _plain_tensors():
+                    item = self.augment(item)
             # Where the vertebra lies in the network input, after every geometric step (the
             # P-stream may search only there: model.pstream_region).
             item["roi_input"] = roi_in_input(item.get("roi"), item["to_original"], item["image"].shape[-1])
         return item
 
+
+
+@contextmanager
+def _plain_tensors() -> Iterator[None]:
+    """MONAI's random intensity transforms on plain tensors, not ``MetaTensor``: the augmentation
+    ends in ``EnsureTyped(track_meta=False)`` and nothing reads MONAI's metadata (geometry travels
+    in ``to_original``), while wrapping and copying it cost 0.75 against 0.45 ms a 96 px sample.
+    MONAI's switch is process-wide; the previous value comes back."""
+    previous = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(previous)
 
 def build_dataset(
     records: Sequence[Mapping[str, Any]] | pd.DataFrame,
