@@ -40,6 +40,50 @@ def test_task_picks_its_selection_metric_and_refuses_the_other_tasks():
         load_config("locator_cpu", ["locator.input_size=[100, 64]"])
 
 
+# ----------------------------------------------------------------------------- acquisition augmentation
+def test_locator_acquisition_is_seeded_intensity_only_and_off_is_the_identity():
+    from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
+    from spine_dfl.locate.augment import LocatorAcquisition
+
+    images = torch.rand(3, 1, 64, 32, generator=torch.Generator().manual_seed(0))
+    on = LocatorAcquisition(AcquisitionAugment(enabled=True, prob=1.0, collimation=False))
+    first = on(images, np.random.default_rng(5))
+    assert first.shape == images.shape and float(first.min()) >= 0.0 and float(first.max()) <= 1.0
+    assert torch.equal(first, on(images, np.random.default_rng(5)))
+    assert not torch.equal(first, on(images, np.random.default_rng(6)))
+    assert not torch.equal(first, images)
+    off = LocatorAcquisition(AcquisitionAugment(enabled=False))
+    assert off(images, np.random.default_rng(5)) is images
+
+
+def test_training_batches_get_the_acquisition_augmentation_and_validation_never(small_cohort, tmp_path, monkeypatch):
+    events: list[str] = []
+
+    class Recording(locate_train.LocatorAcquisition):
+        def __call__(self, images, rng):
+            events.append("augment")
+            return super().__call__(images, rng)
+
+    real_validate = locate_train._validate
+
+    def validate(run):
+        events.append("validate")
+        result = real_validate(run)
+        events.append("validated")
+        return result
+
+    monkeypatch.setattr(locate_train, "LocatorAcquisition", Recording)
+    monkeypatch.setattr(locate_train, "_validate", validate)
+    config = tiny_config(1)
+    assert config.locator.acquisition.enabled and not config.locator.acquisition.collimation
+    locate_train.train_locator(small_cohort / "manifest.csv", config, tmp_path, progress=False)
+    inside = False
+    for event in events:
+        inside = {"validate": True, "validated": False}.get(event, inside)
+        assert not (inside and event == "augment")
+    assert events.count("augment") >= 1 and events.count("validate") == 1
+
+
 # ----------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def trained(small_cohort, tmp_path_factory):

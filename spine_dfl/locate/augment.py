@@ -8,6 +8,8 @@ same ``A``, so the targets sit exactly where the anatomy went. A rotated box has
 axis-aligned box; its centre moves exactly and its width and height scale by the scale factor
 (for the few degrees used the rotated body still fits that box to within a pixel or two).
 Intensity: gamma, contrast, brightness, Gaussian noise on the [0, 1] input, clipped to [0, 1].
+Then, when switched on, the acquisition augmentation of the grader (:class:`LocatorAcquisition`):
+intensity only, so the targets need no change.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.locate.settings import LocatorAugment
 
 
@@ -82,3 +85,31 @@ def augment_sample(
     affine = random_affine(tuple(image.shape[-2:]), settings, rng)
     warped_boxes, warped_points = warp_targets(boxes, points, affine)
     return jitter_intensity(warp_image(image, affine), settings, rng), warped_boxes, warped_points
+
+
+class LocatorAcquisition:
+    """The grader's acquisition augmentation on a batch of letterboxed locator inputs ``(B, 1, H, W)``
+    in [0, 1]: TorchIO's bias field, anisotropy, noise and gamma per image
+    (:class:`~spine_dfl.data.transforms.acquisition.TorchioAcquisitiond`), then window, unsharp mask
+    and collimation on the whole batch (:class:`~spine_dfl.data.transforms.acquisition.RandomBatchAcquisition`).
+    Every draw comes from ``rng`` (the epoch's augmentation generator), so the run's seed
+    reproduces it. Intensity only: boxes and points stay valid. Off (the identity) unless
+    ``options.enabled``.
+    """
+
+    def __init__(self, options: AcquisitionAugment) -> None:
+        from spine_dfl.data.transforms.acquisition import RandomBatchAcquisition, TorchioAcquisitiond
+
+        self.options = options
+        self.per_image = TorchioAcquisitiond("image", options)
+        self.per_batch = RandomBatchAcquisition(options)
+
+    def __call__(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if not self.options.enabled:
+            return images
+        out = []
+        for image in images:
+            self.per_image.set_random_state(seed=int(rng.integers(2**31 - 1)))
+            out.append(self.per_image({"image": image})["image"])
+        generator = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+        return self.per_batch(torch.stack(out), generator)

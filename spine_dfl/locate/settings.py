@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
+
 
 # The loss parts of ``targets.locator_loss`` (named here so that reading a config imports no torch).
 LOSS_PARTS: tuple[str, ...] = ("heatmap", "size", "offset", "landmarks", "levels")
@@ -53,6 +55,10 @@ class LocatorConfig(_Strict):
     threshold: float = Field(0.3, gt=0.0, lt=1.0, description="centre-heatmap score that makes a detection")
     loss_weights: dict[str, float] = Field(default_factory=dict, description="overrides of the loss parts' weights")
     augment: LocatorAugment = LocatorAugment()
+    # Another site's beam, detector and processing (TorchIO's bias field, anisotropy, noise and
+    # gamma per image; window, unsharp mask and collimation per batch), after ``augment``; intensity
+    # only, so the targets stay where they are. Its ROI jitter does not apply (no ROI here).
+    acquisition: AcquisitionAugment = AcquisitionAugment()
 
     @field_validator("input_size")
     @classmethod

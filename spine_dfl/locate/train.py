@@ -29,7 +29,7 @@ from spine_dfl.engine.distributed import Distributed, init_distributed
 from spine_dfl.engine.prepare import prepare_manifest, seed_everything
 from spine_dfl.engine.train import (BEST_NAME, DIVERGED, GO_ON, LAST_NAME, STOP, TrainingDiverged, TrainResult,
                                     _write_metrics_row, _yaml_dump, epoch_seed)
-from spine_dfl.locate.augment import augment_sample
+from spine_dfl.locate.augment import LocatorAcquisition, augment_sample
 from spine_dfl.locate.checkpoint import check_kind, locator_payload
 from spine_dfl.locate.evaluate import evaluate_locator
 from spine_dfl.locate.network import VertebraLocator
@@ -127,7 +127,10 @@ def _batch(run: _Run, samples: list[LocatorSample], rng: np.random.Generator | N
             image, boxes, points = augment_sample(image, boxes, points, run.config.locator.augment, rng)
         images.append(image)
         targets.append(encode_targets(boxes, out_hw, points, s.levels))
-    return torch.stack(images), collate_targets(targets)
+    batch = torch.stack(images)
+    if rng is not None:
+        batch = LocatorAcquisition(run.config.locator.acquisition)(batch, rng)
+    return batch, collate_targets(targets)
 
 
 def _train_epoch(run: _Run, net: torch.nn.Module, epoch: int) -> dict[str, Any]:
