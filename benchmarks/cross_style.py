@@ -3,8 +3,9 @@
 The same seed draws the same patients, levels and grades in every style (``spine_dfl.synth.style``),
 so each style's test split holds exactly the training style's test patients, imaged another way:
 the drop in AUC is the acquisition alone.  Two arms are trained on the training style, with the
-same config: ``plain`` and ``augmented`` (the plain overrides plus ``--augment-set``, by default
-``data.acquisition.enabled=true``).
+same config and ``--set`` overrides: ``plain`` (plus ``--plain-set``, by default
+``data.acquisition.enabled=false``, whatever the config says) and ``augmented`` (plus
+``--augment-set``, by default ``data.acquisition.enabled=true``).
 
 Prints one JSON object: per arm the in-style and out-of-style macro AUC, binary (normal vs
 fracture) AUC and per-class one-vs-rest AUC, the mean and worst out-of-style values and the drop
@@ -44,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="config override for both arms (repeatable)")
     parser.add_argument("--augment-set", action="append", default=None, metavar="KEY=VALUE",
                         help="extra overrides of the augmented arm (default: data.acquisition.enabled=true)")
+    parser.add_argument("--plain-set", action="append", default=None, metavar="KEY=VALUE",
+                        help="extra overrides of the plain arm (default: data.acquisition.enabled=false)")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to run (default plain,augmented)")
     parser.add_argument("--split", default="test", help="manifest split evaluated in every style (default test)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per evaluation (default 200)")
@@ -53,7 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--arms must name some of {', '.join(ARMS)}")
     if args.augment_set is None:
         args.augment_set = ["data.acquisition.enabled=true"]
+    if args.plain_set is None:
+        args.plain_set = ["data.acquisition.enabled=false"]
     return args
+
+
+def arm_overrides(arm: str, args: argparse.Namespace) -> list[str]:
+    """The overrides of one arm: the seed, ``--set``, then the arm's own."""
+    return [f"seed={args.seed}", *args.overrides, *(args.augment_set if arm == "augmented" else args.plain_set)]
 
 
 def _cohorts(args: argparse.Namespace) -> dict[str, Path]:
@@ -94,7 +104,7 @@ def _difference(a: float | None, b: float | None) -> float | None:
 
 def run_arm(arm: str, args: argparse.Namespace, manifests: dict[str, Path]) -> dict[str, Any]:
     """Train one arm on the training style; evaluate its best checkpoint on every style's split."""
-    overrides = [f"seed={args.seed}", *args.overrides, *(args.augment_set if arm == "augmented" else [])]
+    overrides = arm_overrides(arm, args)
     config = load_config(args.config, overrides)
     started = time.monotonic()
     result = train(manifests[args.train_style], config, args.out / arm / "train")
@@ -134,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     for arm in args.arms:  # fail on a bad override before minutes of synthesis
         try:
-            load_config(args.config, [*args.overrides, *(args.augment_set if arm == "augmented" else [])])
+            load_config(args.config, arm_overrides(arm, args))
         except ConfigError as exc:
             print(f"error: the {arm} arm's config: {exc}", file=sys.stderr)
             return 2
