@@ -144,7 +144,7 @@ def test_torchio_point_operations_change_only_the_planted_pixel_and_leave_the_ma
 
 
 def test_torchio_anisotropy_moves_no_pixel() -> None:
-    """A linear ramp names every pixel's position by its value: after downsampling along both axes and
+    """A linear ramp names every pixel's position by its value: after downsampling along one axis and
     resampling back, every inner pixel keeps its value within half a pixel's step, centred on it."""
     rows, cols = np.mgrid[0:40, 0:48]
     slope_x, slope_y = 0.01, 0.005
@@ -155,7 +155,7 @@ def test_torchio_anisotropy_moves_no_pixel() -> None:
         out = transform(_sample(ramp))
         error = (out["image"] - ramp)[0, 2:-2, 2:-2]
         assert float(error.abs().max()) > 1e-4  # it did resample
-        assert float(error.abs().max()) <= 0.5 * (slope_x + slope_y) + 1e-5  # half a pixel on each axis
+        assert float(error.abs().max()) <= 0.5 * slope_x + 1e-5
         assert abs(float(error.mean())) < 0.05 * slope_y  # no shift on average
         assert torch.equal(out["to_original"], _sample(ramp)["to_original"])
 
@@ -243,8 +243,7 @@ def test_pipeline_the_same_seed_gives_bit_identical_batches_and_another_seed_dif
 
 def test_pipeline_runs_torchio_per_sample(small_cohort: Path, monkeypatch) -> None:
     """Every training sample goes through TorchIO (prob 1): its random transforms sample each part's
-    parameters once and its operations apply them (the pitch's resampling is ours in torch, once per
-    in-plane axis)."""
+    parameters once and its operations apply them (the anisotropy's resampling is ours in torch)."""
     import torchio as tio
     from torchio.transforms.augmentation.intensity import random_bias_field, random_gamma, random_noise
 
@@ -270,7 +269,7 @@ def test_pipeline_runs_torchio_per_sample(small_cohort: Path, monkeypatch) -> No
     _augmented_batch(records, ALL_ON, seed=1)
     n = len(records)
     assert calls == {"RandomBiasField": n, "RandomAnisotropy": n, "RandomNoise": n, "RandomGamma": n,
-                     "bias field": n, "resample": 2 * n, "noise": n, "gamma": n}
+                     "bias field": n, "resample": n, "noise": n, "gamma": n}
 
 
 def test_roi_jitter_moves_the_crop_and_to_original_still_maps_every_pixel_home() -> None:

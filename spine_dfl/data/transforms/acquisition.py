@@ -210,14 +210,14 @@ def resample_axis(volume: torch.Tensor, axis: int, factor: float) -> torch.Tenso
 
 class TorchioAcquisition:
     """TorchIO's bias field, anisotropy, noise and gamma on one ``(C, W, H, 1)`` tensor, in the order
-    of image formation: beam (bias field: heel effect, scatter), detector (pitch, both in-plane
-    axes; noise), the console's response curve (gamma).  Each part fires with
+    of image formation: beam (bias field: heel effect, scatter), detector (pitch: one random in-plane
+    axis, as TorchIO does; noise), the console's response curve (gamma).  Each part fires with
     probability ``prob``.  Draws from torch's global CPU generator, as TorchIO does.
 
     TorchIO's random transforms sample every parameter (``get_params``) and TorchIO's own
     operations apply them: ``BiasField.generate_bias_field``, ``get_noise`` and the gamma
-    ``power``; the pitch factor comes from ``RandomAnisotropy.get_params`` and :func:`resample_axis`
-    applies it to both in-plane axes (a detector's elements are square) (TorchIO's resampling through SimpleITK cost 2.1 ms of the
+    ``power``; the anisotropy's axis and factor come from ``RandomAnisotropy.get_params`` and
+    :func:`resample_axis` applies them (TorchIO's resampling through SimpleITK cost 2.1 ms of the
     2.4).  Calling the three point
     operations directly rather than through ``tio.Compose`` skips TorchIO's per-call machinery
     (subject parsing, history, a deep copy per transform, and a ``torch.manual_seed`` per noise
@@ -249,10 +249,8 @@ class TorchioAcquisition:
             coefficients = self.bias.get_params(self.bias.order, self.bias.coefficients_range)
             out = out * torch.as_tensor(BiasField.generate_bias_field(out, self.bias.order, coefficients))
         if self.anisotropy is not None and self._fires():
-            # A detector's elements are square: TorchIO's factor coarsens both in-plane axes (its
-            # RandomAnisotropy, made for MRI slice thickness, would coarsen the one axis it draws)
-            _, factor = self.anisotropy.get_params(self.anisotropy.axes, self.anisotropy.downsampling_range)
-            out = resample_axis(resample_axis(out, 1, float(factor)), 2, float(factor))  # (C, W, H, 1)
+            axis, factor = self.anisotropy.get_params(self.anisotropy.axes, self.anisotropy.downsampling_range)
+            out = resample_axis(out, 1 + int(axis), float(factor))  # TorchIO's axis 0 is dim 1 of (C, W, H, 1)
         if self.noise is not None and self._fires():
             mean, std, _ = self.noise.get_params(self.noise.mean_range, self.noise.std_range)
             out = out + get_noise(out, mean, std)

@@ -18,9 +18,9 @@ class AcquisitionAugment:
     bias_field: multiplicative ``exp(sum c_k P_k(x, y))`` over the polynomials up to
         ``bias_order`` (heel effect, scatter; the constant term is a global exposure change),
         ``c_k`` uniform in [-bias_coefficient, +bias_coefficient] (TorchIO ``RandomBiasField``).
-    pitch: both in-plane axes sampled (nearest) onto a grid a factor uniform in ``pitch_factor``
-        coarser and resampled back linearly (a coarser detector, resampling; TorchIO
-        ``RandomAnisotropy`` draws the factor, ``resample_axis`` applies it per axis).
+    pitch: one random in-plane axis sampled (nearest) onto a grid a factor uniform in
+        ``pitch_factor`` coarser and resampled back linearly (detector pitch, resampling;
+        TorchIO ``RandomAnisotropy`` samples axis and factor, ``resample_axis`` applies them).
     noise: additive Gaussian noise, std uniform in ``noise_std`` (TorchIO ``RandomNoise``).
     gamma: ``x ** exp(g)``, g uniform in ``log_gamma`` (TorchIO ``RandomGamma``).
 
