@@ -116,8 +116,10 @@ def _resume(run: _Run, path: Path) -> None:
     log.info("resuming after epoch %d from %s", run.start_epoch, path)
 
 
-def _batch(run: _Run, samples: list[LocatorSample], rng: np.random.Generator | None) -> tuple[torch.Tensor, dict]:
-    """Images and targets of ``samples``, augmented when ``rng`` is given."""
+def _batch(run: _Run, samples: list[LocatorSample], rng: np.random.Generator | None = None,
+           acquisition: LocatorAcquisition | None = None) -> tuple[torch.Tensor, dict]:
+    """Images and targets of ``samples``, augmented when ``rng`` is given (then also through
+    ``acquisition``, the epoch's acquisition augmentation)."""
     images, targets = [], []
     out_hw = output_size(run.config.locator.input_size)
     for s in samples:
@@ -128,8 +130,8 @@ def _batch(run: _Run, samples: list[LocatorSample], rng: np.random.Generator | N
         images.append(image)
         targets.append(encode_targets(boxes, out_hw, points, s.levels))
     batch = torch.stack(images)
-    if rng is not None:
-        batch = LocatorAcquisition(run.config.locator.acquisition)(batch, rng)
+    if rng is not None and acquisition is not None:
+        batch = acquisition(batch, rng)
     return batch, collate_targets(targets)
 
 
@@ -138,6 +140,7 @@ def _train_epoch(run: _Run, net: torch.nn.Module, epoch: int) -> dict[str, Any]:
     rng = np.random.default_rng(epoch_seed(run.config.seed, epoch))
     order = rng.permutation(len(run.train))[dist.rank::dist.world_size]
     rng = np.random.default_rng([epoch_seed(run.config.seed, epoch), dist.rank])  # this rank's augmentation
+    acquisition = LocatorAcquisition(run.config.locator.acquisition)  # once an epoch, not once a batch
     use_amp = run.device.type == "cuda" and tc.amp
     net.train()
     sums: dict[str, float] = {}
@@ -146,7 +149,7 @@ def _train_epoch(run: _Run, net: torch.nn.Module, epoch: int) -> dict[str, Any]:
         chunk = order[step * tc.batch_size:(step + 1) * tc.batch_size]
         if len(chunk) == 0:
             break
-        images, targets = _batch(run, [run.train[i] for i in chunk], rng)
+        images, targets = _batch(run, [run.train[i] for i in chunk], rng, acquisition)
         images, targets = images.to(run.device), {k: v.to(run.device) for k, v in targets.items()}
         with torch.autocast(device_type=run.device.type, enabled=use_amp):
             outputs = net(images)
@@ -174,7 +177,7 @@ def _validate(run: _Run) -> tuple[float, dict[str, Any]]:
     total, n = 0.0, 0
     for start in range(0, len(run.val), run.config.train.batch_size):
         chunk = run.val[start:start + run.config.train.batch_size]
-        images, targets = _batch(run, chunk, None)
+        images, targets = _batch(run, chunk)
         outputs = run.model(images.to(run.device))
         parts = locator_loss(outputs, {k: v.to(run.device) for k, v in targets.items()},
                              run.config.locator.loss_weights)
