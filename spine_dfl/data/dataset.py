@@ -214,7 +214,6 @@ class SpineDataset(torch.utils.data.Dataset):
         return item
 
 
-
 @contextmanager
 def _plain_tensors() -> Iterator[None]:
     """MONAI's random intensity transforms on plain tensors, not ``MetaTensor``: the augmentation
@@ -227,6 +226,7 @@ def _plain_tensors() -> Iterator[None]:
         yield
     finally:
         set_track_meta(previous)
+
 
 def build_dataset(
     records: Sequence[Mapping[str, Any]] | pd.DataFrame,

@@ -14,8 +14,9 @@ Each part runs in one place only, with the options of :class:`AcquisitionAugment
 
 - :class:`TorchioAcquisitiond`, per sample after the cached crop (``compose.augment_transforms``):
   TorchIO's ``RandomBiasField``, ``RandomAnisotropy``, ``RandomNoise`` and ``RandomGamma``, the
-  parts TorchIO has (the anisotropy's resampling in torch, :func:`resample_axis`).  It draws its seed from the dataset's per-sample generator like the other
-  random transforms, so the config seed reproduces it.
+  parts TorchIO has (the anisotropy's resampling in torch, :func:`resample_axis`).  It draws its
+  seed from the dataset's per-sample generator like the other random transforms, so the config
+  seed reproduces it.
 - :class:`RandomBatchAcquisition`, in the training loop on whole batches ``(B, 1, H, W)`` on their
   device: window and level, unsharp-mask edge enhancement and collimation, which TorchIO does
   not have.  Parameters are sampled per sample from a ``torch.Generator``
@@ -183,8 +184,8 @@ def resample_axis(volume: torch.Tensor, axis: int, factor: float) -> torch.Tenso
     within half a pixel's step, with no shift on average.  ``factor`` 1 = identity.
 
     TorchIO's own ``RandomAnisotropy`` does the same through two SimpleITK images: 2.1 ms against
-    ~0.05 ms per 96 px sample (``benchmarks/acquisition_speed.py``), the difference between
-    training above and below 0.8 of model-only speed.
+    0.2 ms per 96 px sample, parameter draw included (``benchmarks/acquisition_speed.py``), the
+    difference between training below and above 0.8 of model-only speed.
     """
     size = volume.shape[axis]
     coarse_size = max(1, math.floor(size / factor))
@@ -217,13 +218,12 @@ class TorchioAcquisition:
     TorchIO's random transforms sample every parameter (``get_params``) and TorchIO's own
     operations apply them: ``BiasField.generate_bias_field``, ``get_noise`` and the gamma
     ``power``; the anisotropy's axis and factor come from ``RandomAnisotropy.get_params`` and
-    :func:`resample_axis` applies them (TorchIO's resampling through SimpleITK cost 2.1 ms of the
-    2.4).  Calling the three point
-    operations directly rather than through ``tio.Compose`` skips TorchIO's per-call machinery
-    (subject parsing, history, a deep copy per transform, and a ``torch.manual_seed`` per noise
-    draw that formats a stack trace for lazy CUDA seeding): 2.4 against 4.3 ms per 96 px sample
-    with every part firing (``benchmarks/acquisition_speed.py``), which keeps training above
-    0.8 of model-only speed (``benchmarks/train_loop_speed.py``).
+    :func:`resample_axis` applies them.  Calling the three point operations directly rather than
+    through ``tio.Compose`` skips TorchIO's per-call machinery (subject parsing, history, a deep
+    copy per transform, and a ``torch.manual_seed`` per noise draw that formats a stack trace for
+    lazy CUDA seeding): 0.57 against 4.1 ms per 96 px sample at prob 0.5
+    (``benchmarks/acquisition_speed.py``), which keeps training above 0.8 of model-only speed
+    (``benchmarks/train_loop_speed.py``).
     """
 
     def __init__(self, options: AcquisitionAugment) -> None:
