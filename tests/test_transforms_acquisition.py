@@ -22,7 +22,7 @@ from spine_dfl.data.transforms.acquisition import (
     apply_processing,
     resample_axis,
 )
-from spine_dfl.data.transforms.crop import RoiCropd
+from spine_dfl.data.transforms.crop import ResizePadd, RoiCropd
 from spine_dfl.engine.predict import collate_samples
 
 ALL_ON = AcquisitionAugment(enabled=True, prob=1.0)
@@ -324,7 +324,34 @@ def test_roi_reframe_after_the_crop_keeps_to_original_exact_and_zooms_out_for_lo
     # a margin m per side makes the crop (1.4 + 2 m) / 1.4 times wider: m in [-0.04, 0.15]
     assert all(1.32 / 1.4 - 1e-9 <= z <= 1.7 / 1.4 + 1e-9 for z in zooms) and max(zooms) > 1.1
     never = RandRoiReframed("image", dataclasses.replace(ALL_ON, prob=0.0), crop_margin=0.2)
+    assert never(crop)["roi"] == crop["roi"]
     assert torch.equal(never(crop)["image"], crop["image"]) and torch.equal(never(crop)["to_original"], crop["to_original"])
+
+
+def test_roi_reframe_hands_on_the_other_sites_roi_grown_by_the_margin_and_moved_with_the_crop() -> None:
+    image = torch.rand(1, 80, 70)
+    roi = (20.0, 25.0, 44.0, 52.0)  # 24 x 27 px: the larger side is 27
+    crop = ResizePadd("image", size=48)(RoiCropd("image", margin=0.2)(
+        {"image": image, "roi": roi, "to_original": torch.eye(3, dtype=torch.float64)}))
+    reframe = RandRoiReframed("image", dataclasses.replace(ALL_ON, prob=1.0, roi_margin=(-0.04, 0.15), roi_shift=0.06),
+                              crop_margin=0.2)
+    reframe.set_random_state(5)
+    centre = torch.tensor([24.0, 24.0, 1.0], dtype=torch.float64)
+    grown = []
+    for _ in range(8):
+        out = reframe(crop)
+        x0, y0, x1, y1 = out["roi"]
+        # the same growth on every side, as the crop's zoom says: (1.4 + 2 m) / 1.4 = zoom
+        margin = (float(out["to_original"][0, 0] / crop["to_original"][0, 0]) * 1.4 - 1.4) / 2.0
+        for new, old in zip(((x1 - x0), (y1 - y0)), ((roi[2] - roi[0]), (roi[3] - roi[1]))):
+            assert new - old == pytest.approx(2.0 * margin * 27.0, abs=1e-9)
+        # moved with the crop's centre, so it sits in the new input where the old one sat in the old
+        moved = (out["to_original"] @ centre - crop["to_original"] @ centre)[:2]
+        assert ((x0 + x1) / 2 - (roi[0] + roi[2]) / 2, (y0 + y1) / 2 - (roi[1] + roi[3]) / 2) == pytest.approx(
+            tuple(moved.tolist()), abs=1e-9)
+        grown.append(margin)
+    assert min(grown) < 0.0 < max(grown)  # tighter and looser boxes both drawn
+    assert reframe({**crop, "roi": None})["roi"] is None
 
 
 def test_options_are_validated() -> None:

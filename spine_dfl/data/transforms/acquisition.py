@@ -344,12 +344,20 @@ class RandRoiReframed(Randomizable, MapTransform):
     vertebra in its frame (size, offset) is what another site's localiser changes.  Done by
     :class:`~spine_dfl.data.transforms.augment.AffineResampled`, which composes the step into
     ``to_original``, so the mapping to original pixels stays exact.
+
+    ``data[roi_key]`` (x_min, y_min, x_max, y_max, original pixels) becomes that other site's ROI:
+    grown by the margin on every side and moved with the crop's centre.  Why: the ROI is more than
+    the crop's frame; a model whose P-stream searches only the ROI (``pstream_region: roi``) must
+    learn from the box another site would hand it, neighbouring endplates included, not from the
+    true box inside a zoomed-out crop.  A missing ROI stays missing.
     """
 
     def __init__(self, keys: KeysCollection = "image", options: AcquisitionAugment = AcquisitionAugment(),
-                 crop_margin: float = 0.0, fill: float | None = None, affine_key: str = "to_original") -> None:
+                 crop_margin: float = 0.0, fill: float | None = None, affine_key: str = "to_original",
+                 roi_key: str = "roi") -> None:
         MapTransform.__init__(self, keys)
         self.options, self.crop_margin, self.affine_key = options, float(crop_margin), affine_key
+        self.roi_key = roi_key
         self.fill = float(options.fill if fill is None else fill)
         self._params: tuple[bool, float, float, float] = (False, 0.0, 0.0, 0.0)
 
@@ -371,4 +379,22 @@ class RandRoiReframed(Randomizable, MapTransform):
         size = float(torch.as_tensor(data[first]).shape[-1]) if first is not None else 0.0
         # a centre shift of d L is d S / (new crop side / L) output pixels
         shift = (shift_x * size / wider, shift_y * size / wider)
-        return AffineResampled(self.keys, 0.0, side / wider, shift, self.fill, self.affine_key)(data)
+        out = AffineResampled(self.keys, 0.0, side / wider, shift, self.fill, self.affine_key)(data)
+        roi = out.get(self.roi_key)
+        before = data.get(self.affine_key)
+        if roi is not None and before is not None and first is not None:
+            out[self.roi_key] = _reframed_roi(roi, (wider - side) / 2.0, before, out[self.affine_key], size)
+        return out
+
+
+def _reframed_roi(roi: Any, margin: float, before: Any, after: Any, size: float) -> tuple[float, ...]:
+    """``roi`` grown by ``margin`` x its larger side on every side and moved as the crop's centre
+    moved from ``before`` to ``after`` (input -> original matrices of a ``size`` px input)."""
+    x0, y0, x1, y1 = (float(v) for v in roi)
+    grow = margin * max(x1 - x0, y1 - y0)
+    grow_x, grow_y = max(grow, -(x1 - x0) / 4.0), max(grow, -(y1 - y0) / 4.0)  # never inverted
+    centre = torch.tensor([size / 2.0, size / 2.0, 1.0], dtype=torch.float64)
+    moved = (torch.as_tensor(after, dtype=torch.float64) @ centre
+             - torch.as_tensor(before, dtype=torch.float64) @ centre)
+    dx, dy = float(moved[0]), float(moved[1])
+    return (x0 - grow_x + dx, y0 - grow_y + dy, x1 + grow_x + dx, y1 + grow_y + dy)
