@@ -12,6 +12,13 @@ fracture) AUC and per-class one-vs-rest AUC, the mean and worst out-of-style val
 (in-style minus mean out-of-style); then ``augmented drop / plain drop`` and the issue's
 acceptance checks (drop at most half, out-of-style macro AUC >= 0.90).
 
+The optional third arm, ``native`` (``--arms plain,augmented,native``), trains one model per
+evaluation style on that style's own cohort (the plain arm's settings) and evaluates it in its
+own style: what a model trained at that site reaches, an estimate of how much of the drop the
+images leave recoverable at all.  With it the checks add, per style, the part of the plain arm's
+loss the augmentation recovered, ``(augmented - plain) / (native - plain)``, and the drop ratio
+the augmented arm would have if it matched every native model out of style.
+
     python benchmarks/cross_style.py /tmp/cross_style --patients 64 --config cpu_demo
     python benchmarks/cross_style.py /tmp/cs_smoke --patients 8 --set train.epochs=1 --arms plain
 """
@@ -30,7 +37,7 @@ from spine_dfl.engine.train import train
 from spine_dfl.report.run import evaluate
 from spine_dfl.synth import STYLES, generate_cohort
 
-ARMS = ("plain", "augmented")
+ARMS = ("plain", "augmented", "native")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra overrides of the augmented arm (default: data.acquisition.enabled=true)")
     parser.add_argument("--plain-set", action="append", default=None, metavar="KEY=VALUE",
                         help="extra overrides of the plain arm (default: data.acquisition.enabled=false)")
-    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms to run (default plain,augmented)")
+    parser.add_argument("--arms", default="plain,augmented",
+                        help=f"comma-separated arms to run, of {', '.join(ARMS)} (default plain,augmented)")
     parser.add_argument("--split", default="test", help="manifest split evaluated in every style (default test)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per evaluation (default 200)")
     args = parser.parse_args(argv)
@@ -126,6 +134,35 @@ def run_arm(arm: str, args: argparse.Namespace, manifests: dict[str, Path]) -> d
     }
 
 
+def run_native(args: argparse.Namespace, manifests: dict[str, Path]) -> dict[str, Any]:
+    """One model per evaluation style, trained on that style's cohort with the plain arm's settings
+    and evaluated on its own split: what a model trained at that site reaches."""
+    config = load_config(args.config, arm_overrides("native", args))
+    native = {}
+    for style in dict.fromkeys(s for s in args.eval_styles if s != args.train_style):
+        result = train(manifests[style], config, args.out / "native" / style / "train")
+        metrics = evaluate(result.best_checkpoint, manifests[style], args.split, args.out / "native" / style / "eval",
+                           n_bootstrap=args.bootstrap, title=f"native: trained on {style}, {style} [{args.split}]")
+        native[style] = _scores(metrics)
+    return {"overrides": arm_overrides("native", args), "in_own_style": native}
+
+
+def _recovered(arms: dict[str, Any]) -> dict[str, Any]:
+    """Against the native models: the part of the plain arm's out-of-style loss the augmentation
+    recovered, per style, and the drop ratio had the augmented arm matched every native model."""
+    plain, augmented = arms["plain"], arms["augmented"]
+    native = arms["native"]["in_own_style"]
+    recovered = {}
+    for style, scores in native.items():
+        gap = scores["macro_auc"] - plain["out_of_style"][style]["macro_auc"]
+        gain = augmented["out_of_style"][style]["macro_auc"] - plain["out_of_style"][style]["macro_auc"]
+        recovered[style] = gain / gap if gap > 0 else None
+    best_drop = augmented["in_style"]["macro_auc"] - _mean([s["macro_auc"] for s in native.values()])
+    plain_drop = plain["drop"]["macro_auc"]
+    return {"recovered_of_native_gap": recovered,
+            "drop_ratio_if_native_reached": best_drop / plain_drop if plain_drop else None}
+
+
 def acceptance(arms: dict[str, Any]) -> dict[str, Any]:
     """The issue's checks: augmented drop <= half the plain drop; worst out-of-style macro AUC >= 0.90."""
     if not {"plain", "augmented"} <= set(arms):
@@ -133,11 +170,12 @@ def acceptance(arms: dict[str, Any]) -> dict[str, Any]:
     plain, augmented = arms["plain"]["drop"]["macro_auc"], arms["augmented"]["drop"]["macro_auc"]
     worst = arms["augmented"]["out_of_style_summary"]["macro_auc"]["worst"]
     ratio = augmented / plain if plain not in (None, 0.0) and augmented is not None else None
-    return {
+    checks = {
         "drop_ratio": ratio,
         "drop_at_most_half": ratio is not None and ratio <= 0.5,
         "out_of_style_macro_auc_at_least_0_90": worst is not None and worst >= 0.90,
     }
+    return {**checks, **_recovered(arms)} if "native" in arms else checks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the {arm} arm's config: {exc}", file=sys.stderr)
             return 2
     manifests = _cohorts(args)
-    arms = {arm: run_arm(arm, args, manifests) for arm in args.arms}
+    arms = {arm: run_native(args, manifests) if arm == "native" else run_arm(arm, args, manifests)
+            for arm in args.arms}
     print(json.dumps({
         "train_style": args.train_style, "eval_styles": args.eval_styles, "patients": args.patients, "seed": args.seed,
         "config": str(args.config), "split": args.split, "arms": arms, "acceptance": acceptance(arms),
