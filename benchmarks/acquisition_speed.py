@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import torch
 
+from spine_dfl.config import load_config
 from spine_dfl.data.transforms.acquisition import AcquisitionAugment, RandomBatchAcquisition, TorchioAcquisitiond
 from spine_dfl.engine.device import resolve_device
 
@@ -74,7 +75,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--prob", type=float, default=0.5, help="probability of each part (default 0.5, the config's)")
+    parser.add_argument("--prob", type=float, default=None,
+                        help="probability of each part (default: the cpu_demo config's data.acquisition.prob)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -85,6 +87,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.prob is None:
+        args.prob = load_config("cpu_demo").data.acquisition.prob
     options = AcquisitionAugment(enabled=True, prob=args.prob)
     images = torch.rand(args.batch, 1, args.size, args.size, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
