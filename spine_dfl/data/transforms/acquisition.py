@@ -26,11 +26,13 @@ Each part runs in one place only, with the options of :class:`AcquisitionAugment
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
@@ -43,7 +45,7 @@ from spine_dfl.data.transforms.augment import AffineResampled
 __all__ = [
     "AcquisitionAugment", "ProcessingParams", "RandomBatchAcquisition", "RandRoiJitterd", "RandRoiReframed",
     "TorchioAcquisition", "TorchioAcquisitiond",
-    "apply_processing", "collimate", "gaussian_blur", "resample_axis", "unsharp_mask", "window_level",
+    "apply_processing", "bias_field", "collimate", "gaussian_blur", "resample_axis", "unsharp_mask", "window_level",
 ]
 
 
@@ -209,6 +211,43 @@ def resample_axis(volume: torch.Tensor, axis: int, factor: float) -> torch.Tenso
     return lower + weight * (upper - lower)
 
 
+@functools.lru_cache(maxsize=8)
+def _bias_field_terms(shape: tuple[int, ...], order: int) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """The powers of TorchIO's normalised meshes for each polynomial term of ``order``, in TorchIO's
+    order of the coefficients; ``None`` for a term that is zero everywhere (a ``z`` power of a
+    one-slice volume, whose mesh is 0)."""
+    half_shape = np.array(shape) / 2
+    meshes = np.asarray(np.meshgrid(*[np.arange(-n, n) + 0.5 for n in half_shape]))
+    for mesh in meshes:
+        mesh_max = mesh.max()
+        if mesh_max > 0:
+            mesh /= mesh_max
+    x_mesh, y_mesh, z_mesh = meshes
+    terms = []
+    for x_order in range(order + 1):
+        for y_order in range(order + 1 - x_order):
+            for z_order in range(order + 1 - (x_order + y_order)):
+                z_power = z_mesh**z_order
+                terms.append(None if not z_power.any() else (x_mesh**x_order, y_mesh**y_order, z_power))
+    return tuple(terms)
+
+
+def bias_field(shape: tuple[int, ...], order: int, coefficients: Sequence[float]) -> np.ndarray:
+    """TorchIO's ``BiasField.generate_bias_field`` for a ``(W, H, D)`` volume, bit for bit, with its
+    meshes and their powers computed once per shape: ``exp(sum_k c_k P_k)`` as float32.
+
+    TorchIO rebuilds the meshes on every call: 0.77 ms of a 96 px sample's 1.3 ms of TorchIO at
+    prob 1, the difference between training below and above 0.8 of model-only speed
+    (``benchmarks/train_loop_speed.py``).
+    """
+    field = np.zeros(shape)
+    for coefficient, term in zip(coefficients, _bias_field_terms(tuple(int(n) for n in shape), int(order))):
+        if term is not None:  # TorchIO adds c * 0 there: +-0 leaves every sum as it is
+            x_power, y_power, z_power = term
+            field += np.transpose(coefficient * x_power * y_power * z_power, (1, 0, 2))
+    return np.exp(field).astype(np.float32)
+
+
 class TorchioAcquisition:
     """TorchIO's bias field, anisotropy, noise and gamma on one ``(C, W, H, 1)`` tensor, in the order
     of image formation: beam (bias field: heel effect, scatter), detector (pitch: one random in-plane
@@ -216,9 +255,10 @@ class TorchioAcquisition:
     probability ``prob``.  Draws from torch's global CPU generator, as TorchIO does.
 
     TorchIO's random transforms sample every parameter (``get_params``) and TorchIO's own
-    operations apply them: ``BiasField.generate_bias_field``, ``get_noise`` and the gamma
-    ``power``; the anisotropy's axis and factor come from ``RandomAnisotropy.get_params`` and
-    :func:`resample_axis` applies them.  Calling the three point operations directly rather than
+    operations apply them: ``get_noise`` and the gamma ``power``; the bias field's coefficients
+    come from ``RandomBiasField.get_params`` and :func:`bias_field` (TorchIO's field bit for bit,
+    its meshes kept) applies them; the anisotropy's axis and factor come from
+    ``RandomAnisotropy.get_params`` and :func:`resample_axis` applies them.  Calling the three point operations directly rather than
     through ``tio.Compose`` skips TorchIO's per-call machinery (subject parsing, history, a deep
     copy per transform, and a ``torch.manual_seed`` per noise draw that formats a stack trace for
     lazy CUDA seeding): 0.57 against 4.1 ms per 96 px sample at prob 0.5
@@ -240,14 +280,13 @@ class TorchioAcquisition:
         return float(torch.rand(1)) < self.options.prob  # TorchIO's own test of ``p``
 
     def __call__(self, volume: torch.Tensor) -> torch.Tensor:
-        from torchio.transforms.augmentation.intensity.random_bias_field import BiasField
         from torchio.transforms.augmentation.intensity.random_gamma import power
         from torchio.transforms.augmentation.intensity.random_noise import get_noise
 
         out = volume
         if self.bias is not None and self._fires():
             coefficients = self.bias.get_params(self.bias.order, self.bias.coefficients_range)
-            out = out * torch.as_tensor(BiasField.generate_bias_field(out, self.bias.order, coefficients))
+            out = out * torch.as_tensor(bias_field(tuple(out.shape[1:]), self.bias.order, coefficients))
         if self.anisotropy is not None and self._fires():
             axis, factor = self.anisotropy.get_params(self.anisotropy.axes, self.anisotropy.downsampling_range)
             out = resample_axis(out, 1 + int(axis), float(factor))  # TorchIO's axis 0 is dim 1 of (C, W, H, 1)
