@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from spine_dfl.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def cross_style():
-    spec = importlib.util.spec_from_file_location("cross_style", ROOT / "benchmarks" / "cross_style.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("cross_style")
 
 
 @pytest.mark.parametrize("config", ["cpu_demo", "default"])

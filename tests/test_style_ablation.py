@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from spine_dfl.synth import STYLES
 from spine_dfl.synth.style import SynthStyle
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("style_ablation", ROOT / "benchmarks" / "style_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("style_ablation")
 
 
 def _knobs(style: SynthStyle) -> dict:
