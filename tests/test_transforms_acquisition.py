@@ -349,8 +349,8 @@ def test_roi_reframe_hands_on_the_other_sites_roi_grown_by_the_margin_and_moved_
     roi = (20.0, 25.0, 44.0, 52.0)  # 24 x 27 px: the larger side is 27
     crop = ResizePadd("image", size=48)(RoiCropd("image", margin=0.2)(
         {"image": image, "roi": roi, "to_original": torch.eye(3, dtype=torch.float64)}))
-    reframe = RandRoiReframed("image", dataclasses.replace(ALL_ON, prob=1.0, roi_margin=(-0.04, 0.15), roi_shift=0.06),
-                              crop_margin=0.2)
+    options = dataclasses.replace(ALL_ON, prob=1.0, roi_margin=(-0.04, 0.15), roi_shift=0.06, roi_follows_reframe=True)
+    reframe = RandRoiReframed("image", options, crop_margin=0.2)
     reframe.set_random_state(5)
     centre = torch.tensor([24.0, 24.0, 1.0], dtype=torch.float64)
     grown = []
@@ -368,6 +368,11 @@ def test_roi_reframe_hands_on_the_other_sites_roi_grown_by_the_margin_and_moved_
         grown.append(margin)
     assert min(grown) < 0.0 < max(grown)  # tighter and looser boxes both drawn
     assert reframe({**crop, "roi": None})["roi"] is None
+    # off (the default): the true box stays while the crop is reframed
+    kept = RandRoiReframed("image", dataclasses.replace(options, roi_follows_reframe=False), crop_margin=0.2)
+    kept.set_random_state(5)
+    out = kept(crop)
+    assert out["roi"] == roi and not torch.equal(out["to_original"], crop["to_original"])
 
 
 def test_options_are_validated() -> None:

@@ -258,12 +258,12 @@ class TorchioAcquisition:
     operations apply them: ``get_noise`` and the gamma ``power``; the bias field's coefficients
     come from ``RandomBiasField.get_params`` and :func:`bias_field` (TorchIO's field bit for bit,
     its meshes kept) applies them; the anisotropy's axis and factor come from
-    ``RandomAnisotropy.get_params`` and :func:`resample_axis` applies them.  Calling the three point operations directly rather than
-    through ``tio.Compose`` skips TorchIO's per-call machinery (subject parsing, history, a deep
-    copy per transform, and a ``torch.manual_seed`` per noise draw that formats a stack trace for
-    lazy CUDA seeding): 0.57 against 4.1 ms per 96 px sample at prob 0.5
-    (``benchmarks/acquisition_speed.py``), which keeps training above 0.8 of model-only speed
-    (``benchmarks/train_loop_speed.py``).
+    ``RandomAnisotropy.get_params`` and :func:`resample_axis` applies them.  Calling the point
+    operations directly rather than through ``tio.Compose`` skips TorchIO's per-call machinery
+    (subject parsing, history, a deep copy per transform, and a ``torch.manual_seed`` per noise
+    draw that formats a stack trace for lazy CUDA seeding): 0.87 against 8.3 ms per 96 px sample
+    at prob 1 (``benchmarks/acquisition_speed.py --prob 1``), which keeps training above 0.8 of
+    model-only speed (``benchmarks/train_loop_speed.py``).
     """
 
     def __init__(self, options: AcquisitionAugment) -> None:
@@ -384,11 +384,11 @@ class RandRoiReframed(Randomizable, MapTransform):
     :class:`~spine_dfl.data.transforms.augment.AffineResampled`, which composes the step into
     ``to_original``, so the mapping to original pixels stays exact.
 
-    ``data[roi_key]`` (x_min, y_min, x_max, y_max, original pixels) becomes that other site's ROI:
-    grown by the margin on every side and moved with the crop's centre.  Why: the ROI is more than
-    the crop's frame; a model whose P-stream searches only the ROI (``pstream_region: roi``) must
-    learn from the box another site would hand it, neighbouring endplates included, not from the
-    true box inside a zoomed-out crop.  A missing ROI stays missing.
+    With ``roi_follows_reframe``, ``data[roi_key]`` (x_min, y_min, x_max, y_max, original pixels)
+    becomes that other site's ROI too: grown by the margin on every side and moved with the crop's
+    centre, so a model whose P-stream searches only the ROI (``pstream_region: roi``) learns from
+    the box another site would hand it, neighbouring endplates included, not from the true box
+    inside a zoomed-out crop.  A missing ROI stays missing.
     """
 
     def __init__(self, keys: KeysCollection = "image", options: AcquisitionAugment = AcquisitionAugment(),
@@ -421,7 +421,7 @@ class RandRoiReframed(Randomizable, MapTransform):
         out = AffineResampled(self.keys, 0.0, side / wider, shift, self.fill, self.affine_key)(data)
         roi = out.get(self.roi_key)
         before = data.get(self.affine_key)
-        if roi is not None and before is not None and first is not None:
+        if self.options.roi_follows_reframe and roi is not None and before is not None and first is not None:
             out[self.roi_key] = _reframed_roi(roi, (wider - side) / 2.0, before, out[self.affine_key], size)
         return out
 
