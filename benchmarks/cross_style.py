@@ -137,14 +137,15 @@ def run_arm(arm: str, args: argparse.Namespace, manifests: dict[str, Path]) -> d
 def run_native(args: argparse.Namespace, manifests: dict[str, Path]) -> dict[str, Any]:
     """One model per evaluation style, trained on that style's cohort with the plain arm's settings
     and evaluated on its own split: what a model trained at that site reaches."""
-    config = load_config(args.config, arm_overrides("native", args))
+    overrides = arm_overrides("native", args)
+    config = load_config(args.config, overrides)
     native = {}
     for style in dict.fromkeys(s for s in args.eval_styles if s != args.train_style):
         result = train(manifests[style], config, args.out / "native" / style / "train")
         metrics = evaluate(result.best_checkpoint, manifests[style], args.split, args.out / "native" / style / "eval",
                            n_bootstrap=args.bootstrap, title=f"native: trained on {style}, {style} [{args.split}]")
         native[style] = _scores(metrics)
-    return {"overrides": arm_overrides("native", args), "in_own_style": native}
+    return {"overrides": overrides, "in_own_style": native}
 
 
 def _recovered(arms: dict[str, Any]) -> dict[str, Any]:

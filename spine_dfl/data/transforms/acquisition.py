@@ -419,10 +419,10 @@ class RandRoiReframed(Randomizable, MapTransform):
         # a centre shift of d L is d S / (new crop side / L) output pixels
         shift = (shift_x * size / wider, shift_y * size / wider)
         out = AffineResampled(self.keys, 0.0, side / wider, shift, self.fill, self.affine_key)(data)
-        roi = out.get(self.roi_key)
-        before = data.get(self.affine_key)
-        if self.options.roi_follows_reframe and roi is not None and before is not None and first is not None:
-            out[self.roi_key] = _reframed_roi(roi, (wider - side) / 2.0, before, out[self.affine_key], size)
+        if self.options.roi_follows_reframe and first is not None:
+            roi, before = out.get(self.roi_key), data.get(self.affine_key)
+            if roi is not None and before is not None:
+                out[self.roi_key] = _reframed_roi(roi, (wider - side) / 2.0, before, out[self.affine_key], size)
         return out
 
 
