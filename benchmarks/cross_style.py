@@ -12,6 +12,13 @@ fracture) AUC and per-class one-vs-rest AUC, the mean and worst out-of-style val
 (in-style minus mean out-of-style); then ``augmented drop / plain drop`` and the issue's
 acceptance checks (drop at most half, out-of-style macro AUC >= 0.90).
 
+Every model is evaluated twice: on each style's test split (13 patients of 64, ~180 vertebrae,
+where one vertebra moves a class's AUC by ~0.01) and, with ``--held-out-patients N`` (default
+64), on every vertebra of a held-out cohort of N patients drawn with seed ``--seed + 1000`` in each
+style (again the same patients in every style).  Each arm's ``held_out`` block and
+``acceptance_held_out`` are the same figures on that cohort, five times the vertebrae of the test
+split for no extra training.
+
 The optional third arm, ``native`` (``--arms plain,augmented,native``), trains one model per
 evaluation style on that style's own cohort (the plain arm's settings) and evaluates it in its
 own style: what a model trained at that site reaches, an estimate of how much of the drop the
@@ -20,7 +27,7 @@ loss the augmentation recovered, ``(augmented - plain) / (native - plain)``, and
 the augmented arm would have if it matched every native model out of style.
 
     python benchmarks/cross_style.py /tmp/cross_style --patients 64 --config cpu_demo
-    python benchmarks/cross_style.py /tmp/cs_smoke --patients 8 --set train.epochs=1 --arms plain
+    python benchmarks/cross_style.py /tmp/cs_smoke --patients 8 --held-out-patients 4 --set train.epochs=1 --arms plain
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from spine_dfl.report.run import evaluate
 from spine_dfl.synth import STYLES, generate_cohort
 
 ARMS = ("plain", "augmented", "native")
+HELD_OUT_SEED_OFFSET = 1000  # far from the next seeds' training cohorts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arms", default="plain,augmented",
                         help=f"comma-separated arms to run, of {', '.join(ARMS)} (default plain,augmented)")
     parser.add_argument("--split", default="test", help="manifest split evaluated in every style (default test)")
+    parser.add_argument("--held-out-patients", type=int, default=64,
+                        help=f"patients of the held-out cohort (seed --seed + {HELD_OUT_SEED_OFFSET}) evaluated whole, "
+                             "per style; 0 = none (default 64)")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per evaluation (default 200)")
     args = parser.parse_args(argv)
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
@@ -74,21 +85,33 @@ def arm_overrides(arm: str, args: argparse.Namespace) -> list[str]:
     return [f"seed={args.seed}", *args.overrides, *(args.augment_set if arm == "augmented" else args.plain_set)]
 
 
-def _cohorts(args: argparse.Namespace) -> dict[str, Path]:
-    """One cohort per style, same seed and size; a cohort already there with that style is reused."""
+def _cohorts(args: argparse.Namespace, folder: Path, seed: int, patients: int) -> dict[str, Path]:
+    """One cohort per style under ``folder``, same seed and size; one already there with that
+    style, seed and size is reused."""
     manifests = {}
     for style in dict.fromkeys([args.train_style, *args.eval_styles]):
-        folder = args.out / "cohorts" / style
-        summary = folder / "cohort.json"
+        cohort = folder / style
+        summary = cohort / "cohort.json"
         if summary.exists():
             existing = json.loads(summary.read_text())
             if (existing.get("seed"), existing.get("patients"), existing.get("style", {}).get("name", "default")) == (
-                    args.seed, args.patients, style):
-                manifests[style] = folder / "manifest.csv"
+                    seed, patients, style):
+                manifests[style] = cohort / "manifest.csv"
                 continue
-        generate_cohort(folder, patients=args.patients, seed=args.seed, style=style, overwrite=True)
-        manifests[style] = folder / "manifest.csv"
+        generate_cohort(cohort, patients=patients, seed=seed, style=style, overwrite=True)
+        manifests[style] = cohort / "manifest.csv"
     return manifests
+
+
+def evaluation_sets(args: argparse.Namespace) -> dict[str, tuple[dict[str, Path], str | None]]:
+    """Per evaluation set, its manifest per style and the split evaluated (None = every row):
+    ``test`` (the training cohorts' ``--split``) and, unless ``--held-out-patients 0``, ``held_out``."""
+    sets = {"test": (_cohorts(args, args.out / "cohorts", args.seed, args.patients), args.split)}
+    if args.held_out_patients > 0:
+        held_out = _cohorts(args, args.out / "held_out_cohorts", args.seed + HELD_OUT_SEED_OFFSET,
+                            args.held_out_patients)
+        sets["held_out"] = (held_out, None)
+    return sets
 
 
 def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -110,42 +133,59 @@ def _difference(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def run_arm(arm: str, args: argparse.Namespace, manifests: dict[str, Path]) -> dict[str, Any]:
-    """Train one arm on the training style; evaluate its best checkpoint on every style's split."""
-    overrides = arm_overrides(arm, args)
-    config = load_config(args.config, overrides)
-    started = time.monotonic()
-    result = train(manifests[args.train_style], config, args.out / arm / "train")
-    trained = time.monotonic() - started
-    scores = {}
-    for style in dict.fromkeys([args.train_style, *args.eval_styles]):
-        metrics = evaluate(result.best_checkpoint, manifests[style], args.split, args.out / arm / f"eval_{style}",
-                           n_bootstrap=args.bootstrap, title=f"{arm}: trained on {args.train_style}, {style} [{args.split}]")
-        scores[style] = _scores(metrics)
+def _style_summary(scores: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """One evaluation set's figures of one arm: in style, out of style, their mean and worst, the drop."""
     in_style = scores[args.train_style]
     out_of_style = {s: scores[s] for s in args.eval_styles if s != args.train_style}
     summary = {key: {"mean": _mean([v[key] for v in out_of_style.values()]),
                      "worst": min((v[key] for v in out_of_style.values() if v[key] is not None), default=None)}
                for key in ("macro_auc", "binary_auc")}
-    return {
-        "overrides": overrides, "train_seconds": round(trained, 1), "epochs_run": result.epochs_run,
-        "in_style": in_style, "out_of_style": out_of_style, "out_of_style_summary": summary,
-        "drop": {key: _difference(in_style[key], summary[key]["mean"]) for key in ("macro_auc", "binary_auc")},
-    }
+    return {"in_style": in_style, "out_of_style": out_of_style, "out_of_style_summary": summary,
+            "drop": {key: _difference(in_style[key], summary[key]["mean"]) for key in ("macro_auc", "binary_auc")}}
 
 
-def run_native(args: argparse.Namespace, manifests: dict[str, Path]) -> dict[str, Any]:
+def _evaluate(checkpoint: Path, manifest: Path, split: str | None, out: Path, title: str,
+              args: argparse.Namespace) -> dict[str, Any]:
+    return _scores(evaluate(checkpoint, manifest, split, out, n_bootstrap=args.bootstrap, title=title))
+
+
+def run_arm(arm: str, args: argparse.Namespace, sets: dict[str, tuple[dict[str, Path], str | None]]) -> dict[str, Any]:
+    """Train one arm on the training style; evaluate its best checkpoint on every style of every
+    evaluation set.  The test set's figures stay at the top level (as before held-out cohorts);
+    the held-out cohort's are under ``held_out``."""
+    overrides = arm_overrides(arm, args)
+    config = load_config(args.config, overrides)
+    started = time.monotonic()
+    result = train(sets["test"][0][args.train_style], config, args.out / arm / "train")
+    trained = time.monotonic() - started
+    by_set = {}
+    for name, (manifests, split) in sets.items():
+        suffix = "" if name == "test" else f"_{name}"
+        scores = {style: _evaluate(result.best_checkpoint, manifests[style], split, args.out / arm / f"eval_{style}{suffix}",
+                                   f"{arm}: trained on {args.train_style}, {style} [{split or name}]", args)
+                  for style in dict.fromkeys([args.train_style, *args.eval_styles])}
+        by_set[name] = _style_summary(scores, args)
+    held_out = {"held_out": by_set["held_out"]} if "held_out" in by_set else {}
+    return {"overrides": overrides, "train_seconds": round(trained, 1), "epochs_run": result.epochs_run,
+            **by_set["test"], **held_out}
+
+
+def run_native(args: argparse.Namespace, sets: dict[str, tuple[dict[str, Path], str | None]]) -> dict[str, Any]:
     """One model per evaluation style, trained on that style's cohort with the plain arm's settings
-    and evaluated on its own split: what a model trained at that site reaches."""
+    and evaluated in its own style (test split, and held-out cohort when there is one): what a
+    model trained at that site reaches."""
     overrides = arm_overrides("native", args)
     config = load_config(args.config, overrides)
-    native = {}
+    by_set: dict[str, dict[str, Any]] = {name: {} for name in sets}
     for style in dict.fromkeys(s for s in args.eval_styles if s != args.train_style):
-        result = train(manifests[style], config, args.out / "native" / style / "train")
-        metrics = evaluate(result.best_checkpoint, manifests[style], args.split, args.out / "native" / style / "eval",
-                           n_bootstrap=args.bootstrap, title=f"native: trained on {style}, {style} [{args.split}]")
-        native[style] = _scores(metrics)
-    return {"overrides": overrides, "in_own_style": native}
+        result = train(sets["test"][0][style], config, args.out / "native" / style / "train")
+        for name, (manifests, split) in sets.items():
+            suffix = "" if name == "test" else f"_{name}"
+            by_set[name][style] = _evaluate(result.best_checkpoint, manifests[style], split,
+                                            args.out / "native" / style / f"eval{suffix}",
+                                            f"native: trained on {style}, {style} [{split or name}]", args)
+    held_out = {"held_out": {"in_own_style": by_set["held_out"]}} if "held_out" in by_set else {}
+    return {"overrides": overrides, "in_own_style": by_set["test"], **held_out}
 
 
 def _recovered(arms: dict[str, Any]) -> dict[str, Any]:
@@ -161,7 +201,7 @@ def _recovered(arms: dict[str, Any]) -> dict[str, Any]:
     best_drop = augmented["in_style"]["macro_auc"] - _mean([s["macro_auc"] for s in native.values()])
     plain_drop = plain["drop"]["macro_auc"]
     return {"recovered_of_native_gap": recovered,
-            "drop_ratio_if_native_reached": best_drop / plain_drop if plain_drop else None}
+            "drop_ratio_if_native_reached": best_drop / plain_drop if plain_drop is not None and plain_drop > 0 else None}
 
 
 def acceptance(arms: dict[str, Any]) -> dict[str, Any]:
@@ -170,7 +210,8 @@ def acceptance(arms: dict[str, Any]) -> dict[str, Any]:
         return {}
     plain, augmented = arms["plain"]["drop"]["macro_auc"], arms["augmented"]["drop"]["macro_auc"]
     worst = arms["augmented"]["out_of_style_summary"]["macro_auc"]["worst"]
-    ratio = augmented / plain if plain not in (None, 0.0) and augmented is not None else None
+    # a ratio of drops means something only when the plain arm did drop
+    ratio = augmented / plain if plain is not None and plain > 0 and augmented is not None else None
     checks = {
         "drop_ratio": ratio,
         "drop_at_most_half": ratio is not None and ratio <= 0.5,
@@ -187,12 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"error: the {arm} arm's config: {exc}", file=sys.stderr)
             return 2
-    manifests = _cohorts(args)
-    arms = {arm: run_native(args, manifests) if arm == "native" else run_arm(arm, args, manifests)
-            for arm in args.arms}
+    sets = evaluation_sets(args)
+    arms = {arm: run_native(args, sets) if arm == "native" else run_arm(arm, args, sets) for arm in args.arms}
+    held_out = {}
+    if "held_out" in sets:
+        held_out = {"held_out_patients": args.held_out_patients, "held_out_seed": args.seed + HELD_OUT_SEED_OFFSET,
+                    "acceptance_held_out": acceptance({arm: block["held_out"] for arm, block in arms.items()})}
     print(json.dumps({
         "train_style": args.train_style, "eval_styles": args.eval_styles, "patients": args.patients, "seed": args.seed,
-        "config": str(args.config), "split": args.split, "arms": arms, "acceptance": acceptance(arms),
+        "config": str(args.config), "split": args.split, "arms": arms, "acceptance": acceptance(arms), **held_out,
     }, indent=2))
     return 0
 
