@@ -46,7 +46,13 @@ from spine_dfl.data.samplers import sample_seed
 from spine_dfl.data.threads import single_thread
 from spine_dfl.data.transforms import AugmentConfig, Preprocessing
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
-from spine_dfl.data.transforms.compose import augment_transforms, deterministic_transforms
+from spine_dfl.data.transforms.compose import (
+    augment_transforms,
+    deterministic_transforms,
+    recrops_from_window,
+    window_transforms,
+)
+from spine_dfl.data.transforms.crop import RoiRecropd, window_margin
 from spine_dfl.data.transforms.geometry import roi_in_input
 from spine_dfl.io import ROI_COLUMNS
 
@@ -135,8 +141,9 @@ def manifest_records(
 class SampleCacheKey:
     """``hash_func`` for PersistentDataset: what makes a cached sample valid (picklable for workers)."""
 
-    def __init__(self, pre: Preprocessing) -> None:
+    def __init__(self, pre: Preprocessing, window_margin: float | None = None) -> None:
         self.pre = asdict(pre)
+        self.window_margin = window_margin  # cached windows (not finished crops) hash apart
 
     def __call__(self, item: Mapping[str, Any]) -> bytes:
         path = str(item["image"])
@@ -148,7 +155,7 @@ class SampleCacheKey:
         roi = item.get("roi")
         text = json.dumps(
             {"format": CACHE_FORMAT, "image": path, "roi": list(roi) if roi is not None else None,
-             "pre": self.pre, "file": file_id},
+             "pre": self.pre, "file": file_id, **({"window_margin": self.window_margin} if self.window_margin else {})},
             sort_keys=True,
         )
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:40].encode("utf-8")
@@ -165,13 +172,16 @@ class SpineDataset(torch.utils.data.Dataset):
     ``roi_input`` (4,) float32, the ROI's box in input pixels (the whole input without a ROI).
 
     ``base`` yields the cached deterministic part; ``augment`` (None for evaluation) runs on
-    every access, reseeded from (seed, epoch, index).
+    every access, reseeded from (seed, epoch, index).  ``finish`` (deterministic) turns a cached
+    window into the sample when there is no ``augment`` to cut it (``compose.window_transforms``).
     """
 
     def __init__(self, records: Sequence[Mapping[str, Any]], base: torch.utils.data.Dataset,
-                 augment: Compose | None, seed: int = 0, cache: CacheMode = "none") -> None:
+                 augment: Compose | None, seed: int = 0, cache: CacheMode = "none",
+                 finish: Compose | None = None) -> None:
         self.records = [dict(r) for r in records]
         self.base, self.augment, self.seed, self.cache = base, augment, int(seed), cache
+        self.finish = finish
         self.epoch = 0
         # All random transforms draw from one generator that is reseeded in place per sample:
         # building a fresh RandomState per transform and sample costs more than the augmentation.
@@ -183,7 +193,7 @@ class SpineDataset(torch.utils.data.Dataset):
 
     def without_augmentation(self) -> SpineDataset:
         """The same records over the same (cached) deterministic part, with no augmentation."""
-        return SpineDataset(self.records, self.base, None, seed=self.seed, cache=self.cache)
+        return SpineDataset(self.records, self.base, None, seed=self.seed, cache=self.cache, finish=self.finish)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of ``epoch`` (call before each epoch; no effect without augmentation)."""
@@ -208,6 +218,8 @@ class SpineDataset(torch.utils.data.Dataset):
                 self._rng.seed(sample_seed(self.seed, self.epoch, index))
                 with _plain_tensors():
                     item = self.augment(item)
+            elif self.finish is not None:
+                item = self.finish(item)
             # Where the vertebra lies in the network input, after every geometric step (the
             # P-stream may search only there: model.pstream_region).
             item["roi_input"] = roi_in_input(item.get("roi"), item["to_original"], item["image"].shape[-1])
@@ -245,7 +257,9 @@ def build_dataset(
     cache: "none" | "memory" (CacheDataset, prepared now with ``num_workers`` threads) |
         "disk" (PersistentDataset in ``cache_dir``, default :func:`default_cache_dir`).
     seed: augmentation seed; see :meth:`SpineDataset.set_epoch`.
-    acquisition: with ``aug``, its ROI-level part (the crop reframed as another site's ROI convention).
+    acquisition: with ``aug``, its ROI-level part (the crop reframed as another site's ROI convention;
+        with ``reframe_from_radiograph`` the cache holds windows of the radiograph and every
+        training crop is cut from them, ``compose.window_transforms``).
     """
     if isinstance(records, pd.DataFrame):
         records = records_from_table(records)
@@ -253,7 +267,9 @@ def build_dataset(
     # The cached part depends on the image and (when used) the ROI only.
     slim = [{"image": str(r["image"]), "roi": (tuple(r["roi"]) if (pre.use_roi and r.get("roi") is not None) else None)}
             for r in records]
-    deterministic = Compose(deterministic_transforms(pre, lru_size=lru_size))
+    windows = aug is not None and recrops_from_window(pre, acquisition)
+    deterministic = Compose(window_transforms(pre, acquisition, lru_size=lru_size) if windows
+                            else deterministic_transforms(pre, lru_size=lru_size))
     threads = num_workers if num_workers is not None else max(1, min(4, os.cpu_count() or 1))
     base: torch.utils.data.Dataset
     if cache == "none":
@@ -264,9 +280,10 @@ def build_dataset(
     elif cache == "disk":
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        base = PersistentDataset(slim, transform=deterministic, cache_dir=folder, hash_func=SampleCacheKey(pre))
+        base = PersistentDataset(slim, transform=deterministic, cache_dir=folder, hash_func=SampleCacheKey(pre, window_margin(pre.roi_margin, acquisition) if windows else None))
     else:
         raise ValueError(f"cache must be 'none', 'memory' or 'disk', got {cache!r}")
-    augment = (Compose(augment_transforms(aug, acquisition=acquisition, crop_margin=pre.roi_margin))
+    augment = (Compose(augment_transforms(aug, acquisition=acquisition, crop_margin=pre.roi_margin, pre=pre))
                if aug is not None else None)
-    return SpineDataset(records, base, augment, seed=seed, cache=cache)
+    finish = Compose([RoiRecropd("image", pre)]) if windows else None
+    return SpineDataset(records, base, augment, seed=seed, cache=cache, finish=finish)

@@ -41,6 +41,11 @@ class AcquisitionAugment:
         grows and moves with the reframed crop, as another site's box would; off, the true box
         stays.  Off by default: on (with prob 1) it raised the older CR style's AUC by 0.03 but
         cost crops found by the locator 0.01-0.03 of macro AUC (README "Moving to another site").
+    reframe_from_radiograph: the ROI-level part cuts each reframed crop afresh from a cached window
+        of the radiograph around the ROI (``crop.RandRoiRecropd``: anatomy where a looser ROI shows
+        more, the new crop's percentile window, as at another site) instead of zooming the cached
+        crop (``RandRoiReframed``: ``fill`` where the anatomy would be).  The cache then holds the
+        larger windows (``crop.window_margin``); evaluation is unchanged.
     fill: the value of "no signal" in the input (0 after the percentile normalisation).
     """
 
@@ -67,6 +72,7 @@ class AcquisitionAugment:
     roi_margin: tuple[float, float] = (-0.04, 0.15)
     roi_shift: float = 0.06
     roi_follows_reframe: bool = False
+    reframe_from_radiograph: bool = False
     fill: float = 0.0
 
     def __post_init__(self) -> None:
