@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, Randomizable, ScaleIntensityRangePercentiles, Transform
+from monai.transforms import MapTransform, Randomizable, Transform
 
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.geometry import compose_to_original, crop_with_fill, resize_pad, roi_crop_box, translation
@@ -121,10 +121,8 @@ class RoiRecrop(Transform):
     """
 
     def __init__(self, pre: Preprocessing) -> None:
-        low, high = pre.intensity_percentiles
         self.margin, self.size = float(pre.roi_margin), int(pre.input_size)
-        self.scale = ScaleIntensityRangePercentiles(lower=float(low), upper=float(high), b_min=0.0, b_max=1.0,
-                                                    clip=True, dtype=np.float32)
+        self.percentiles = (float(pre.intensity_percentiles[0]), float(pre.intensity_percentiles[1]))
 
     def __call__(self, window: torch.Tensor, origin: tuple[int, int],
                  roi: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,9 +133,25 @@ class RoiRecrop(Transform):
         else:
             x0, y0, x1, y1 = roi_crop_box(roi, self.margin, rows, cols)
             box = (x0 - origin[0], y0 - origin[1], x1 - origin[0], y1 - origin[1])
-        crop = self.scale(crop_with_fill(window, box, fill=float(window.min())))
-        out, step = resize_pad(torch.as_tensor(crop), self.size, 0.0)
+        if box[0] >= 0 and box[1] >= 0 and box[2] <= cols and box[3] <= rows:  # always, by window_margin
+            crop = window[:, box[1]:box[3], box[0]:box[2]]
+        else:
+            crop = crop_with_fill(window, box, fill=float(window.min()))
+        out, step = resize_pad(percentile_window(crop, *self.percentiles), self.size, 0.0)
         return out, translation(box[0], box[1]) @ step
+
+
+def percentile_window(image: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """float32 ``image`` with its ``low`` and ``high`` percentiles mapped to 0 and 1, clipped: MONAI's
+    ``ScaleIntensityRangePercentiles(low, high, 0, 1, clip=True)`` bit for bit (the same
+    ``torch.quantile`` and arithmetic), with both percentiles from one sort instead of two (it
+    runs on every training sample here, ~1 ms a sort of a 150 px window)."""
+    image = torch.as_tensor(image, dtype=torch.float32)
+    q = torch.as_tensor(np.array([low / 100.0, high / 100.0]), dtype=image.dtype)
+    a_min, a_max = torch.quantile(image, q)
+    if float(a_max - a_min) == 0.0:  # MONAI: no window to stretch, shift only
+        return image - a_min
+    return torch.clamp((image - a_min) / (a_max - a_min) * 1.0 + 0.0, 0.0, 1.0)
 
 
 def _window_origin(data: Mapping[Hashable, Any], affine_key: str) -> tuple[int, int]:
