@@ -39,13 +39,15 @@ class AcquisitionAugment:
         both fractions of the ROI's larger side.
     roi_follows_reframe: the ROI itself (the box a ``pstream_region: roi`` P-stream searches)
         grows and moves with the reframed crop, as another site's box would; off, the true box
-        stays.  Off by default: on (with prob 1) it raised the older CR style's AUC by 0.03 but
-        cost crops found by the locator 0.01-0.03 of macro AUC (README "Moving to another site").
+        stays.  Off by default: with prob 1 and ``reframe_from_radiograph`` it halves the
+        cross-site drop of macro AUC on two seeds of three, but the DFL top patch of wedge
+        fractures leaves their anterior part (README "Moving to another site").
     reframe_from_radiograph: the ROI-level part cuts each reframed crop afresh from a cached window
         of the radiograph around the ROI (``crop.RandRoiRecropd``: anatomy where a looser ROI shows
         more, the new crop's percentile window, as at another site) instead of zooming the cached
         crop (``RandRoiReframed``: ``fill`` where the anatomy would be).  The cache then holds the
-        larger windows (``crop.window_margin``); evaluation is unchanged.
+        larger windows (``crop.window_margin``); evaluation is unchanged.  Off by default (the
+        shipped models were trained without it; README "Moving to another site").
     fill: the value of "no signal" in the input (0 after the percentile normalisation).
     """
 
