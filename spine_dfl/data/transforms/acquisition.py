@@ -41,6 +41,7 @@ from monai.transforms import MapTransform, Randomizable
 from spine_dfl.data.threads import single_thread
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.augment import AffineResampled
+from spine_dfl.data.transforms.crop import draw_roi_reframe
 
 __all__ = [
     "AcquisitionAugment", "ProcessingParams", "RandomBatchAcquisition", "RandRoiJitterd", "RandRoiReframed",
@@ -401,11 +402,7 @@ class RandRoiReframed(Randomizable, MapTransform):
         self._params: tuple[bool, float, float, float] = (False, 0.0, 0.0, 0.0)
 
     def randomize(self, data: Any = None) -> None:
-        o = self.options
-        fires = bool(self.R.random_sample() < o.prob)
-        margin = float(self.R.uniform(o.roi_margin[0], o.roi_margin[1]))
-        shift_x, shift_y = (float(v) for v in self.R.uniform(-o.roi_shift, o.roi_shift, size=2))
-        self._params = (fires, margin, shift_x, shift_y)
+        self._params = draw_roi_reframe(self.R, self.options)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()

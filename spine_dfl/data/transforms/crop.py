@@ -100,6 +100,16 @@ def window_margin(crop_margin: float, options: AcquisitionAugment) -> float:
     return float(crop_margin) * (1.0 + 2.0 * grow) + grow + float(options.roi_shift) + 0.02
 
 
+def draw_roi_reframe(random_state: np.random.RandomState, options: AcquisitionAugment) -> tuple[bool, float, float, float]:
+    """One draw of the ROI-level part, always four values in this order whatever fires: (fires with
+    ``options.prob``, margin per side uniform in ``options.roi_margin``, centre shift x and y
+    uniform in +-``options.roi_shift``; fractions of the ROI's larger side)."""
+    fires = bool(random_state.random_sample() < options.prob)
+    margin = float(random_state.uniform(options.roi_margin[0], options.roi_margin[1]))
+    shift_x, shift_y = (float(v) for v in random_state.uniform(-options.roi_shift, options.roi_shift, size=2))
+    return fires, margin, shift_x, shift_y
+
+
 def grown_roi(roi: Sequence[float], margin: float, shift: tuple[float, float]) -> tuple[float, float, float, float]:
     """``roi`` (x_min, y_min, x_max, y_max) grown by ``margin`` x its larger side on every side
     (a negative margin shrinks it, never past half of either side) and its centre moved by
@@ -209,11 +219,7 @@ class RandRoiRecropd(Randomizable, MapTransform):
         self._params: tuple[bool, float, float, float] = (False, 0.0, 0.0, 0.0)
 
     def randomize(self, data: Any = None) -> None:
-        o = self.options
-        fires = bool(self.R.random_sample() < o.prob)
-        margin = float(self.R.uniform(o.roi_margin[0], o.roi_margin[1]))
-        shift_x, shift_y = (float(v) for v in self.R.uniform(-o.roi_shift, o.roi_shift, size=2))
-        self._params = (fires, margin, shift_x, shift_y)
+        self._params = draw_roi_reframe(self.R, self.options)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
