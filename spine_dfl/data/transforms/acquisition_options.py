@@ -40,8 +40,9 @@ class AcquisitionAugment:
     roi_follows_reframe: the ROI itself (the box a ``pstream_region: roi`` P-stream searches)
         grows and moves with the reframed crop, as another site's box would; off, the true box
         stays.  Off by default: with prob 1 and ``reframe_from_radiograph`` it halves the
-        cross-site drop of macro AUC on two seeds of three, but the DFL top patch of wedge
-        fractures leaves their anterior part (README "Moving to another site").
+        cross-site drop of macro AUC on two seeds of three, but on two seeds the DFL top patch of
+        wedge fractures leaves their anterior part and DFL's lead over a plain CNN falls within
+        the seed spread (README "Moving to another site").
     reframe_from_radiograph: the ROI-level part cuts each reframed crop afresh from a cached window
         of the radiograph around the ROI (``crop.RandRoiRecropd``: anatomy where a looser ROI shows
         more, the new crop's percentile window, as at another site) instead of zooming the cached
