@@ -41,7 +41,7 @@ from monai.transforms import MapTransform, Randomizable
 from spine_dfl.data.threads import single_thread
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.augment import AffineResampled
-from spine_dfl.data.transforms.crop import draw_roi_reframe
+from spine_dfl.data.transforms.crop import draw_roi_reframe, grown_roi
 
 __all__ = [
     "AcquisitionAugment", "ProcessingParams", "RandomBatchAcquisition", "RandRoiJitterd", "RandRoiReframed",
@@ -426,11 +426,9 @@ class RandRoiReframed(Randomizable, MapTransform):
 def _reframed_roi(roi: Any, margin: float, before: Any, after: Any, size: float) -> tuple[float, ...]:
     """``roi`` grown by ``margin`` x its larger side on every side and moved as the crop's centre
     moved from ``before`` to ``after`` (input -> original matrices of a ``size`` px input)."""
-    x0, y0, x1, y1 = (float(v) for v in roi)
-    grow = margin * max(x1 - x0, y1 - y0)
-    grow_x, grow_y = max(grow, -(x1 - x0) / 4.0), max(grow, -(y1 - y0) / 4.0)  # never inverted
+    x0, y0, x1, y1 = grown_roi(roi, margin, (0.0, 0.0))
     centre = torch.tensor([size / 2.0, size / 2.0, 1.0], dtype=torch.float64)
     moved = (torch.as_tensor(after, dtype=torch.float64) @ centre
              - torch.as_tensor(before, dtype=torch.float64) @ centre)
     dx, dy = float(moved[0]), float(moved[1])
-    return (x0 - grow_x + dx, y0 - grow_y + dy, x1 + grow_x + dx, y1 + grow_y + dy)
+    return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
