@@ -3,7 +3,6 @@ ROI handling, privacy and DICOM results."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json

@@ -18,7 +18,7 @@ from orthanc import free_port
 from pydicom.uid import ComprehensiveSRStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
-from serve_node import MODEL_VERSION, NODE_AET, TEST_SCU_AET, score_study_as_sc
+from serve_node import NODE_AET, TEST_SCU_AET, score_study_as_sc
 
 from spine_dfl.serve import Node, RetryPolicy, format_status, result_uid_seed, status, study_tag
 from spine_dfl.serve.queue import WorkQueue
