@@ -62,8 +62,8 @@ def test_another_sites_roi_is_cut_from_the_radiograph_as_evaluation_would_cut_it
     margins = []
     for _ in range(12):
         out = recrop(window)
-        fires, margin, shift_x, shift_y = recrop._params
-        assert fires
+        fires, margin, shift_x, shift_y, follows = recrop._params
+        assert fires and follows
         other = grown_roi(roi, margin, (shift_x, shift_y))
         expected = _evaluated(image, other)  # a site whose localiser drew ``other``
         assert torch.equal(out["image"], expected["image"])
@@ -77,6 +77,31 @@ def test_another_sites_roi_is_cut_from_the_radiograph_as_evaluation_would_cut_it
     assert kept(window)["roi"] == roi  # off: the true box stays
     never = RandRoiRecropd("image", dataclasses.replace(RECROP, prob=0.0), PRE)
     assert torch.equal(never(window)["image"], _evaluated(image, roi)["image"])
+
+
+def test_a_fraction_of_reframed_rois_follows_and_the_crop_is_the_same_either_way() -> None:
+    image, roi = _image(), (30.0, 35.0, 54.0, 62.0)
+    window = _window(image, roi)
+    part = RandRoiRecropd("image", dataclasses.replace(RECROP, roi_follows_reframe=True, roi_follows_prob=0.5), PRE)
+    part.set_random_state(3)
+    followed = 0
+    for _ in range(200):
+        out = part(window)
+        fires, margin, shift_x, shift_y, follows = part._params
+        other = grown_roi(roi, margin, (shift_x, shift_y))
+        assert torch.equal(out["image"], _evaluated(image, other)["image"])  # the crop is another site's either way
+        assert out["roi"] == (other if follows else roi)
+        followed += follows
+    assert 70 < followed < 130  # binomial(200, 0.5): outside this range with probability ~1e-4
+    # a fraction of 1 draws nothing more: the whole-stream setting keeps its random stream
+    whole, all_follow = (RandRoiRecropd("image", dataclasses.replace(RECROP, roi_follows_reframe=flag), PRE)
+                         for flag in (False, True))
+    whole.set_random_state(5)
+    all_follow.set_random_state(5)
+    for _ in range(5):
+        assert torch.equal(whole(window)["image"], all_follow(window)["image"])
+    with pytest.raises(ValueError, match="roi_follows_prob"):
+        dataclasses.replace(RECROP, roi_follows_prob=1.5)
 
 
 @pytest.mark.parametrize("roi", [(10.0, 10.0, 40.0, 22.0), (10.0, 10.0, 22.0, 40.0), (10.0, 10.0, 30.0, 30.0)])

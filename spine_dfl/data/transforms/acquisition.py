@@ -399,14 +399,14 @@ class RandRoiReframed(Randomizable, MapTransform):
         self.options, self.crop_margin, self.affine_key = options, float(crop_margin), affine_key
         self.roi_key = roi_key
         self.fill = float(options.fill if fill is None else fill)
-        self._params: tuple[bool, float, float, float] = (False, 0.0, 0.0, 0.0)
+        self._params: tuple[bool, float, float, float, bool] = (False, 0.0, 0.0, 0.0, False)
 
     def randomize(self, data: Any = None) -> None:
         self._params = draw_roi_reframe(self.R, self.options)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
-        fires, margin, shift_x, shift_y = self._params
+        fires, margin, shift_x, shift_y, follows = self._params
         if not fires:
             return dict(data)
         side = 1.0 + 2.0 * self.crop_margin
@@ -416,7 +416,7 @@ class RandRoiReframed(Randomizable, MapTransform):
         # a centre shift of d L is d S / (new crop side / L) output pixels
         shift = (shift_x * size / wider, shift_y * size / wider)
         out = AffineResampled(self.keys, 0.0, side / wider, shift, self.fill, self.affine_key)(data)
-        if self.options.roi_follows_reframe and first is not None:
+        if follows and first is not None:
             roi, before = out.get(self.roi_key), data.get(self.affine_key)
             if roi is not None and before is not None:
                 out[self.roi_key] = _reframed_roi(roi, (wider - side) / 2.0, before, out[self.affine_key], size)

@@ -43,6 +43,8 @@ class AcquisitionAugment:
         cross-site drop of macro AUC on two seeds of three, but on two seeds the DFL top patch of
         wedge fractures leaves their anterior part and DFL's lead over a plain CNN falls within
         the seed spread (README "Moving to another site").
+    roi_follows_prob: with ``roi_follows_reframe``, the fraction of reframed samples whose ROI
+        follows; the rest keep the true box inside the reframed crop (1 = all).
     reframe_from_radiograph: the ROI-level part cuts each reframed crop afresh from a cached window
         of the radiograph around the ROI (``crop.RandRoiRecropd``: anatomy where a looser ROI shows
         more, the new crop's percentile window, as at another site) instead of zooming the cached
@@ -75,6 +77,7 @@ class AcquisitionAugment:
     roi_margin: tuple[float, float] = (-0.04, 0.15)
     roi_shift: float = 0.06
     roi_follows_reframe: bool = False
+    roi_follows_prob: float = 1.0
     reframe_from_radiograph: bool = False
     fill: float = 0.0
 
@@ -83,8 +86,9 @@ class AcquisitionAugment:
             value = getattr(self, f.name)
             if isinstance(value, tuple) and not (len(value) == 2 and value[0] <= value[1]):
                 raise ValueError(f"acquisition augmentation: {f.name} must be a (low, high) range, got {value!r}")
-        if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"acquisition augmentation: prob must be in [0, 1], got {self.prob}")
+        for name in ("prob", "roi_follows_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"acquisition augmentation: {name} must be in [0, 1], got {getattr(self, name)}")
         if self.pitch_factor[0] < 1.0 or min(self.noise_std) < 0 or min(self.unsharp_sigma) <= 0:
             raise ValueError("acquisition augmentation: pitch_factor must be >= 1, noise_std >= 0, unsharp_sigma > 0")
         if self.window_width[0] <= 0 or not 0.0 <= self.collimation_width[0] <= self.collimation_width[1] < 0.5:

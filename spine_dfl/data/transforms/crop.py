@@ -100,14 +100,21 @@ def window_margin(crop_margin: float, options: AcquisitionAugment) -> float:
     return float(crop_margin) * (1.0 + 2.0 * grow) + grow + float(options.roi_shift) + 0.02
 
 
-def draw_roi_reframe(random_state: np.random.RandomState, options: AcquisitionAugment) -> tuple[bool, float, float, float]:
-    """One draw of the ROI-level part, always four values in this order whatever fires: (fires with
+def draw_roi_reframe(random_state: np.random.RandomState,
+                     options: AcquisitionAugment) -> tuple[bool, float, float, float, bool]:
+    """One draw of the ROI-level part, the same values in this order whatever fires: (fires with
     ``options.prob``, margin per side uniform in ``options.roi_margin``, centre shift x and y
-    uniform in +-``options.roi_shift``; fractions of the ROI's larger side)."""
+    uniform in +-``options.roi_shift``, fractions of the ROI's larger side; whether the ROI
+    follows the reframed crop).  The last is ``options.roi_follows_reframe``, drawn with
+    ``options.roi_follows_prob`` only when that is below 1, so a setting without the fraction
+    keeps its random stream."""
     fires = bool(random_state.random_sample() < options.prob)
     margin = float(random_state.uniform(options.roi_margin[0], options.roi_margin[1]))
     shift_x, shift_y = (float(v) for v in random_state.uniform(-options.roi_shift, options.roi_shift, size=2))
-    return fires, margin, shift_x, shift_y
+    follows = options.roi_follows_reframe
+    if follows and options.roi_follows_prob < 1.0:
+        follows = bool(random_state.random_sample() < options.roi_follows_prob)
+    return fires, margin, shift_x, shift_y, follows
 
 
 def grown_roi(roi: Sequence[float], margin: float, shift: tuple[float, float]) -> tuple[float, float, float, float]:
@@ -208,7 +215,7 @@ class RandRoiRecropd(Randomizable, MapTransform):
     anatomy around the vertebra (not fill), and the percentile window is the new crop's, as at a
     site whose localiser draws looser boxes.  Otherwise the record's own ROI is cut (the
     deterministic sample).  With ``options.roi_follows_reframe`` ``data[roi_key]`` becomes the new
-    ROI.  ``to_original`` stays exact.
+    ROI (in a fraction ``options.roi_follows_prob`` of the reframed samples).  ``to_original`` stays exact.
     """
 
     def __init__(self, keys: KeysCollection = "image", options: AcquisitionAugment = AcquisitionAugment(),
@@ -216,19 +223,19 @@ class RandRoiRecropd(Randomizable, MapTransform):
         MapTransform.__init__(self, keys)
         self.options, self.roi_key = options, roi_key
         self.recrop = RoiRecropd(keys, pre, roi_key, affine_key)
-        self._params: tuple[bool, float, float, float] = (False, 0.0, 0.0, 0.0)
+        self._params: tuple[bool, float, float, float, bool] = (False, 0.0, 0.0, 0.0, False)
 
     def randomize(self, data: Any = None) -> None:
         self._params = draw_roi_reframe(self.R, self.options)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
-        fires, margin, shift_x, shift_y = self._params
+        fires, margin, shift_x, shift_y, follows = self._params
         roi = data.get(self.roi_key)
         if not fires or roi is None:
             return self.recrop(data)
         new_roi = grown_roi(roi, margin, (shift_x, shift_y))
         out = self.recrop.crop_to(data, new_roi)
-        if self.options.roi_follows_reframe:
+        if follows:
             out[self.roi_key] = new_roi
         return out
