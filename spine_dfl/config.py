@@ -174,20 +174,43 @@ def _apply_override(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+def _merged(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``child``'s keys over it, section by section."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _read_tree(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of the YAML config at ``path``; ``extends: NAME`` puts it over the config
+    NAME (a path or a shipped name, resolved as ``--config`` is), so a variant names only what it
+    changes."""
+    resolved = resolve_config_path(path).resolve()
+    if resolved in chain:
+        raise ConfigError(f"{resolved}: extends itself through {' -> '.join(str(p) for p in chain)}")
+    try:
+        loaded = yaml.safe_load(resolved.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{resolved}: not valid YAML: {exc}") from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{resolved}: expected a mapping at the top level")
+    tree = dict(loaded or {})
+    base = tree.pop("extends", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{resolved}: extends must name one config, got {base!r}")
+    return _merged(_read_tree(base, (*chain, resolved)), tree)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or the defaults when ``path`` is None) and apply ``key=value`` overrides."""
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        resolved = resolve_config_path(path)
-        source = str(resolved)
-        try:
-            loaded = yaml.safe_load(resolved.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{resolved}: not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{resolved}: expected a mapping at the top level")
-        tree = loaded or {}
+        source = str(resolve_config_path(path))
+        tree = _read_tree(path)
     for text in overrides or []:
         _apply_override(tree, *parse_override(text))
     try:

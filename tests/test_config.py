@@ -90,3 +90,35 @@ def test_branch_weight_defaults_are_the_models() -> None:
     assert config.model.loss_weights.as_tuple() == DEFAULT_BRANCH_WEIGHTS
     assert inspect.signature(DFLNet).parameters["fuse_weights"].default == DEFAULT_BRANCH_WEIGHTS
     assert inspect.signature(dfl_loss).parameters["weights"].default == DEFAULT_BRANCH_WEIGHTS
+
+
+def test_a_config_that_extends_another_changes_only_what_it_names(tmp_path) -> None:
+    multisite, demo = load_config("cpu_multisite"), load_config("cpu_demo")
+    acquisition = multisite.data.acquisition
+    assert (acquisition.prob, acquisition.reframe_from_radiograph, acquisition.roi_follows_prob) == (1.0, True, 0.5)
+    # everything it does not name is the demo's, nested sections included
+    assert multisite.model == demo.model and multisite.train == demo.train
+    assert multisite.data.model_copy(update={"acquisition": demo.data.acquisition}) == demo.data
+    assert acquisition.bias_coefficient == demo.data.acquisition.bias_coefficient
+    # overrides go over the merged tree; a file's own keys over its base's
+    assert load_config("cpu_multisite", ["data.acquisition.prob=0.5"]).data.acquisition.prob == 0.5
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {tmp_path / 'base.yaml'}\ntrain:\n  epochs: 2\n")
+    (tmp_path / "base.yaml").write_text("extends: cpu_demo\ntrain:\n  epochs: 5\n  batch_size: 8\n")
+    config = load_config(child)
+    assert (config.train.epochs, config.train.batch_size, config.model.backbone) == (2, 8, "resnet18")
+
+
+def test_extends_errors_name_the_file(tmp_path) -> None:
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(loop)
+    missing = tmp_path / "orphan.yaml"
+    missing.write_text("extends: no_such_config\n")
+    with pytest.raises(ConfigError, match="no_such_config"):
+        load_config(missing)
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("extends: [cpu_demo]\n")
+    with pytest.raises(ConfigError, match="listed.yaml: extends must name one config"):
+        load_config(listed)
