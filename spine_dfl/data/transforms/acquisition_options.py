@@ -39,18 +39,18 @@ class AcquisitionAugment:
         both fractions of the ROI's larger side.
     roi_follows_reframe: the ROI itself (the box a ``pstream_region: roi`` P-stream searches)
         grows and moves with the reframed crop, as another site's box would; off, the true box
-        stays.  Off by default: with prob 1 and ``reframe_from_radiograph`` it halves the
-        cross-site drop of macro AUC on two seeds of three, but on two seeds the DFL top patch of
-        wedge fractures leaves their anterior part and DFL's lead over a plain CNN falls within
-        the seed spread (README "Moving to another site").
+        stays.  Off by default and in the CPU demo; on, in half of the reframed samples
+        (``roi_follows_prob``), in ``configs/cpu_multisite.yaml``, which halves the cross-site
+        drop of macro AUC at the cost of wedge fractures' patches on two seeds of three (README
+        "Moving to another site").
     roi_follows_prob: with ``roi_follows_reframe``, the fraction of reframed samples whose ROI
         follows; the rest keep the true box inside the reframed crop (1 = all).
     reframe_from_radiograph: the ROI-level part cuts each reframed crop afresh from a cached window
         of the radiograph around the ROI (``crop.RandRoiRecropd``: anatomy where a looser ROI shows
         more, the new crop's percentile window, as at another site) instead of zooming the cached
         crop (``RandRoiReframed``: ``fill`` where the anatomy would be).  The cache then holds the
-        larger windows (``crop.window_margin``); evaluation is unchanged.  Off by default (the
-        shipped models were trained without it; README "Moving to another site").
+        larger windows (``crop.window_margin``); evaluation is unchanged.  Off by default and in the
+        CPU demo, on in ``configs/cpu_multisite.yaml`` (README "Moving to another site").
     fill: the value of "no signal" in the input (0 after the percentile normalisation).
     """
 
