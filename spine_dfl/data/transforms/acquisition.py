@@ -385,7 +385,8 @@ class RandRoiReframed(Randomizable, MapTransform):
     :class:`~spine_dfl.data.transforms.augment.AffineResampled`, which composes the step into
     ``to_original``, so the mapping to original pixels stays exact.
 
-    With ``roi_follows_reframe``, ``data[roi_key]`` (x_min, y_min, x_max, y_max, original pixels)
+    With ``roi_follows_reframe`` (in a fraction ``roi_follows_prob`` of the reframed samples),
+    ``data[roi_key]`` (x_min, y_min, x_max, y_max, original pixels)
     becomes that other site's ROI too: grown by the margin on every side and moved with the crop's
     centre, so a model whose P-stream searches only the ROI (``pstream_region: roi``) learns from
     the box another site would hand it, neighbouring endplates included, not from the true box
