@@ -209,8 +209,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     tree: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        source = str(resolve_config_path(path))
-        tree = _read_tree(path)
+        resolved = resolve_config_path(path)
+        source = str(resolved)
+        tree = _read_tree(resolved)
     for text in overrides or []:
         _apply_override(tree, *parse_override(text))
     try:
