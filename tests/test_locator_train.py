@@ -179,6 +179,8 @@ def test_figures_on_hand_checked_detections():
     assert m["detection_precision_iou50"] == 0.75
     assert m["identification_rate"] == pytest.approx(2 / 3) and m["off_by_one_rate"] == pytest.approx(1 / 3)
     assert m["images_all_levels_right"] == 0.0
+    assert m["wrong_level_rate"] == pytest.approx(1 / 3)  # C is found but named B; the far box names nothing
+    assert m["per_level"]["A"]["wrong_level_rate"] == 0.0 and m["per_level"]["C"]["wrong_level_rate"] == 1.0
     assert m["median_centre_error_px"] == 2.5 and m["median_centre_error_mm"] == 1.25  # errors 0 and 5 px
     assert m["median_centre_error_pct_height"] == 12.5  # 5 px of a 20 px box height -> 25 %, and 0 %
     assert m["per_level"]["B"]["median_centre_error_px"] == 5.0

@@ -6,8 +6,11 @@ Hm, Hp, or the box height without points):
     detected     one-to-one greedy matching of predicted to true boxes by IoU, pairs at IoU >= 0.5
     identified   a prediction labelled L has c as its nearest true centre, closer than h / 2
     off by one   not identified, but a prediction labelled L +- 1 has c as nearest, closer than h / 2
+    located      some prediction, whatever its label, has c as nearest, closer than h / 2
+    wrong level  located but not identified: the film would name another level for this vertebra
 
-Recall = detected / true vertebrae; precision = matched predictions / predictions; an image is
+Recall = detected / true vertebrae; the wrong-level rate = wrong level / located (the share of the
+vertebrae the locator found whose level it named wrongly); precision = matched predictions / predictions; an image is
 "all levels right" when every true vertebra is identified and there is no other prediction.
 Errors are measured on identified vertebrae: centre distance (mm with the pixel spacing, % of h,
 pixels), the six points' distances, and the absolute error of Genant's wedge, biconcave and
@@ -103,6 +106,7 @@ def image_outcome(truth: ImageTruth, pred: ImagePrediction) -> dict[str, np.ndar
     true_centres = (truth.boxes[:, :2] + truth.boxes[:, 2:]) / 2
     heights = _heights_px(truth)
     out = {"detected": np.zeros(n, bool), "identified": np.zeros(n, bool), "off_by_one": np.zeros(n, bool),
+           "located": np.zeros(n, bool),
            "centre_px": np.full(n, np.nan), "centre_mm": np.full(n, np.nan), "centre_pct": np.full(n, np.nan),
            "landmark_px": np.full((n, 6), np.nan), "landmark_mm": np.full((n, 6), np.nan),
            "ratio_error": np.full((n, 3), np.nan)}
@@ -115,6 +119,7 @@ def image_outcome(truth: ImageTruth, pred: ImagePrediction) -> dict[str, np.ndar
         i = int(dist.argmin()) if n else -1
         if i < 0 or dist[i] >= heights[i] / 2:
             continue
+        out["located"][i] = True
         if pred.levels[j] == truth.levels[i]:
             out["identified"][i] = True
             out["centre_px"][i] = dist[i]
@@ -143,6 +148,8 @@ def _figures(outcome: dict[str, np.ndarray], n_true: int) -> dict[str, Any]:
         "detection_recall_iou50": rate("detected"),
         "identification_rate": rate("identified"),
         "off_by_one_rate": rate("off_by_one"),
+        "wrong_level_rate": (float((outcome["located"] & ~outcome["identified"]).sum()) / int(outcome["located"].sum())
+                             if outcome["located"].any() else None),
         "median_centre_error_mm": _median(outcome["centre_mm"]),
         "median_centre_error_pct_height": _median(outcome["centre_pct"]),
         "median_centre_error_px": _median(outcome["centre_px"]),
@@ -155,7 +162,7 @@ def _figures(outcome: dict[str, np.ndarray], n_true: int) -> dict[str, Any]:
 def locator_metrics(pairs: Sequence[tuple[ImageTruth, ImagePrediction]], level_names: Sequence[str]) -> dict[str, Any]:
     """Overall and per-level figures of (truth, prediction) pairs, one per image; JSON-able."""
     outcomes = [image_outcome(t, p) for t, p in pairs]
-    keys = ("detected", "identified", "off_by_one", "centre_px", "centre_mm", "centre_pct", "landmark_px",
+    keys = ("detected", "identified", "off_by_one", "located", "centre_px", "centre_mm", "centre_pct", "landmark_px",
             "landmark_mm", "ratio_error")
     joined = {k: np.concatenate([o[k] for o in outcomes]) if outcomes else np.zeros(0) for k in keys}
     levels = np.concatenate([t.levels for t, _ in pairs]) if pairs else np.zeros(0, np.int64)
