@@ -18,6 +18,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patients", type=int, default=40, help="number of patients, one radiograph each (default 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace a cohort already in OUT")
+    p.add_argument("--generator", choices=("synth", "drr"), default="synth",
+                   help="synth: the 2D drawing generator (default); drr: a 3D phantom CT per patient projected by the "
+                        "cone-beam DRR renderer, a lateral and an AP film each, cut as clinics cut them (whole "
+                        "thoracolumbar, lumbar, thoracic, junction), either facing direction, some stored turned; "
+                        "writes films.csv and projections.json beside the usual tables")
     p.add_argument("--style", default="default",
                    help="site acquisition style (detector, processing, habitus, ROI convention): a preset of "
                         "spine_dfl.synth.style.STYLES; the same seed gives the same patients and grades in every "
@@ -26,11 +31,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spine_dfl.synth import generate_cohort
-
     try:
-        cohort = generate_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite,
-                                 style=args.style)
+        if args.generator == "drr":
+            if args.style != "default":
+                raise ValueError("--style belongs to the 2D generator; the drr generator varies its acquisition itself")
+            from spine_dfl.phantom.cohort import generate_drr_cohort
+
+            summary = generate_drr_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite)
+        else:
+            from spine_dfl.synth import generate_cohort
+
+            summary = generate_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite,
+                                      style=args.style).summary
     except FileExistsError as exc:
         print(f"error: {args.out} already holds a synthetic cohort; use --overwrite to replace it ({exc})",
               file=sys.stderr)
@@ -38,5 +50,5 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(plain(cohort.summary), indent=2))
+    print(json.dumps(plain(summary), indent=2))
     return EXIT_OK
