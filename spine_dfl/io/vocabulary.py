@@ -12,8 +12,8 @@ __all__ = ["GENANT_GRADES", "LEVELS", "POINT_COLUMNS", "POINT_NAMES", "level_sor
 
 LEVELS: tuple[str, ...] = (
     tuple(f"C{i}" for i in range(1, 8))
-    + tuple(f"T{i}" for i in range(1, 14))  # T13: a 13th rib-bearing vertebra (transitional anatomy)
-    + tuple(f"L{i}" for i in range(1, 7))  # L6: a lumbarised S1
+    + tuple(f"T{i}" for i in range(1, 13))
+    + tuple(f"L{i}" for i in range(1, 6))
     + ("S1",)
 )
 _LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
