@@ -24,10 +24,11 @@ PHANTOM_VERSION = "1.0"
 MEASURE_XI: tuple[float, float, float] = (0.8, 0.0, -0.8)  # anterior, middle, posterior (xi = +1 anterior wall)
 TRANSITIONAL_KINDS = ("none", "sacralised_L5", "lumbarised_S1", "13_ribs", "11_ribs")
 _TRANSITIONAL_P = (0.84, 0.05, 0.05, 0.03, 0.03)
-# (height, depth, width) mm of a body at the anchor levels; interpolated between them
-_DIMENSIONS = {"C6": (13.0, 15.0, 22.0), "C7": (14.0, 16.0, 25.0), "T1": (15.5, 17.0, 28.0), "T4": (17.5, 20.0, 29.0),
-               "T8": (20.0, 26.0, 32.0), "T12": (23.5, 30.0, 40.0), "L1": (25.0, 31.0, 42.0), "L3": (26.5, 33.0, 46.0),
-               "L5": (26.0, 34.0, 50.0)}
+# (height, depth, width) mm of a body at the anchor levels at size 1; interpolated between them
+# (adult morphometry: L1 ~27 mm high, 30-35 mm deep, 40-45 mm wide; thoracic bodies smaller)
+_DIMENSIONS = {"C6": (13.0, 15.0, 22.0), "C7": (14.0, 16.0, 25.0), "T1": (15.5, 17.0, 28.0), "T4": (17.5, 21.0, 29.0),
+               "T8": (20.0, 26.0, 32.0), "T12": (24.5, 30.0, 38.0), "L1": (27.0, 32.0, 42.0), "L3": (28.5, 34.0, 46.0),
+               "L5": (27.5, 35.0, 50.0), "L6": (26.5, 35.0, 50.0)}
 _DISC = {"C": 5.0, "T": 5.0, "L": 10.0}
 
 
@@ -196,7 +197,7 @@ def draw_patient(seed: int, index: int, transitional: str | None = None) -> Phan
     axial = np.radians(rng.normal(0, 1.0) + scoliosis * 0.3 * np.sin(np.linspace(0, np.pi, len(levels))))
     for i in range(len(levels) - 1, -1, -1):
         label, level = levels[i]
-        h, d, w = (x * size for x in _dimensions(level))
+        h, d, w = (x * size * float(rng.normal(1.0, 0.03)) for x in _dimensions(level))
         shape, loss, scale = _deformation(rng, grades[i])
         up = np.array([0.0, math.sin(sagittal[i]), math.cos(sagittal[i])])
         up = _rotation(np.array([0.0, 1.0, 0.0]), coronal[i]) @ up

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spine_dfl.phantom.anatomy import PhantomPatient, Vertebra, endplate_drops
+from spine_dfl.phantom.truth import GradeRow, PhantomTruth, grade_rows, phantom_truth
 
 __all__ = ["PhantomCT", "build_ct"]
 
@@ -23,8 +24,11 @@ _SOFT, _FAT, _LUNG, _DISC_HU, _RIB_HU = 40.0, -100.0, -850.0, 80.0, 450.0
 
 @dataclass(frozen=True)
 class PhantomCT:
-    """A rasterised patient.  ``body_coverage`` maps a label to (the index slices of its box, the
-    body's partial-volume coverage there); ``centroids`` are body centroids in voxel indices."""
+    """A rasterised patient.  ``hu`` int16, ``labels`` / ``body_labels`` uint8 in VerSe numbers (whole
+    vertebrae with the sacrum as 26 / bodies only), all (I, J, K) with ``affine`` voxel -> RAS mm.
+    ``body_coverage`` maps a label to (the index slices of its box, the body's partial-volume
+    coverage there); ``centroids`` are body centroids in voxel indices; ``grades`` and ``truth``
+    come from ``phantom.truth``."""
 
     hu: np.ndarray
     labels: np.ndarray
@@ -34,6 +38,8 @@ class PhantomCT:
     centroids: dict[int, np.ndarray]
     body_coverage: dict[int, tuple[tuple[slice, slice, slice], np.ndarray]]
     patient: PhantomPatient
+    grades: tuple[GradeRow, ...]
+    truth: PhantomTruth
 
 
 class _Canvas:
@@ -63,6 +69,12 @@ class _Canvas:
             shape[axis] = s.stop - s.start
             coords.append(values[s].reshape(shape))
         return tuple(slices), coords  # type: ignore[return-value]
+
+    def oriented_box(self, centre: np.ndarray, frame: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+        """``box`` of the world bounds of a box [lo, hi] given in the frame's (right, anterior, up) mm."""
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        world = corners @ frame.T + centre
+        return self.box(world.min(axis=0) - self.voxel, world.max(axis=0) + self.voxel)
 
     def paint(self, slices, coverage: np.ndarray, hu: float | np.ndarray, label: int = 0, body: int = 0) -> None:
         block = self.hu[slices]
@@ -111,8 +123,11 @@ def _arch(canvas: _Canvas, v: Vertebra, patient: PhantomPatient) -> None:
     canal_r = 7.5 * patient.size
     canal_y = -(v.depth_mm / 2 + canal_r + 1.0)
     spine_len = (30.0 if v.level.startswith("L") else 38.0) * patient.size
-    reach = spine_len + v.depth_mm + 2 * canal_r + 10
-    found = canvas.box(v.centre - reach, v.centre + reach)
+    tilt = 0.9 if v.level.startswith("T") else 0.35  # thoracic spinous processes point downwards
+    half_w = v.width_mm / 2 + 22.0 * patient.size + 1
+    drop = tilt * spine_len + 6
+    found = canvas.oriented_box(v.centre, v.frame, np.array([-half_w, canal_y - canal_r - spine_len - 1, -drop]),
+                                np.array([half_w, -v.depth_mm / 2 + 3.0, max(v.height_mm * 0.45, 6.0) + 1]))
     if found is None:
         return
     slices, (r, a, u) = found[0], _local(found[1], v.centre, v.frame)
@@ -120,7 +135,6 @@ def _arch(canvas: _Canvas, v: Vertebra, patient: PhantomPatient) -> None:
     arch_h = v.height_mm * 0.45
     shell = np.minimum(np.minimum(ring - canal_r, canal_r + 5.0 - ring), arch_h - np.abs(u))
     shell = np.where(a < -v.depth_mm / 2 + 2.0, shell, -10.0)
-    tilt = 0.9 if v.level.startswith("T") else 0.35  # thoracic spinous processes point downwards
     along = -(a - canal_y)  # posterior distance from the canal centre
     spinous = np.minimum(np.minimum(along - canal_r, canal_r + spine_len - along),
                          np.minimum(4.0 - np.abs(r), 5.0 - np.abs(u + tilt * np.clip(along - canal_r, 0, None))))
@@ -144,10 +158,10 @@ def _disc(canvas: _Canvas, upper: Vertebra, lower: Vertebra, hu: float) -> None:
 
 
 def _sacrum(canvas: _Canvas, patient: PhantomPatient, below: Vertebra, fused: bool) -> None:
-    """Five fused segments curving posteriorly and down from S1's superior endplate, with the alae."""
+    """Five (four under an L6) fused segments curving posteriorly and down from S1's superior endplate, with the alae."""
     frame = patient.sacrum_frame
     depth, width = below.depth_mm * 1.05, below.width_mm * 1.05
-    for s in range(5):
+    for s in range(4 if patient.transitional == "lumbarised_S1" else 5):  # S1 became the mobile L6
         scale = 1.0 - 0.17 * s
         height = 22.0 * patient.size * (1.0 - 0.12 * s)
         centre = patient.sacrum_centre - frame[:, 2] * (height / 2 + s * 24.0 * patient.size) - frame[:, 1] * (s**2 * 3.0)
@@ -180,23 +194,38 @@ def _iliac(canvas: _Canvas, patient: PhantomPatient) -> None:
         canvas.paint(found[0], _soft(np.minimum(plate, 60 - z), canvas.voxel), patient.cortical_hu * 0.5)
 
 
+_RIB_WIDTH = (0.5, 0.65, 0.77, 0.86, 0.92, 0.96, 0.99, 1.0, 1.0, 1.0, 0.98, 0.95, 0.92)  # thorax narrows upwards
+
+
+def _rib_path(patient: PhantomPatient, v: Vertebra, n: int, span: float, side: float) -> np.ndarray:
+    """Points (N, 3) of one rib: from the costovertebral joint beside the body back and out to the
+    rib angle, then round the inside of the thoracic wall towards the sternum, descending."""
+    f = _RIB_WIDTH[min(n, len(_RIB_WIDTH) - 1)]
+    lr = (patient.trunk_lr_mm / 2 - patient.fat_mm - 15) * f
+    front = float(_trunk_centre_y(patient, np.array([v.centre[2]]))[0]) + patient.trunk_ap_mm / 2 - patient.fat_mm - 15
+    right, anterior = v.frame[:, 0], v.frame[:, 1]
+    joint = v.centre + side * right * (v.width_mm / 2 + 1.0) - anterior * (v.depth_mm * 0.35)
+    angle_x = min(55.0 * patient.size * f, 0.8 * lr)
+    angle = np.array([v.centre[0] + side * angle_x, joint[1] - 22.0 * patient.size, joint[2] - 4.0])
+    theta_a = -math.acos(angle_x / lr)  # the ellipse point at the rib angle (posterior half)
+    ap = max((front - angle[1]) / (1.0 - math.sin(theta_a)), 20.0)
+    yc = front - ap
+    t = np.linspace(0.0, 1.0, 12)[:, None]
+    head = joint + (angle - joint) * t
+    theta = theta_a + np.linspace(0.0, span, max(int(220 * span), 4)) * (math.pi / 2 - 0.35 - theta_a)
+    drop = 55.0 * patient.size * ((theta - theta_a) / (math.pi / 2 - theta_a)) ** 1.2
+    body = np.stack([v.centre[0] + side * lr * np.cos(theta), yc + ap * np.sin(theta), angle[2] - drop], axis=1)
+    return np.concatenate([head, body], axis=0)
+
+
 def _ribs(canvas: _Canvas, patient: PhantomPatient) -> None:
-    """Rib pairs of the rib-bearing vertebrae: tubes from the transverse process around the thorax,
-    descending; the last pair short, the one above shorter than the rest."""
+    """Rib pairs of the rib-bearing vertebrae, curving round the thorax; the last pair short (floating),
+    the one above shorter than the rest."""
     bearing = [v for v in patient.vertebrae if v.ribs]
     for n, v in enumerate(bearing):
         span = 1.0 if n < len(bearing) - 2 else (0.55 if n == len(bearing) - 2 else 0.3)
-        lr = patient.trunk_lr_mm / 2 - patient.fat_mm - 15
-        ap = patient.trunk_ap_mm / 2 - patient.fat_mm - 12
-        centre_y = float(_trunk_centre_y(patient, np.array([v.centre[2]]))[0])
         for side in (-1.0, 1.0):
-            t = np.linspace(0.0, span, int(260 * span) + 2)
-            theta = -np.pi / 2 + t * np.pi * 0.95  # from posterior (-y) round to anterior (+y)
-            points = np.stack([side * lr * np.cos(theta) * np.clip(0.35 + 2.5 * t, 0, 1),
-                               centre_y + ap * np.sin(theta) * 0.9 - 0.0,
-                               v.centre[2] - 12 - 55 * t**1.2], axis=1)
-            points[:, 0] += v.centre[0]
-            _tube(canvas, points, 4.5 * patient.size, _RIB_HU)
+            _tube(canvas, _rib_path(patient, v, n, span, side), 4.0 * patient.size, _RIB_HU)
 
 
 def _tube(canvas: _Canvas, points: np.ndarray, radius: float, hu: float) -> None:
@@ -233,9 +262,12 @@ def _soft_tissue(canvas: _Canvas, patient: PhantomPatient) -> None:
     """Trunk (fat layer, muscle/organs), lungs in the thorax, bowel gas in the abdomen."""
     x, y, z = np.meshgrid(*canvas.axes, indexing="ij", sparse=True)
     centre_y = _trunk_centre_y(patient, z)
-    radial = 1.0 - np.sqrt((x / (patient.trunk_lr_mm / 2)) ** 2 + ((y - centre_y) / (patient.trunk_ap_mm / 2)) ** 2)
-    depth = radial * min(patient.trunk_lr_mm, patient.trunk_ap_mm) / 2
-    canvas.hu[:] = np.where(depth > 0, np.where(depth > patient.fat_mm, _SOFT, _FAT), -1000.0)
+    # squared elliptic radius, float32; the fat layer is the outer fat_mm of the ellipse's minor half-axis
+    s = (x / (patient.trunk_lr_mm / 2)).astype(np.float32) ** 2 + ((y - centre_y) / (patient.trunk_ap_mm / 2)).astype(np.float32) ** 2
+    inner = max(1.0 - patient.fat_mm / (min(patient.trunk_lr_mm, patient.trunk_ap_mm) / 2), 0.0) ** 2
+    canvas.hu.fill(-1000.0)
+    canvas.hu[s < 1.0] = _FAT
+    canvas.hu[s < inner] = _SOFT
     t1 = next(v for v in patient.vertebrae if v.level == "T1").centre
     diaphragm = next(v for v in patient.vertebrae if v.level == "T10").centre[2]
     mid_z = (t1[2] + diaphragm) / 2
@@ -285,4 +317,5 @@ def build_ct(patient: PhantomPatient, voxel_mm: float = 2.0) -> PhantomCT:
     centroids = {v.label: inverse[:3, :3] @ v.centre + inverse[:3, 3] for v in mobile}
     centroids[26] = inverse[:3, :3] @ (patient.sacrum_centre - patient.sacrum_frame[:, 2] * 11 * patient.size) + inverse[:3, 3]
     hu = np.clip(np.rint(canvas.hu), -1024, 3071).astype(np.int16)
-    return PhantomCT(hu, canvas.labels, canvas.body_labels, canvas.affine, float(voxel_mm), centroids, coverage, patient)
+    return PhantomCT(hu, canvas.labels, canvas.body_labels, canvas.affine, float(voxel_mm), centroids, coverage, patient,
+                     grade_rows(patient), phantom_truth(patient))
