@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -174,20 +175,23 @@ def _sidecar(ct_path: Path) -> Mapping[str, str]:
             found[key] = value.strip()
     if "StudyInstanceUID" in found and not _UID.match(found["StudyInstanceUID"]):
         raise DrrInputError(f"{path}: key 'StudyInstanceUID': {found['StudyInstanceUID']!r} is not a DICOM UID")
-    if found.get("StudyDate") and not re.fullmatch(r"\d{8}", found["StudyDate"]):
-        raise DrrInputError(f"{path}: key 'StudyDate': {found['StudyDate']!r} is not YYYYMMDD")
+    if found.get("StudyDate"):
+        try:
+            datetime.strptime(found["StudyDate"], "%Y%m%d")
+        except ValueError:
+            raise DrrInputError(f"{path}: key 'StudyDate': {found['StudyDate']!r} is not a date YYYYMMDD") from None
     return found
 
 
-def ct_identity(ct_path: str | Path) -> tuple[DrrIdentity, str | None]:
-    """Patient and study identity of the CT, and its StudyInstanceUID when the sidecar gives one.
-
-    PatientID: the sidecar's, else the BIDS ``sub-<id>`` of the file name, else the file's stem.
-    """
+def ct_identity(ct_path: str | Path) -> DrrIdentity:
+    """Patient and study identity of the CT: PatientID from the sidecar, else the BIDS ``sub-<id>``
+    of the file name (the id without ``sub-``), else the file's stem; PatientName,
+    StudyInstanceUID and StudyDate from the sidecar when it has them."""
     ct_path = Path(ct_path)
     sidecar = _sidecar(ct_path)
     bids = re.search(r"(?:^|_)sub-([A-Za-z0-9]+)", ct_stem(ct_path))
     patient_id = sidecar.get("PatientID") or (bids.group(1) if bids else ct_stem(ct_path))[:64]
-    identity = DrrIdentity(patient_id=patient_id, patient_name=sidecar.get("PatientName", ""),
-                           study_date=sidecar.get("StudyDate", ""), source=ct_path.name)
-    return identity, sidecar.get("StudyInstanceUID")
+    day = sidecar.get("StudyDate") or ""
+    return DrrIdentity(patient_id=patient_id, patient_name=sidecar.get("PatientName", ""),
+                       study_instance_uid=sidecar.get("StudyInstanceUID") or None,
+                       study_date=date(int(day[:4]), int(day[4:6]), int(day[6:])) if day else None, source=ct_path.name)

@@ -26,12 +26,12 @@ import numpy as np
 
 from spine_dfl import __version__
 from spine_dfl.atomic import atomic_write_text
-from spine_dfl.drr.dicom import DrrIdentity, build_dx_dataset, write_dx
+from spine_dfl.drr.dicom import DrrIdentity, drr_dataset
 from spine_dfl.drr.geometry import VIEWS, DrrGeometry, patient_orientation, project_points, projection_matrix
 from spine_dfl.drr.inputs import DrrInputError, Volume, ct_identity, ct_stem, load_centroids, load_ct, load_mask, read_grades
 from spine_dfl.drr.project import (
-    ANATOMICAL_ORDER, SILHOUETTE_MM, BodyMaskError, BodyProjection, body_mask_3d, image_directions, project_body,
-    roi, six_points, spine_axes,
+    ANATOMICAL_ORDER, IN_FILM, SILHOUETTE_MM, BodyMaskError, BodyProjection, body_mask_3d, image_directions,
+    project_body, roi, six_points, spine_axes,
 )
 from spine_dfl.io.verse import VERSE_LABELS
 from spine_dfl.io.vocabulary import POINT_NAMES
@@ -39,7 +39,6 @@ from spine_dfl.synth.tables import MANIFEST_COLUMNS
 
 __all__ = ["IN_FILM", "UNGRADED", "DrrInputError", "DrrResult", "drr_study"]
 
-IN_FILM = 0.9  # a vertebra is in the film when this share of its body's silhouette lies on it
 UNGRADED = "ungraded"  # the manifest label of a vertebra without a grade
 ROW_LABELS = frozenset(set(range(1, 26)) | {28})  # vertebrae (not sacrum 26 and coccyx 27) get manifest rows
 _MAX_SIDE = 4096  # the default field of view is capped at this many pixels per side
@@ -59,7 +58,6 @@ class DrrResult:
 class _Inputs:
     ct: Volume
     identity: DrrIdentity
-    study_uid: str | None
     centroids: dict[int, np.ndarray]
     mask: Volume | None
     grades: dict[int, str]
@@ -121,7 +119,7 @@ def _check_options(out: Path, views: Sequence[str], rows: int | None, cols: int 
 
 def _read_inputs(ct_path: Path, centroids: Any, mask: Any, grades: Any) -> _Inputs:
     ct = load_ct(ct_path)
-    identity, study_uid = ct_identity(ct_path)
+    identity = ct_identity(ct_path)
     if centroids is None and (mask is not None or grades is not None):
         raise DrrInputError(f"{mask or grades}: a mask or grades need the CT's centroid file (the level of each vertebra)")
     points = load_centroids(centroids, ct) if centroids is not None else {}
@@ -130,7 +128,7 @@ def _read_inputs(ct_path: Path, centroids: Any, mask: Any, grades: Any) -> _Inpu
     digest = hashlib.sha256()
     for path in (ct_path, centroids, mask, grades):
         digest.update(Path(path).read_bytes() if path is not None else b"-")
-    return _Inputs(ct, identity, study_uid, points, labels, graded, digest.hexdigest())
+    return _Inputs(ct, identity, points, labels, graded, digest.hexdigest())
 
 
 def _world(affine: np.ndarray, ijk: Any) -> np.ndarray:
@@ -211,54 +209,37 @@ def _render_film(inputs: _Inputs, g: DrrGeometry, bodies: Mapping[int, tuple[np.
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     mu = hu_to_mu(torch.from_numpy(inputs.ct.data).to(device))
-    integrals = line_integrals(mu, inputs.ct.affine, g).cpu().numpy()
-    image = expose(integrals, Exposure(), np.random.default_rng([seed, 0xD22, index]))
-    vertebrae, bone = _place_vertebrae(inputs, g, bodies)
-    if not bone.any():
-        bone = integrals >= np.percentile(integrals, 90)
-    body_region = integrals > 0.05 * max(float(integrals.max()), 1e-6)
-    uids = _uids(inputs, g, seed)
-    ds, _ = build_dx_dataset(image, bone, body_region, g, identity=inputs.identity, uids=uids,
-                             body_part=_body_part(vertebrae), series_number=index + 1,
-                             rng=np.random.default_rng([seed, 0xD22, index, 1]))
+    image = expose(line_integrals(mu, inputs.ct.affine, g), Exposure(), np.random.default_rng([seed, 0xD22, index]))
+    vertebrae = _place_vertebrae(inputs, g, bodies)
+    entropy = ["spine-dfl drr", inputs.digest, f"{g!r} seed {seed}"]
+    ds = drr_dataset(image, g, inputs.identity, patient_orientation(g), entropy, body_part=_body_part(vertebrae),
+                     bits=12, series_number=index + 1)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return _Film(g, buffer.getvalue(), tuple(vertebrae), ds.BodyPartExamined)
+    return _Film(g, buffer.getvalue(), tuple(vertebrae), str(ds.BodyPartExamined))
 
 
 def _place_vertebrae(inputs: _Inputs, g: DrrGeometry, bodies: Mapping[int, tuple[np.ndarray, np.ndarray]]
-                     ) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """Per centroid (head to tail): its projection, share in the film, ROI and six points; and the
-    union of the body silhouettes on the film (bool)."""
+                     ) -> list[dict[str, Any]]:
+    """Per centroid (head to tail): its projection, share in the film, ROI and six points."""
     P = projection_matrix(g)
     axes = spine_axes(inputs.centroids, inputs.ct.affine) if inputs.centroids else {}
-    bone = np.zeros((g.rows, g.cols), dtype=bool)
     placed = []
     for label in sorted(inputs.centroids, key=ANATOMICAL_ORDER.index):
         centroid = _world(inputs.ct.affine, inputs.centroids[label])[0]
         entry: dict[str, Any] = {"vertebra": VERSE_LABELS[label], "label": label,
                                  "centroid_px": [round(float(v), 3) for v in project_points(P, centroid[None])[0]]}
         if label in bodies:
-            projection = project_body(*bodies[label], g)
-            _paint(bone, projection)
-            entry.update(_body_truth(projection, P, centroid, axes[label], g))
+            entry.update(_body_truth(project_body(*bodies[label], g), P, centroid, axes[label], g))
         else:
-            entry.update(_centroid_truth(inputs, label, P, g, axes[label]))
+            entry.update(_centroid_truth(inputs, label, P, g))
         placed.append(entry)
-    return placed, bone
-
-
-def _paint(bone: np.ndarray, p: BodyProjection) -> None:
-    sil = p.silhouette
-    ys, xs = np.nonzero(sil)
-    ys, xs = ys + p.y0, xs + p.x0
-    keep = (ys >= 0) & (ys < bone.shape[0]) & (xs >= 0) & (xs < bone.shape[1])
-    bone[ys[keep], xs[keep]] = True
+    return placed
 
 
 def _body_truth(p: BodyProjection, P: np.ndarray, centroid: np.ndarray, axis: np.ndarray, g: DrrGeometry) -> dict[str, Any]:
     share = p.in_film(g.rows, g.cols)
-    box = roi(_on_film(p, g), g.rows, g.cols, (p.x0, p.y0))
+    box = roi(p.on_film(g.rows, g.cols), g.rows, g.cols, (p.x0, p.y0))
     points = None
     if g.view == "lateral" and share > 0:
         up, anterior = image_directions(P, centroid, axis)
@@ -269,15 +250,7 @@ def _body_truth(p: BodyProjection, P: np.ndarray, centroid: np.ndarray, axis: np
             "points": {k: [round(x, 2), round(y, 2)] for k, (x, y) in points.items()} if points else None}
 
 
-def _on_film(p: BodyProjection, g: DrrGeometry) -> np.ndarray:
-    """The silhouette with the pixels beyond the film cleared (same window)."""
-    sil = p.silhouette.copy()
-    ys, xs = np.mgrid[0:sil.shape[0], 0:sil.shape[1]]
-    sil &= (ys + p.y0 >= 0) & (ys + p.y0 < g.rows) & (xs + p.x0 >= 0) & (xs + p.x0 < g.cols)
-    return sil
-
-
-def _centroid_truth(inputs: _Inputs, label: int, P: np.ndarray, g: DrrGeometry, axis: np.ndarray) -> dict[str, Any]:
+def _centroid_truth(inputs: _Inputs, label: int, P: np.ndarray, g: DrrGeometry) -> dict[str, Any]:
     """Without a body mask: a square box 1.5 x the projected distance to the neighbouring centroids
     (30 mm at the isocentre for a lone centroid), centred on the projected centroid."""
     centroid = _world(inputs.ct.affine, inputs.centroids[label])[0]
@@ -300,19 +273,6 @@ def _body_part(vertebrae: Sequence[Mapping[str, Any]]) -> str:
     if labels and labels <= set(range(20, 28)):
         return "LSPINE"
     return "SPINE"
-
-
-def _uids(inputs: _Inputs, g: DrrGeometry, seed: int) -> dict[str, Any]:
-    from pydicom.uid import generate_uid
-
-    base = ["spine-dfl drr", inputs.digest]
-    film = [*base, repr(g), str(seed)]
-    return {
-        "study": inputs.study_uid or generate_uid(entropy_srcs=[*base, "study"]),
-        "frame": generate_uid(entropy_srcs=[*base, "frame"]),
-        "series": generate_uid(entropy_srcs=[*film, "series"]),
-        "sop": generate_uid(entropy_srcs=[*film, "sop"]),
-    }
 
 
 def _manifest_rows(image: str, film: _Film, inputs: _Inputs) -> list[list[Any]]:
