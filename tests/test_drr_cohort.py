@@ -95,3 +95,11 @@ def test_same_seed_same_bytes(tmp_path):
         digests.append({p.relative_to(tmp_path / name).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                         for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
     assert digests[0] == digests[1] and len(digests[0]) == 10  # 4 images and 6 tables
+
+
+def test_cohort_speed_benchmark_prints_its_figures(tmp_path, capsys):
+    from conftest import load_benchmark
+
+    assert load_benchmark("drr_cohort_speed").main([str(tmp_path / "c"), "--patients", "1", "--voxel-mm", "4"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["patients"] == 1 and figures["images"] == 2 and figures["seconds"] > 0
