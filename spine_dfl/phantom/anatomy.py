@@ -226,7 +226,7 @@ def draw_patient(seed: int, index: int, transitional: str | None = None) -> Phan
                  float(rng.uniform(8, 22))) for _ in range(int(rng.integers(2, 7))))
     return PhantomPatient(
         index=index, seed=seed, size=size, trunk_lr_mm=trunk_lr, trunk_ap_mm=trunk_ap,
-        fat_mm=float(rng.uniform(8, 35)), trabecular_hu=float(340 - 200 * osteoporosis),
+        fat_mm=float(rng.uniform(8, 35)), trabecular_hu=float(300 - 200 * osteoporosis),
         cortical_hu=float(rng.uniform(1100, 1500) - 300 * osteoporosis), kyphosis_deg=kyphosis, lordosis_deg=lordosis,
         scoliosis_deg=abs(scoliosis), transitional=kind, rib_pairs=rib_pairs, vertebrae=tuple(vertebrae),
         sacrum_centre=np.zeros(3), sacrum_frame=sacrum_frame, gas=gas,

@@ -287,6 +287,15 @@ def _soft_tissue(canvas: _Canvas, patient: PhantomPatient) -> None:
             canvas.paint(found[0], _soft(q, canvas.voxel), -950.0)
 
 
+def _centroid(painted: tuple[tuple[slice, slice, slice], np.ndarray]) -> np.ndarray:
+    """Coverage-weighted centroid (voxel indices) of a painted body: the deformed body's own centre."""
+    slices, coverage = painted
+    total = float(coverage.sum())
+    sums = [float((coverage.sum(axis=tuple(a for a in range(3) if a != axis)) * np.arange(s.start, s.stop)).sum())
+            for axis, s in enumerate(slices)]
+    return np.array(sums) / total
+
+
 def build_ct(patient: PhantomPatient, voxel_mm: float = 2.0) -> PhantomCT:
     """Rasterise ``patient`` at ``voxel_mm`` (isotropic), C6 to below the coccyx tip."""
     if not voxel_mm > 0:
@@ -314,7 +323,8 @@ def build_ct(patient: PhantomPatient, voxel_mm: float = 2.0) -> PhantomCT:
         if painted is not None:
             coverage[v.label] = painted
     inverse = np.linalg.inv(canvas.affine)
-    centroids = {v.label: inverse[:3, :3] @ v.centre + inverse[:3, 3] for v in mobile}
+    centroids = {v.label: _centroid(coverage[v.label]) if v.label in coverage else inverse[:3, :3] @ v.centre + inverse[:3, 3]
+                 for v in mobile}
     centroids[26] = inverse[:3, :3] @ (patient.sacrum_centre - patient.sacrum_frame[:, 2] * 11 * patient.size) + inverse[:3, 3]
     hu = np.clip(np.rint(canvas.hu), -1024, 3071).astype(np.int16)
     return PhantomCT(hu, canvas.labels, canvas.body_labels, canvas.affine, float(voxel_mm), centroids, coverage, patient,
