@@ -121,7 +121,6 @@ def _set_identity(ds: Dataset, identity: DrrIdentity, uids: dict[str, str], g: D
 def _set_geometry(ds: Dataset, g: DrrGeometry, orientation: tuple[str, str], body_part: str) -> None:
     """Anatomy imaged, detector and positioning: the projection's distances, pitch and view."""
     ds.BodyPartExamined = body_part
-    ds.Laterality = ""
     ds.ImageLaterality = "U"
     region = Dataset()
     region.CodeValue = "421060004"

@@ -35,11 +35,14 @@ from spine_dfl.drr.project import (
 )
 from spine_dfl.io.verse import VERSE_LABELS
 from spine_dfl.io.vocabulary import POINT_NAMES
-from spine_dfl.synth.tables import MANIFEST_COLUMNS
+from spine_dfl.synth.tables import MANIFEST_COLUMNS as _SYNTH_COLUMNS
 
 __all__ = ["IN_FILM", "UNGRADED", "DrrInputError", "DrrResult", "drr_study"]
 
 UNGRADED = "ungraded"  # the manifest label of a vertebra without a grade
+# synth's manifest columns without ``split``: a DRR study has no split of its own (an empty split is
+# invalid); training splits the studies' patients itself, or the user adds the column.
+MANIFEST_COLUMNS = tuple(c for c in _SYNTH_COLUMNS if c != "split")
 ROW_LABELS = frozenset(set(range(1, 26)) | {28})  # vertebrae (not sacrum 26 and coccyx 27) get manifest rows
 _MAX_SIDE = 4096  # the default field of view is capped at this many pixels per side
 
@@ -282,7 +285,7 @@ def _manifest_rows(image: str, film: _Film, inputs: _Inputs) -> list[list[Any]]:
             continue
         points = v["points"]
         cells = [f"{c:.2f}" for name in POINT_NAMES for c in points[name]] if points else [""] * 12
-        rows.append([image, inputs.grades.get(v["label"], UNGRADED), v["vertebra"], inputs.identity.patient_id, "",
+        rows.append([image, inputs.grades.get(v["label"], UNGRADED), v["vertebra"], inputs.identity.patient_id,
                      *v["roi"], *cells])
     return rows
 
