@@ -127,7 +127,7 @@ def _grades(rng: np.random.Generator, n: int) -> list[str]:
     names = list(DEFAULT_GRADE_PROBABILITIES)
     p = np.array([DEFAULT_GRADE_PROBABILITIES[g] for g in names])
     propensity = float(rng.gamma(1.2, 1 / 1.2))
-    p_frac = np.clip((1 - p[0]) * propensity, 0.0, 0.7)
+    p_frac = np.clip((1 - p[0]) * propensity * 1.05, 0.0, 0.7)  # 1.05: what the clip at 0.7 takes off the mean
     p = np.concatenate([[1 - p_frac], p[1:] / p[1:].sum() * p_frac])
     return [names[int(i)] for i in rng.choice(len(names), size=n, p=p)]
 

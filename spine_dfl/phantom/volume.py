@@ -19,7 +19,7 @@ from spine_dfl.phantom.truth import GradeRow, PhantomTruth, grade_rows, phantom_
 
 __all__ = ["PhantomCT", "build_ct"]
 
-_SOFT, _FAT, _LUNG, _DISC_HU, _RIB_HU = 40.0, -100.0, -850.0, 80.0, 450.0
+_SOFT, _FAT, _LUNG, _DISC_HU = 40.0, -100.0, -850.0, 80.0
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ def _ribs(canvas: _Canvas, patient: PhantomPatient) -> None:
     for n, v in enumerate(bearing):
         span = 1.0 if n < len(bearing) - 2 else (0.55 if n == len(bearing) - 2 else 0.3)
         for side in (-1.0, 1.0):
-            _tube(canvas, _rib_path(patient, v, n, span, side), 4.0 * patient.size, _RIB_HU)
+            _tube(canvas, _rib_path(patient, v, n, span, side), 4.0 * patient.size, 0.5 * patient.cortical_hu)
 
 
 def _tube(canvas: _Canvas, points: np.ndarray, radius: float, hu: float) -> None:
@@ -269,7 +269,7 @@ def _soft_tissue(canvas: _Canvas, patient: PhantomPatient) -> None:
     canvas.hu[s < 1.0] = _FAT
     canvas.hu[s < inner] = _SOFT
     t1 = next(v for v in patient.vertebrae if v.level == "T1").centre
-    diaphragm = next(v for v in patient.vertebrae if v.level == "T10").centre[2]
+    diaphragm = next(v for v in patient.vertebrae if v.level == "T11").centre[2]  # the domes; lower behind
     mid_z = (t1[2] + diaphragm) / 2
     lung_y = float(_trunk_centre_y(patient, np.array([mid_z]))[0])
     for side in (-1.0, 1.0):
