@@ -78,7 +78,8 @@ def body_mask_3d(labels: np.ndarray, label: int, centroid_ijk: Sequence[float], 
 
     Walks from the centroid towards posterior through a thin tube (``tube_mm`` half-width, across
     and along the spine ``axis``) until the tube leaves the mask (the canal), and keeps the
-    vertebra's voxels anterior of that posterior wall.  A mask of bodies only (no canal) is kept whole.
+    vertebra's voxels anterior of that posterior wall that connect to the centroid's part.  A mask
+    of bodies only (no canal) is kept whole.
     """
     vertebra = np.asarray(labels) == label
     ijk = np.argwhere(vertebra)
@@ -99,7 +100,20 @@ def body_mask_3d(labels: np.ndarray, label: int, centroid_ijk: Sequence[float], 
     keep = s >= (wall - 0.5) * step
     out = np.zeros(vertebra.shape, dtype=bool)
     out[tuple(ijk[keep].T)] = True
-    return out
+    return _body_component(out, centroid_ijk)
+
+
+def _body_component(kept: np.ndarray, centroid_ijk: Sequence[float]) -> np.ndarray:
+    """The connected part of ``kept`` nearest the centroid: a transverse process that an axially
+    rotated vertebra swings anterior of the wall plane is cut off from the body with its pedicle."""
+    from scipy.ndimage import label as connected
+
+    parts, count = connected(kept, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return kept
+    ijk = np.argwhere(parts > 0)
+    nearest = ijk[np.argmin(np.linalg.norm(ijk - np.asarray(centroid_ijk, dtype=np.float64), axis=1))]
+    return parts == parts[tuple(nearest)]
 
 
 def _posterior_wall(occupied: set[int], start_gap: int) -> int | None:
@@ -206,8 +220,8 @@ def six_points(field: np.ndarray, up: Sequence[float], anterior: Sequence[float]
     ``field > level`` (a bool silhouette works with level 0.5), ``origin`` = the window's film position.
 
     Along the anterior axis (``anterior`` made perpendicular to ``up``) the anterior and posterior
-    points lie 10 % of the silhouette's depth inside its anterior and posterior edges, the middle
-    ones at mid-depth; each on the upper (superior) and lower edge of the silhouette, where the
+    points lie 10 % of the silhouette's depth inside its anterior and posterior edges (at
+    mid-height), the middle ones at mid-depth; each on the upper (superior) and lower edge of the silhouette, where the
     bilinearly interpolated field crosses ``level``.  None when the silhouette is empty.
     """
     field = np.asarray(field, dtype=np.float64)
@@ -219,9 +233,12 @@ def six_points(field: np.ndarray, up: Sequence[float], anterior: Sequence[float]
     ant /= np.linalg.norm(ant)
     pixels = np.stack([xs + 0.5, ys + 0.5], axis=1)
     centre = pixels.mean(axis=0)
-    s = (pixels - centre) @ ant
-    front, back = float(s.max()) + 0.5, float(s.min()) - 0.5
-    reach = float(np.abs((pixels - centre) @ up).max()) + 3.0
+    s, h = (pixels - centre) @ ant, (pixels - centre) @ up
+    # the walls at mid-height (the middle half of the height): a body tilted against ``up`` or with
+    # irregular corners keeps its 10 % points on the endplates, not on a wall
+    mid = np.abs(h - (h.max() + h.min()) / 2.0) <= 0.25 * (h.max() - h.min()) + 0.5
+    front, back = float(s[mid].max()) + 0.5, float(s[mid].min()) - 0.5
+    reach = float(np.abs(h).max()) + 3.0
     points: dict[str, tuple[float, float]] = {}
     for fraction, part in zip(MEASURE_POSITIONS, ("a", "m", "p")):
         base = centre + (front - fraction * (front - back)) * ant
