@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from spine_dfl.cli import main
 from spine_dfl.io.verse import read_centroids
-from spine_dfl.phantom import build_ct, draw_patient, write_verse_layout
+from spine_dfl.phantom import PhantomError, build_ct, draw_patient, write_verse_layout
 from spine_dfl.phantom.anatomy import MEASURE_XI
 from spine_dfl.synth.anatomy import HEIGHT_LOSS_RANGES
 
@@ -173,6 +173,15 @@ def test_cli_writes_refuses_and_overwrites(tmp_path, capsys):
     assert (out / "derivatives/sub-phantom0001/sub-phantom0001_seg-subreg_ctd.json").is_file()
     assert main(["phantom", str(out), "--patients", "1", "--seed", "4", "--voxel-mm", "5"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("sub-phantom0000*") if p.is_file()}
     assert main(["phantom", str(out), "--patients", "1", "--seed", "4", "--voxel-mm", "5", "--overwrite"]) == 0
     assert not (out / "rawdata/sub-phantom0001").exists()
-    assert main(["phantom", str(out), "--patients", "0", "--overwrite"]) == 2
+    assert first == {p.relative_to(out): p.read_bytes() for p in out.rglob("sub-phantom0000*") if p.is_file()}
+    capsys.readouterr()
+    for bad in (["--patients", "0"], ["--voxel-mm", "0.1"], ["--seed", "-1"]):
+        assert main(["phantom", str(out), *bad, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and bad[0].strip("-").replace("-", "_").split("_")[0] in err, err
+    assert (out / "rawdata/sub-phantom0000").is_dir()  # a bad call touches nothing
+    with pytest.raises(PhantomError, match="transitional"):
+        draw_patient(0, 0, transitional="14_ribs")

@@ -14,10 +14,10 @@ transitional anatomy and anchors), ``writer`` (NIfTI, VerSe centroids, grades CS
 Grades follow ``spine_dfl.synth.anatomy``: height loss = 1 - min(Ha, Hm, Hp) / H_ref.
 """
 
-from spine_dfl.phantom.anatomy import TRANSITIONAL_KINDS, PhantomPatient, Vertebra, draw_patient
+from spine_dfl.phantom.anatomy import TRANSITIONAL_KINDS, PhantomError, PhantomPatient, Vertebra, draw_patient
 from spine_dfl.phantom.truth import GradeRow, PhantomTruth
 from spine_dfl.phantom.volume import PhantomCT, build_ct
 from spine_dfl.phantom.writer import write_phantom_cohort, write_verse_layout
 
-__all__ = ["TRANSITIONAL_KINDS", "GradeRow", "PhantomCT", "PhantomPatient", "PhantomTruth", "Vertebra", "build_ct",
-           "draw_patient", "write_phantom_cohort", "write_verse_layout"]
+__all__ = ["TRANSITIONAL_KINDS", "GradeRow", "PhantomCT", "PhantomError", "PhantomPatient", "PhantomTruth", "Vertebra",
+           "build_ct", "draw_patient", "write_phantom_cohort", "write_verse_layout"]

@@ -18,7 +18,8 @@ import numpy as np
 
 from spine_dfl.synth.anatomy import DEFAULT_GRADE_PROBABILITIES, HEIGHT_LOSS_RANGES, SHAPES
 
-__all__ = ["MEASURE_XI", "TRANSITIONAL_KINDS", "PhantomPatient", "Vertebra", "draw_patient", "heights_mm", "endplate_drops"]
+__all__ = ["MEASURE_XI", "TRANSITIONAL_KINDS", "PhantomError", "PhantomPatient", "Vertebra", "draw_patient", "endplate_drops",
+           "heights_mm"]
 
 PHANTOM_VERSION = "1.0"
 MEASURE_XI: tuple[float, float, float] = (0.8, 0.0, -0.8)  # anterior, middle, posterior (xi = +1 anterior wall)
@@ -30,6 +31,10 @@ _DIMENSIONS = {"C6": (13.0, 15.0, 22.0), "C7": (14.0, 16.0, 25.0), "T1": (15.5, 
                "T8": (20.0, 26.0, 32.0), "T12": (24.5, 30.0, 38.0), "L1": (27.0, 32.0, 42.0), "L3": (28.5, 34.0, 46.0),
                "L5": (27.5, 35.0, 50.0), "L6": (26.5, 35.0, 50.0)}
 _DISC = {"C": 5.0, "T": 5.0, "L": 10.0}
+
+
+class PhantomError(ValueError):
+    """A bad phantom parameter (seed, index, transitional kind, voxel size, patient id); the message names it."""
 
 
 @dataclass(frozen=True)
@@ -174,11 +179,14 @@ def _tilts(rng: np.random.Generator, levels: list[str], kyphosis: float, lordosi
 def draw_patient(seed: int, index: int, transitional: str | None = None) -> PhantomPatient:
     """Patient ``index`` of cohort seed ``seed`` (its own stream: the same whatever the cohort
     size).  ``transitional`` forces the kind of transitional anatomy (one of TRANSITIONAL_KINDS)."""
-    rng = np.random.default_rng([seed, 0x3D5F, index])
+    for name, value in (("seed", seed), ("index", index)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise PhantomError(f"{name} must be a non-negative integer, got {value!r}")
+    rng = np.random.default_rng([int(seed), 0x3D5F, int(index)])
     kind = str(rng.choice(TRANSITIONAL_KINDS, p=_TRANSITIONAL_P))
     if transitional is not None:
         if transitional not in TRANSITIONAL_KINDS:
-            raise ValueError(f"transitional must be one of {TRANSITIONAL_KINDS}, got {transitional!r}")
+            raise PhantomError(f"transitional must be one of {TRANSITIONAL_KINDS}, got {transitional!r}")
         kind = transitional
     size = float(rng.uniform(0.9, 1.1))
     osteoporosis = float(rng.beta(2.0, 3.0))

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spine_dfl.phantom.anatomy import PhantomPatient, Vertebra, endplate_drops
+from spine_dfl.phantom.anatomy import PhantomError, PhantomPatient, Vertebra, endplate_drops
 from spine_dfl.phantom.truth import GradeRow, PhantomTruth, grade_rows, phantom_truth
 
-__all__ = ["PhantomCT", "build_ct"]
+__all__ = ["PhantomCT", "build_ct", "check_voxel_mm"]
 
 _SOFT, _FAT, _LUNG, _DISC_HU = 40.0, -100.0, -850.0, 80.0
 
@@ -229,24 +229,29 @@ def _ribs(canvas: _Canvas, patient: PhantomPatient) -> None:
 
 
 def _tube(canvas: _Canvas, points: np.ndarray, radius: float, hu: float) -> None:
-    """A tube along densely sampled points, painted voxel-block by voxel-block (max coverage)."""
+    """A tube along densely sampled points: each voxel near a point takes its distance to the nearest
+    point (all points at once), then the tube is painted with partial-volume edges."""
     lo, hi = points.min(axis=0) - radius - 2, points.max(axis=0) + radius + 2
     found = canvas.box(lo, hi)
     if found is None:
         return
     slices, coords = found
     shape = tuple(s.stop - s.start for s in slices)
-    best = np.full(shape, np.inf, dtype=np.float32)
-    grid = [np.broadcast_to(c, shape) for c in coords]
-    index = np.stack([np.searchsorted(-canvas.axes[0][slices[0]], -points[:, 0]),
-                      np.searchsorted(-canvas.axes[1][slices[1]], -points[:, 1]),
-                      np.searchsorted(canvas.axes[2][slices[2]], points[:, 2])], axis=1)
+    axes = [c.reshape(-1) for c in coords]
+    index = np.stack([np.searchsorted(-axes[0], -points[:, 0]), np.searchsorted(-axes[1], -points[:, 1]),
+                      np.searchsorted(axes[2], points[:, 2])], axis=1)
     reach = int(math.ceil((radius + 2) / canvas.voxel))
-    for p, (i, j, k) in zip(points, index):
-        block = tuple(slice(max(q - reach, 0), min(q + reach + 1, n)) for q, n in zip((i, j, k), shape))
-        dist = np.sqrt(sum((grid[a][block] - p[a]) ** 2 for a in range(3)))
-        np.minimum(best[block], dist, out=best[block])
-    canvas.paint(slices, _soft(radius - best, canvas.voxel), hu)
+    steps = np.arange(-reach, reach + 1)
+    offsets = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), axis=-1).reshape(-1, 3)
+    cells = (index[:, None, :] + offsets[None, :, :]).reshape(-1, 3)
+    owner = np.repeat(np.arange(len(points)), len(offsets))
+    valid = ((cells >= 0) & (cells < np.array(shape))).all(axis=1)
+    cells, owner = cells[valid], owner[valid]
+    world = np.stack([axes[a][cells[:, a]] for a in range(3)], axis=1)
+    dist = np.sqrt(((world - points[owner]) ** 2).sum(axis=1)).astype(np.float32)
+    best = np.full(int(np.prod(shape)), np.inf, dtype=np.float32)
+    np.minimum.at(best, np.ravel_multi_index(cells.T, shape), dist)
+    canvas.paint(slices, _soft(radius - best.reshape(shape), canvas.voxel), hu)
 
 
 def _trunk_centre_y(patient: PhantomPatient, z: np.ndarray) -> np.ndarray:
@@ -296,10 +301,20 @@ def _centroid(painted: tuple[tuple[slice, slice, slice], np.ndarray]) -> np.ndar
     return np.array(sums) / total
 
 
+def check_voxel_mm(voxel_mm: object) -> float:
+    """The voxel size as a float, 0.3-5 mm (finer does not fit in memory, coarser loses the bodies)."""
+    try:
+        value = float(voxel_mm)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(voxel_mm, bool) or not 0.3 <= value <= 5.0:
+        raise PhantomError(f"voxel_mm must be between 0.3 and 5 mm, got {voxel_mm!r}")
+    return value
+
+
 def build_ct(patient: PhantomPatient, voxel_mm: float = 2.0) -> PhantomCT:
     """Rasterise ``patient`` at ``voxel_mm`` (isotropic), C6 to below the coccyx tip."""
-    if not voxel_mm > 0:
-        raise ValueError(f"voxel_mm must be positive, got {voxel_mm!r}")
+    voxel_mm = check_voxel_mm(voxel_mm)
     top = max(v.centre[2] for v in patient.vertebrae) + 20
     ys = [v.centre[1] for v in patient.vertebrae]
     lo = np.array([-patient.trunk_lr_mm / 2 - 10, min(ys) - 100.0 * patient.size - patient.fat_mm, -170.0])

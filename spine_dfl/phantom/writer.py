@@ -26,9 +26,9 @@ import numpy as np
 
 from spine_dfl.atomic import atomic_output, atomic_write_text
 from spine_dfl.io.verse import write_centroids
-from spine_dfl.phantom.anatomy import PHANTOM_VERSION, draw_patient
+from spine_dfl.phantom.anatomy import PHANTOM_VERSION, PhantomError, draw_patient
 from spine_dfl.phantom.truth import GRADES_COLUMNS
-from spine_dfl.phantom.volume import PhantomCT, build_ct
+from spine_dfl.phantom.volume import PhantomCT, build_ct, check_voxel_mm
 
 __all__ = ["COHORT_FILE", "write_phantom_cohort", "write_verse_layout"]
 
@@ -78,7 +78,7 @@ def write_verse_layout(out: str | Path, patient_id: str, ct: PhantomCT) -> dict[
     """Write one phantom scan under ``out`` in VerSe's layout; returns kind -> path (ct, mask,
     centroids, grades, truth).  ``patient_id`` must be letters and digits (a BIDS label)."""
     if not _ID.fullmatch(str(patient_id)):
-        raise ValueError(f"patient_id must be letters and digits only (a BIDS subject label), got {patient_id!r}")
+        raise PhantomError(f"patient_id must be letters and digits only (a BIDS subject label), got {patient_id!r}")
     out = Path(out)
     sub = f"sub-{patient_id}"
     raw, derived = out / "rawdata" / sub, out / "derivatives" / sub
@@ -112,11 +112,10 @@ def write_phantom_cohort(out: str | Path, patients: int, seed: int = 0, *, voxel
     ``phantom.json``; patient i is drawn from its own stream (the same whatever the cohort size).
     Returns the summary written to ``phantom.json``."""
     if isinstance(patients, bool) or not isinstance(patients, (int, np.integer)) or patients < 1:
-        raise ValueError(f"patients must be a positive integer, got {patients!r}")
+        raise PhantomError(f"patients must be a positive integer, got {patients!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not 0.3 <= float(voxel_mm) <= 5.0:
-        raise ValueError(f"voxel_mm must be between 0.3 and 5 mm, got {voxel_mm!r}")
+        raise PhantomError(f"seed must be a non-negative integer, got {seed!r}")
+    voxel_mm = check_voxel_mm(voxel_mm)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clean(out, overwrite)
