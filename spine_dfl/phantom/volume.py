@@ -158,14 +158,21 @@ def _disc(canvas: _Canvas, upper: Vertebra, lower: Vertebra, hu: float) -> None:
 
 
 def _sacrum(canvas: _Canvas, patient: PhantomPatient, below: Vertebra, fused: bool) -> None:
-    """Five (four under an L6) fused segments curving posteriorly and down from S1's superior endplate, with the alae."""
+    """Five (four under an L6) fused segments down from S1's superior endplate, the column concave
+    anteriorly (the lower segments come forward and turn with the curve), with the alae."""
     frame = patient.sacrum_frame
+    right, anterior, up = frame[:, 0], frame[:, 1], frame[:, 2]
     depth, width = below.depth_mm * 1.05, below.width_mm * 1.05
+    top = 0.0
     for s in range(4 if patient.transitional == "lumbarised_S1" else 5):  # S1 became the mobile L6
         scale = 1.0 - 0.17 * s
         height = 22.0 * patient.size * (1.0 - 0.12 * s)
-        centre = patient.sacrum_centre - frame[:, 2] * (height / 2 + s * 24.0 * patient.size) - frame[:, 1] * (s**2 * 3.0)
-        v = Vertebra(26, "S1", centre, frame, height, height, depth * scale, width * scale, "normal", "none", 0.0)
+        tilt = 3.0 * s / 20.0  # slope of the 1.5 s^2 mm forward curve
+        seg_up = (up - anterior * tilt) / math.hypot(1.0, tilt)
+        seg_frame = np.stack([right, np.cross(seg_up, right), seg_up], axis=1)
+        centre = patient.sacrum_centre - up * (top + height / 2) + anterior * (1.5 * s * s)
+        top += height * 0.97  # fused: the segments overlap a little
+        v = Vertebra(26, "S1", centre, seg_frame, height, height, depth * scale, width * scale, "normal", "none", 0.0)
         result = _body(canvas, v, patient, 26 if s == 0 else 0)
         if s > 0 and result is not None:
             canvas.labels[result[0]][result[1] >= 0.5] = 26
