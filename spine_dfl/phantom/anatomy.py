@@ -127,14 +127,30 @@ def _dimensions(level: str) -> tuple[float, float, float]:
     return tuple(float(np.interp(p, anchors, values[:, k])) for k in range(3))  # type: ignore[return-value]
 
 
-def _grades(rng: np.random.Generator, n: int) -> list[str]:
-    """Grades with a per-patient propensity, so fractures cluster in some patients."""
+def _level_weight(level: str) -> float:
+    """Relative fracture frequency of a level: peaks at the thoracolumbar junction and mid-thorax."""
+    if level.startswith("C"):
+        return 0.0
+    if level in ("T11", "T12", "T13", "L1"):
+        return 1.8
+    if level in ("T6", "T7", "T8", "L2"):
+        return 1.3
+    return 0.8
+
+
+def _grades(rng: np.random.Generator, levels: list[str]) -> list[str]:
+    """Grades with a per-patient propensity (so fractures cluster in some patients) and a level
+    weight; over the thoracic and lumbar levels the grades average DEFAULT_GRADE_PROBABILITIES."""
     names = list(DEFAULT_GRADE_PROBABILITIES)
     p = np.array([DEFAULT_GRADE_PROBABILITIES[g] for g in names])
+    weights = np.array([_level_weight(lv) for lv in levels])
+    weights = weights / weights[weights > 0].mean()
     propensity = float(rng.gamma(1.2, 1 / 1.2))
-    p_frac = np.clip((1 - p[0]) * propensity * 1.05, 0.0, 0.7)  # 1.05: what the clip at 0.7 takes off the mean
-    p = np.concatenate([[1 - p_frac], p[1:] / p[1:].sum() * p_frac])
-    return [names[int(i)] for i in rng.choice(len(names), size=n, p=p)]
+    # 1.07: what the clip at 0.9 takes off the mean
+    p_frac = np.clip((1 - p[0]) * propensity * 1.07 * weights, 0.0, 0.9)
+    fractured = rng.random(len(levels)) < p_frac
+    kind = rng.choice(len(names) - 1, size=len(levels), p=p[1:] / p[1:].sum())
+    return [names[1 + int(k)] if f else names[0] for f, k in zip(fractured, kind)]
 
 
 def _deformation(rng: np.random.Generator, grade: str) -> tuple[str, float, float]:
@@ -196,8 +212,7 @@ def draw_patient(seed: int, index: int, transitional: str | None = None) -> Phan
     levels = _levels(kind)
     names = [lv for _, lv in levels]
     sagittal, coronal = _tilts(rng, names, kyphosis, lordosis, sacral_slope, scoliosis * rng.choice([-1, 1]))
-    grades = _grades(rng, len(levels))
-    grades[:2] = ["normal", "normal"]  # C6, C7: outside every film's labelled range
+    grades = _grades(rng, names)  # C6, C7 always normal
     rib_pairs = {"13_ribs": 13, "11_ribs": 11}.get(kind, 12)
     vertebrae = []
     position = np.zeros(3)  # S1 superior endplate centre at the origin; shifted to the patient later
