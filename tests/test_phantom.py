@@ -185,3 +185,20 @@ def test_cli_writes_refuses_and_overwrites(tmp_path, capsys):
     assert (out / "rawdata/sub-phantom0000").is_dir()  # a bad call touches nothing
     with pytest.raises(PhantomError, match="transitional"):
         draw_patient(0, 0, transitional="14_ribs")
+
+
+def test_grade_and_transitional_rates():
+    from collections import Counter
+
+    from spine_dfl.phantom.truth import grade_rows
+    from spine_dfl.synth.anatomy import DEFAULT_GRADE_PROBABILITIES
+
+    patients = [draw_patient(11, i) for i in range(600)]
+    rows = [r for p in patients for r in grade_rows(p) if not r.level.startswith("C")]
+    rates = Counter(r.grade for r in rows)
+    for grade, p in DEFAULT_GRADE_PROBABILITIES.items():
+        assert abs(rates[grade] / len(rows) - p) < 0.25 * p + 0.01, (grade, rates)
+    normal = [r.height_loss for r in rows if r.grade == "normal"]
+    assert max(normal) > 0.13 and min(normal) < -0.05  # natural variation reaches towards mild
+    kinds = Counter(p.transitional for p in patients)
+    assert 0.78 < kinds["none"] / 600 < 0.9 and all(kinds[k] > 0 for k in ("sacralised_L5", "lumbarised_S1", "13_ribs", "11_ribs"))
