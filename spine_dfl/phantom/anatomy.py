@@ -6,7 +6,10 @@ one numpy Generator per patient.  A vertebral body is an elliptic cylinder in it
 superior endplate, biconcave depresses both endplates centrally, crush lowers the whole body
 (most posteriorly).  Grades follow the 2D generator's definition (``synth.anatomy``): height
 loss = 1 - min(Ha, Hm, Hp) / H_ref, the heights taken on the mid-sagittal line 10 % of the depth
-inside the anterior and posterior walls and at mid-depth.
+inside the anterior and posterior walls and at mid-depth.  Normal bodies vary (taller than expected,
+or natural wedging / endplate concavity up to the normal band's 15 %, next to mild's 20.5 %).
+Transitional anatomy (TRANSITIONAL_KINDS, ~16 % of patients): 13 rib pairs (a T13, VerSe 28),
+11 rib pairs, a sacralised L5 (bridged to the sacrum), a lumbarised S1 (a mobile L6, VerSe 25).
 """
 
 from __future__ import annotations

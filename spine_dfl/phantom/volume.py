@@ -320,7 +320,7 @@ def check_voxel_mm(voxel_mm: object) -> float:
 
 
 def build_ct(patient: PhantomPatient, voxel_mm: float = 2.0) -> PhantomCT:
-    """Rasterise ``patient`` at ``voxel_mm`` (isotropic), C6 to below the coccyx tip."""
+    """Rasterise ``patient`` at ``voxel_mm`` (isotropic), C6 to ~170 mm below the S1 endplate (the whole sacrum), each structure evaluated in its box."""
     voxel_mm = check_voxel_mm(voxel_mm)
     top = max(v.centre[2] for v in patient.vertebrae) + 20
     ys = [v.centre[1] for v in patient.vertebrae]
