@@ -72,7 +72,8 @@ def test_verse_numbering_centroids_inside_bodies_and_affine():
     t4 = next(v for v in ct.patient.vertebrae if v.level == "T4")
     assert 21 < l1.reference_height_mm < 33 and 25 < l1.depth_mm < 40 and 34 < l1.width_mm < 52
     assert t4.reference_height_mm < l1.reference_height_mm and t4.width_mm < l1.width_mm
-    assert ct.truth.anchors["s1_endplate_centre"][2] < ct.truth.anchors["t1_body_centre"][2] < ct.truth.anchors["c7_body_centre"][2]
+    anchors = ct.truth.anchors
+    assert anchors["s1_endplate_centre"][2] < anchors["t1_body_centre"][2] < anchors["c7_body_centre"][2]
 
 
 def test_wedge_fracture_anterior_height_measured_from_body_labels():
@@ -201,4 +202,5 @@ def test_grade_and_transitional_rates():
     normal = [r.height_loss for r in rows if r.grade == "normal"]
     assert max(normal) > 0.13 and min(normal) < -0.05  # natural variation reaches towards mild
     kinds = Counter(p.transitional for p in patients)
-    assert 0.78 < kinds["none"] / 600 < 0.9 and all(kinds[k] > 0 for k in ("sacralised_L5", "lumbarised_S1", "13_ribs", "11_ribs"))
+    assert 0.78 < kinds["none"] / 600 < 0.9
+    assert all(kinds[k] > 0 for k in ("sacralised_L5", "lumbarised_S1", "13_ribs", "11_ribs"))

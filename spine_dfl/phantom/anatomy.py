@@ -242,8 +242,8 @@ def draw_patient(seed: int, index: int, transitional: str | None = None) -> Phan
     c7 = next(v for v in vertebrae if v.level == "C7").centre
     lean = math.atan2(c7[1] - rng.normal(0, 15), c7[2])
     turn = _rotation(np.array([1.0, 0.0, 0.0]), lean)
-    sacrum_frame = turn @ np.stack([np.array([1.0, 0, 0]), np.array([0, math.cos(np.radians(sacral_slope)), -math.sin(np.radians(sacral_slope))]),
-                                    np.array([0, math.sin(np.radians(sacral_slope)), math.cos(np.radians(sacral_slope))])], axis=1)
+    c, s = math.cos(math.radians(sacral_slope)), math.sin(math.radians(sacral_slope))
+    sacrum_frame = turn @ np.stack([np.array([1.0, 0, 0]), np.array([0, c, -s]), np.array([0, s, c])], axis=1)
     vertebrae = [Vertebra(v.label, v.level, turn @ v.centre, turn @ v.frame, v.height_mm, v.reference_height_mm,
                           v.depth_mm, v.width_mm, v.grade, v.shape, v.loss, v.ribs) for v in vertebrae]
     trunk_lr = float(rng.uniform(290, 370)) * size

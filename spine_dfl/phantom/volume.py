@@ -113,7 +113,8 @@ def _body(canvas: _Canvas, v: Vertebra, patient: PhantomPatient, label: int) -> 
     outer = _soft(inside, canvas.voxel)
     inner = _soft(inside - 2.0, canvas.voxel)  # a 2 mm cortical shell (endplates and walls)
     canvas.paint(slices, outer, patient.cortical_hu, label, label)
-    density = patient.trabecular_hu + (120.0 if v.grade in ("moderate", "severe") else 0.0) * _soft(4.0 - np.minimum(top, bottom), canvas.voxel)
+    impaction = 120.0 if v.grade in ("moderate", "severe") else 0.0  # dense band under a fractured endplate
+    density = patient.trabecular_hu + impaction * _soft(4.0 - np.minimum(top, bottom), canvas.voxel)
     canvas.paint(slices, inner, density)
     return slices, outer
 
@@ -275,7 +276,8 @@ def _soft_tissue(canvas: _Canvas, patient: PhantomPatient) -> None:
     x, y, z = np.meshgrid(*canvas.axes, indexing="ij", sparse=True)
     centre_y = _trunk_centre_y(patient, z)
     # squared elliptic radius, float32; the fat layer is the outer fat_mm of the ellipse's minor half-axis
-    s = (x / (patient.trunk_lr_mm / 2)).astype(np.float32) ** 2 + ((y - centre_y) / (patient.trunk_ap_mm / 2)).astype(np.float32) ** 2
+    s = ((x / (patient.trunk_lr_mm / 2)).astype(np.float32) ** 2
+         + ((y - centre_y) / (patient.trunk_ap_mm / 2)).astype(np.float32) ** 2)
     inner = max(1.0 - patient.fat_mm / (min(patient.trunk_lr_mm, patient.trunk_ap_mm) / 2), 0.0) ** 2
     canvas.hu.fill(-1000.0)
     canvas.hu[s < 1.0] = _FAT
@@ -320,7 +322,8 @@ def check_voxel_mm(voxel_mm: object) -> float:
 
 
 def build_ct(patient: PhantomPatient, voxel_mm: float = 2.0) -> PhantomCT:
-    """Rasterise ``patient`` at ``voxel_mm`` (isotropic), C6 to ~170 mm below the S1 endplate (the whole sacrum), each structure evaluated in its box."""
+    """Rasterise ``patient`` at ``voxel_mm`` (isotropic), C6 to ~170 mm below the S1 endplate (the
+    whole sacrum), each structure evaluated only in its box."""
     voxel_mm = check_voxel_mm(voxel_mm)
     top = max(v.centre[2] for v in patient.vertebrae) + 20
     ys = [v.centre[1] for v in patient.vertebrae]
