@@ -102,6 +102,9 @@ def _bad_inputs(ct, paths: dict[str, Path], folder: Path) -> dict[str, tuple[lis
         "grades row": ([*c, *m, "--grades", str(grades)], "row 2 (line 3), column 'grade'", None),
         "missing CT": ([], "CT file not found", folder / "absent.nii.gz"),
         "sod beyond sid": (["--sod", "1200"], "SOD", None),
+        "infinite sid": (["--sid", "inf"], "sid_mm must be finite", None),
+        "nan rotation": (["--rotation", "nan"], "rotation_deg must be finite", None),
+        "huge fov": (["--fov", "1e6", "1e6"], "beyond 16384 a side", None),
     }
 
 

@@ -45,6 +45,7 @@ UNGRADED = "ungraded"  # the manifest label of a vertebra without a grade
 MANIFEST_COLUMNS = tuple(c for c in _SYNTH_COLUMNS if c != "split")
 ROW_LABELS = frozenset(set(range(1, 26)) | {28})  # vertebrae (not sacrum 26 and coccyx 27) get manifest rows
 _MAX_SIDE = 4096  # the default field of view is capped at this many pixels per side
+_MAX_DETECTOR = 16384  # a detector given by size or field of view has at most this many pixels per side
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,12 @@ def drr_study(ct_path: str | Path, out: str | Path, *, centroids: str | Path | N
     """
     out = Path(out)
     views = _check_options(out, views, rows, cols, fov_mm, seed, overwrite)
+    _check_numbers(sid_mm=sid_mm, sod_mm=sod_mm, pixel_mm=pixel_mm, rotation_deg=rotation_deg)
+    if fov_mm is not None and float(pixel_mm) > 0:
+        size = [math.ceil(float(v) / float(pixel_mm)) for v in fov_mm]
+        if max(size) > _MAX_DETECTOR:
+            raise DrrInputError(f"fov_mm {tuple(fov_mm)} at {pixel_mm} mm pixels is {size[1]} x {size[0]} pixels, "
+                                f"beyond {_MAX_DETECTOR} a side")
     inputs = _read_inputs(Path(ct_path), centroids, mask, grades)
     centre = _isocentre(inputs, isocentre)
     geometries = []
@@ -109,8 +116,8 @@ def _check_options(out: Path, views: Sequence[str], rows: int | None, cols: int 
         raise DrrInputError("give both rows and cols, or neither")
     if rows is not None and fov_mm is not None:
         raise DrrInputError("give rows and cols or fov_mm, not both")
-    if rows is not None and (int(rows) < 16 or int(cols) < 16 or max(int(rows), int(cols)) > 16384):
-        raise DrrInputError(f"detector size {rows} x {cols} pixels is outside 16-16384")
+    if rows is not None and (int(rows) < 16 or int(cols) < 16 or max(int(rows), int(cols)) > _MAX_DETECTOR):
+        raise DrrInputError(f"detector size {rows} x {cols} pixels is outside 16-{_MAX_DETECTOR}")
     if fov_mm is not None and (len(fov_mm) != 2 or not all(math.isfinite(float(v)) and float(v) > 0 for v in fov_mm)):
         raise DrrInputError(f"fov_mm must be two positive sizes (width, height) in mm, got {fov_mm!r}")
     if out.exists() and not out.is_dir():
@@ -118,6 +125,17 @@ def _check_options(out: Path, views: Sequence[str], rows: int | None, cols: int 
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise DrrInputError(f"{out}: already exists and is not empty; pass overwrite (--overwrite) to replace it")
     return views
+
+
+def _check_numbers(**values: Any) -> None:
+    """Geometry numbers must be finite (the geometry itself checks their ranges)."""
+    for name, value in values.items():
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise DrrInputError(f"{name} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise DrrInputError(f"{name} must be finite, got {value!r}")
 
 
 def _read_inputs(ct_path: Path, centroids: Any, mask: Any, grades: Any) -> _Inputs:
