@@ -15,7 +15,7 @@ import pytest
 from drr_ct_factory import BODY_HEIGHT, LABELS, make_ct, write_ct
 
 from spine_dfl.drr.geometry import DrrGeometry, project_points
-from spine_dfl.drr.project import body_mask_3d, project_body, spine_axes
+from spine_dfl.drr.project import SILHOUETTE_MM, body_mask_3d, project_body, silhouette, spine_axes
 from spine_dfl.drr.study import UNGRADED, drr_study
 from spine_dfl.io import read_image
 from spine_dfl.io.vocabulary import POINT_NAMES
@@ -66,6 +66,24 @@ def test_body_mask_3d_keeps_the_body_without_posterior_elements(ct) -> None:
         truth = ct.bodies == label
         assert (body & truth).sum() / (body | truth).sum() > 0.98
         assert (ct.labels == label).sum() > 1.2 * truth.sum()  # the mask did hold posterior elements
+
+
+def test_silhouette_on_its_window_matches_a_whole_film_render(ct) -> None:
+    import torch
+
+    from spine_dfl.drr.render import path_lengths
+
+    world = ct.affine[:3, :3] @ ct.centroids[20] + ct.affine[:3, 3]
+    g = DrrGeometry(rows=150, cols=140, isocentre=tuple(world + [0.0, 6.0, -4.0]), pixel_mm=PIXEL, rotation_deg=10.0)
+    body = ct.bodies == 20
+    windowed = silhouette(body, ct.affine, g)
+    direct = path_lengths(torch.from_numpy(body), ct.affine, g).numpy() > SILHOUETTE_MM
+    assert windowed.shape == (150, 140) and direct.sum() > 1000
+    assert (windowed & direct).sum() / (windowed | direct).sum() > 0.93
+    centre = [np.argwhere(s).mean(axis=0) for s in (windowed, direct)]
+    assert np.abs(centre[0] - centre[1]).max() < 0.3  # the window sits where the film's pixels are
+    cut = DrrGeometry(rows=24, cols=140, isocentre=g.isocentre, pixel_mm=PIXEL, rotation_deg=10.0)
+    assert silhouette(body, ct.affine, cut).sum() < windowed.sum()  # the film's edge clips it
 
 
 def test_manifest_rows_levels_and_grades(study) -> None:
@@ -137,8 +155,9 @@ def test_dx_tags_and_reading_back(study) -> None:
         assert float(ds.DistanceSourceToDetector) == 1000.0 and float(ds.DistanceSourceToPatient) == 850.0
         assert float(ds.EstimatedRadiographicMagnificationFactor) == pytest.approx(1000 / 850, abs=1e-5)
         assert (ds.ViewPosition, list(ds.PatientOrientation)) == expected[view]
+        assert ds.ViewCodeSequence[0].CodeValue == {"RL": "399198007", "AP": "399348003"}[ds.ViewPosition]
         assert ds.BodyPartExamined == "SPINE"  # T12-L2: thoracic and lumbar
-        assert ds.PatientID == "tiny01" and (ds.Rows, ds.Columns) == (entry["rows"], entry["cols"])
+        assert ds.PatientID == "tiny01" and str(ds.PatientName) == "DRR^tiny01" and (ds.Rows, ds.Columns) == (entry["rows"], entry["cols"])
         radiograph = read_image(path)
         assert radiograph.pixels.shape == (entry["rows"], entry["cols"])
     lateral, ap = (pydicom.dcmread(root / "out" / images[v]["image"]) for v in ("lateral", "ap"))

@@ -28,6 +28,8 @@ from spine_dfl.drr.geometry import DrrGeometry
 __all__ = ["BODY_PARTS", "DrrIdentity", "drr_dataset", "write_dx"]
 
 BODY_PARTS = ("SPINE", "TSPINE", "LSPINE")
+_VIEW_CODES = {"RL": ("399198007", "right lateral"), "LL": ("399173006", "left lateral"),
+               "AP": ("399348003", "antero-posterior"), "PA": ("272479007", "postero-anterior")}
 _VIEW_WORDS = {"RL": "LATERAL", "LL": "LATERAL", "AP": "AP", "PA": "PA"}
 
 
@@ -89,7 +91,8 @@ def _set_identity(ds: Dataset, identity: DrrIdentity, uids: dict[str, str], g: D
                   description: str) -> None:
     """Patient, study, series, equipment and instance identification."""
     day = identity.study_date.strftime("%Y%m%d") if identity.study_date else ""
-    ds.PatientName = identity.patient_name or identity.patient_id
+    # a known name as given; else the ID as the family name in PN's component form (as synth's SYNTH^nnnn)
+    ds.PatientName = identity.patient_name or f"DRR^{identity.patient_id}"
     ds.PatientID = identity.patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = identity.sex if identity.sex in ("M", "F", "O") else ""
@@ -129,6 +132,11 @@ def _set_geometry(ds: Dataset, g: DrrGeometry, orientation: tuple[str, str], bod
     ds.AnatomicRegionSequence = DicomSequence([region])
     ds.PatientOrientation = list(orientation)
     ds.ViewPosition = g.view_position
+    view = Dataset()  # CID 4010: the projection ViewPosition names, as a code (dciodvfy asks for it)
+    view.CodeValue, view.CodeMeaning = _VIEW_CODES[g.view_position]
+    view.CodingSchemeDesignator = "SCT"
+    view.ViewModifierCodeSequence = DicomSequence([])
+    ds.ViewCodeSequence = DicomSequence([view])
     ds.DistanceSourceToDetector = _ds(round(g.sid_mm, 3))
     ds.DistanceSourceToPatient = _ds(round(g.sod_mm, 3))
     ds.EstimatedRadiographicMagnificationFactor = _ds(round(g.magnification, 6))

@@ -6,8 +6,8 @@ anterior direction (patient +y made perpendicular to the spine axis, which comes
 neighbouring centroids) until the mask ends at the canal, and keeps what lies anterior of that
 posterior wall.  ``project_body`` renders a body's path lengths (``render.path_lengths``) on a
 detector window around it (which may reach beyond the film); the silhouette is where they exceed
-``SILHOUETTE_MM``.  ``six_points`` and ``roi`` read the manifest's truth off it, ``body_on_film``
-does all of it for one body.
+``SILHOUETTE_MM`` (``silhouette`` gives it on the whole film).  ``six_points`` and ``roi`` read the
+manifest's truth off it, ``body_on_film`` does all of it for one body.
 
 Pixels are continuous (x = column, y = row), pixel (r, c) covering [c, c+1) x [r, r+1).
 """
@@ -26,7 +26,7 @@ from spine_dfl.io.vocabulary import POINT_NAMES
 __all__ = [
     "ANATOMICAL_ORDER", "IN_FILM", "MEASURE_POSITIONS", "ROI_PAD", "SILHOUETTE_MM", "BodyMaskError", "BodyOnFilm",
     "BodyProjection", "body_mask_3d", "body_on_film", "image_directions", "local_anterior", "project_body", "roi",
-    "roi_of", "six_points", "spine_axes",
+    "roi_of", "silhouette", "six_points", "spine_axes",
 ]
 
 SILHOUETTE_MM = 1.0  # a pixel is in a body's silhouette when its ray runs > 1 mm through the body
@@ -179,6 +179,19 @@ def project_body(body: np.ndarray, affine: np.ndarray, g: DrrGeometry, level: fl
     x1, y1 = (int(math.ceil(v)) + 2 for v in uv.max(axis=0))
     field = path_lengths(torch.from_numpy(crop), crop_affine, sub_geometry(g, x0, y0, x1, y1)).numpy()
     return BodyProjection(field.astype(np.float32), x0, y0, level)
+
+
+def silhouette(body: np.ndarray, affine: np.ndarray, g: DrrGeometry, threshold_mm: float = SILHOUETTE_MM) -> np.ndarray:
+    """The body's silhouette on the whole film of ``g``: bool (rows, cols), where its ray runs more
+    than ``threshold_mm`` through ``body``; rendered on the body's own window (``project_body``)."""
+    projection = project_body(body, affine, g, threshold_mm)
+    out = np.zeros((g.rows, g.cols), dtype=bool)
+    if not projection.field.size:
+        return out
+    sil = projection.on_film(g.rows, g.cols)
+    ys, xs = np.nonzero(sil)
+    out[ys + projection.y0, xs + projection.x0] = True
+    return out
 
 
 def _upsampled(crop: np.ndarray, affine: np.ndarray, lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
