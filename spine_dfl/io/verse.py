@@ -110,7 +110,8 @@ def read_centroids(path: str | Path, shape: Sequence[int], affine: np.ndarray) -
         if not np.isfinite(xyz).all():
             continue  # VerSe marks a centroid it could not place with NaN
         if not math.isfinite(label) or label != int(label) or not 1 <= int(label) <= 28:
-            raise VerseFormatError(f"{path}: entry {index}, key 'label': {entry['label']!r} is outside VerSe's labels 1-28")
+            raise VerseFormatError(f"{path}: entry {index}, key 'label': {entry['label']!r} is outside "
+                                   "VerSe's labels 1-28")
         if int(label) in centroids:
             raise VerseFormatError(f"{path}: entry {index}, key 'label': label {int(label)} appears twice")
         if any(c < -0.5 or c > n - 0.5 for c, n in zip(xyz, coded_shape)):
