@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_benchmark
 from spine_dfl.drr.geometry import (
     DrrGeometry,
     detector_frame,
@@ -191,6 +192,15 @@ def test_hu_to_mu_and_exposure():
     assert a.dtype == np.float32 and a.shape == L.shape and 0.0 <= a.min() and a.max() <= 1.0
     assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
     assert a[20:28, 30:40].mean() > a[10:18, 30:40].mean() + 0.1  # more attenuation is brighter (bone bright)
+
+
+def test_speed_benchmark_runs_and_layouts_agree():
+    result = load_benchmark("drr_speed").measure(shape=(24, 20, 16), voxel_mm=4.0, detector=(30, 40), repeats=1)
+    assert set(result["median_s"]) == {"lateral_C", "lateral_F", "ap_C", "ap_F"}
+    means = result["mean_line_integral"]
+    assert means["lateral_C"] == pytest.approx(means["lateral_F"], rel=1e-5) and means["lateral_C"] > 0.5
+    assert means["ap_C"] == pytest.approx(means["ap_F"], rel=1e-5) and means["ap_C"] > 0.5
+    assert result["threads"] >= 1 and result["max_median_s"] > 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -28,7 +28,8 @@ _CHUNK = 64  # voxel planes per contiguous slab
 
 def hu_to_mu(hu: torch.Tensor, mu_water_per_mm: float = MU_WATER_PER_MM) -> torch.Tensor:
     """Hounsfield units -> linear attenuation (1/mm), HU clipped at -1000 (air = 0)."""
-    return (hu.float().clamp(min=-1000.0) / 1000.0 + 1.0) * mu_water_per_mm
+    mu = hu.to(torch.float32, copy=True)  # one copy, then in place: a 512^3 CT is 0.5 GB as float
+    return mu.clamp_(min=-1000.0).add_(1000.0).mul_(mu_water_per_mm / 1000.0)
 
 
 def _pixel_centres(g: DrrGeometry) -> np.ndarray:
