@@ -192,6 +192,8 @@ def test_hu_to_mu_and_exposure():
     assert a.dtype == np.float32 and a.shape == L.shape and 0.0 <= a.min() and a.max() <= 1.0
     assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
     assert a[20:28, 30:40].mean() > a[10:18, 30:40].mean() + 0.1  # more attenuation is brighter (bone bright)
+    with pytest.raises(ValueError, match="photons"):
+        Exposure(photons=0.0)
 
 
 def test_speed_benchmark_runs_and_layouts_agree():

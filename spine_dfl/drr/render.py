@@ -155,7 +155,8 @@ def line_integrals(mu: torch.Tensor, affine: np.ndarray, g: DrrGeometry) -> torc
     ``affine`` maps voxel indices of ``mu`` to world mm (any orientation, oblique or sheared).
     The voxel planes along the axis the rays cross most steeply are each the farthest one scaled
     about the source, so each is resampled onto that plane's grid separably and summed; the sum is
-    sampled at each ray's crossing and times the ray's length per plane.
+    sampled at each ray's crossing and times the ray's length per plane.  Planes behind the source
+    are left out; the volume is taken to lie between source and detector.
     """
     if mu.ndim != 3:
         raise ValueError(f"mu must be a 3D volume, got shape {tuple(mu.shape)}")
@@ -192,6 +193,13 @@ class Exposure:
     window_percentiles: tuple[float, float] = (1.0, 99.5)
     unsharp_sigma_px: float = 30.0
     unsharp_amount: float = 2.0
+
+    def __post_init__(self) -> None:
+        lo, hi = self.window_percentiles
+        if not (self.photons > 0 and self.electronic_noise >= 0 and 0 <= lo < hi <= 100 and self.unsharp_sigma_px > 0
+                and self.unsharp_amount >= 0):
+            raise ValueError(f"exposure needs photons > 0, noise >= 0, 0 <= low < high <= 100 percentiles, "
+                             f"sigma > 0 and amount >= 0; got {self}")
 
 
 def expose(line_integral: torch.Tensor | np.ndarray, exposure: Exposure, rng: np.random.Generator) -> np.ndarray:
