@@ -24,6 +24,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, DigitalXRayImageStorageForPr
 from spine_dfl import __version__
 from spine_dfl.atomic import atomic_output
 from spine_dfl.drr.geometry import DrrGeometry
+from spine_dfl.synth.dicom import spine_region_sequence
 
 __all__ = ["BODY_PARTS", "DrrIdentity", "drr_dataset", "write_dx"]
 
@@ -125,11 +126,7 @@ def _set_geometry(ds: Dataset, g: DrrGeometry, orientation: tuple[str, str], bod
     """Anatomy imaged, detector and positioning: the projection's distances, pitch and view."""
     ds.BodyPartExamined = body_part
     ds.ImageLaterality = "U"
-    region = Dataset()
-    region.CodeValue = "421060004"
-    region.CodingSchemeDesignator = "SCT"
-    region.CodeMeaning = "Spine"
-    ds.AnatomicRegionSequence = DicomSequence([region])
+    ds.AnatomicRegionSequence = spine_region_sequence()
     ds.PatientOrientation = list(orientation)
     ds.ViewPosition = g.view_position
     view = Dataset()  # CID 4010: the projection ViewPosition names, as a code (dciodvfy asks for it)

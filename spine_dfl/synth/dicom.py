@@ -225,11 +225,16 @@ def _set_exposure(ds: Dataset, is_dx: bool, rendered: RenderedPatient, rng: np.r
     ds.ViewPosition = "LL"
     ds.PatientOrientation = ["P", "F"]
     ds.ImageLaterality = "U"
+    ds.AnatomicRegionSequence = spine_region_sequence()
+
+
+def spine_region_sequence() -> DicomSequence:
+    """AnatomicRegionSequence of a spine radiograph (SCT 421060004 Spine), for every generator's files."""
     region = Dataset()
     region.CodeValue = "421060004"
     region.CodingSchemeDesignator = "SCT"
     region.CodeMeaning = "Spine"
-    ds.AnatomicRegionSequence = DicomSequence([region])
+    return DicomSequence([region])
 
 
 def _set_image(ds: Dataset, acquisition: Acquisition, stored: StoredImage) -> None:
