@@ -21,6 +21,7 @@ from spine_dfl.drr.geometry import (
     reorient_array,
     reoriented,
     source_position,
+    sub_geometry,
 )
 from spine_dfl.drr.render import Exposure, expose, hu_to_mu, line_integrals, path_lengths
 
@@ -129,6 +130,24 @@ def test_matrix_agrees_with_source_and_detector_frame():
     halfway = source_position(g) + 0.6 * (on_detector - source_position(g))
     assert project_points(P, halfway) == pytest.approx(uv, abs=1e-9)
     assert project_points(P, [ISO])[0] == pytest.approx([77.0, 160.5], abs=1e-9)  # the central ray
+
+
+def test_sub_geometry_is_the_window_of_the_whole_detector():
+    g = DrrGeometry(rows=220, cols=260, isocentre=ISO, rotation_deg=15.0, principal=(140.5, 95.25), pixel_mm=0.4)
+    x0, y0, x1, y1 = 144, 46, 181, 77  # a 37 x 31 window over the sphere's disk, cutting through it
+    sub = sub_geometry(g, x0, y0, x1, y1)
+    assert (sub.rows, sub.cols) == (31, 37)
+    assert np.allclose(source_position(sub), source_position(g))
+    assert np.allclose(detector_frame(sub)[1:], detector_frame(g)[1:])  # the same plane and directions
+    shift = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+    assert projection_matrix(sub) == pytest.approx(shift @ projection_matrix(g), abs=1e-9)
+    world = _voxel_world(SHAPE, AFFINE)
+    ball = np.clip(5.5 - np.linalg.norm(world - (np.array(ISO) + [9.0, -6.0, 11.0]), axis=1), 0.0, 1.0)
+    mu = torch.from_numpy(ball.reshape(SHAPE).astype(np.float32))
+    whole = line_integrals(mu, AFFINE, g).numpy()
+    window = line_integrals(mu, AFFINE, sub).numpy()
+    assert whole[y0:y1, x0:x1].sum() > 0.5 * whole.sum()  # the window holds most of the disk
+    assert np.abs(window - whole[y0:y1, x0:x1]).max() < 0.03 * whole.max()  # only the resampling grid differs
 
 
 def test_patient_orientation_and_view_position():
