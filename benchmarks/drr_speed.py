@@ -10,8 +10,10 @@ of soft tissue with a spine and air around it (most voxel planes occupied, as in
 CT).  Two layouts: "C" (the lateral axis slowest in memory) and "F" (fastest, as nibabel hands
 a NIfTI's array over; the renderer then copies slabs of planes, about 0.6 s more).  The
 detector is a 17 x 14 inch portrait cassette at 0.5 mm, SID 1000, SOD 850, which covers the
-whole CT.  On a machine shared with other jobs OpenMP threads spin-wait against them: compare
-``--threads 1`` before concluding that 2 threads are slow.
+whole CT.  On a machine shared with other jobs OpenMP threads spin-wait against them (the
+renderer runs a few small parallel ops per voxel plane): there 2 threads can take 10-20x longer
+than on idle cores, ``OMP_WAIT_POLICY=PASSIVE`` (set before Python starts) or ``--threads 1``
+avoid that; the JSON records the policy and the load average.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def measure(shape: Sequence[int] = (512, 512, 400), voxel_mm: float = 0.8, detec
         "median_cpu_s": cpu,
         "line_integrals_median_s": integrals,
         "mean_line_integral": means,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
