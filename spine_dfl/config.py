@@ -6,6 +6,8 @@ scoring, evaluation and explanation need nothing else.
 
 from __future__ import annotations
 
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +19,15 @@ from spine_dfl.data.transforms.settings import AugmentConfig
 from spine_dfl.locate.settings import LocatorConfig
 from spine_dfl.model.defaults import DEFAULT_BRANCH_WEIGHTS
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The shipped configs are package data (spine_dfl/configs/*.yaml), read through importlib.resources
+# so an installed wheel finds them as a source checkout does.
+SHIPPED_CONFIGS: Traversable = resources.files("spine_dfl").joinpath("configs")
+
+
+def shipped_config_names() -> list[str]:
+    """The names of the shipped configs (``cpu_demo``, ...), sorted."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in SHIPPED_CONFIGS.iterdir()
+                  if entry.name.endswith(".yaml") and entry.is_file())
 
 
 class ConfigError(ValueError):
@@ -141,16 +151,23 @@ class RunConfig(_Strict):
         return self
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A path, or the name of a shipped config (``cpu_demo`` or ``cpu_demo.yaml`` in ``configs/``)."""
+def resolve_config_path(name_or_path: str | Path) -> Path | Traversable:
+    """A path to an existing file, or else the shipped config of that name (``cpu_demo``,
+    ``cpu_demo.yaml`` or ``configs/cpu_demo.yaml`` all name ``spine_dfl/configs/cpu_demo.yaml``)."""
     path = Path(name_or_path)
     if path.is_file():
         return path
-    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
-        if candidate.is_file():
+    for name in (path.name, f"{path.name}.yaml"):
+        candidate = SHIPPED_CONFIGS.joinpath(name)
+        if name.endswith(".yaml") and candidate.is_file():
             return candidate
-    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none found"
-    raise ConfigError(f"{name_or_path}: no such config file (shipped configs in {CONFIG_DIR}: {shipped})")
+    shipped = ", ".join(shipped_config_names()) or "none found"
+    raise ConfigError(f"{name_or_path}: no such config file (shipped configs in {SHIPPED_CONFIGS}: {shipped})")
+
+
+def _identity(source: Path | Traversable) -> str:
+    """What tells two config files apart for the ``extends`` loop check."""
+    return str(source.resolve()) if isinstance(source, Path) else str(source)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -182,15 +199,16 @@ def _merged(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_tree(path: str | Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def _read_tree(path: str | Path | Traversable, chain: tuple[str, ...] = ()) -> dict[str, Any]:
     """The mapping of the YAML config at ``path``; ``extends: NAME`` puts it over the config
     NAME (a path or a shipped name, resolved as ``--config`` is), so a variant names only what it
     changes."""
-    resolved = resolve_config_path(path).resolve()
+    source = resolve_config_path(path) if isinstance(path, (str, Path)) else path  # a Traversable is resolved
+    resolved = _identity(source)
     if resolved in chain:
-        raise ConfigError(f"{resolved}: extends itself through {' -> '.join(str(p) for p in chain)}")
+        raise ConfigError(f"{resolved}: extends itself through {' -> '.join(chain)}")
     try:
-        loaded = yaml.safe_load(resolved.read_text())
+        loaded = yaml.safe_load(source.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{resolved}: not valid YAML: {exc}") from exc
     if loaded is not None and not isinstance(loaded, dict):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from spine_dfl.config import CONFIG_DIR, ConfigError, config_to_dict, load_config
+from spine_dfl.config import ConfigError, config_to_dict, load_config, shipped_config_names
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("name", shipped_config_names())
 def test_shipped_configs_validate(name: str) -> None:
     config = load_config(name)
     assert config.model.filters_per_class >= 1

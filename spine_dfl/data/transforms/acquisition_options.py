@@ -40,7 +40,7 @@ class AcquisitionAugment:
     roi_follows_reframe: the ROI itself (the box a ``pstream_region: roi`` P-stream searches)
         grows and moves with the reframed crop, as another site's box would; off, the true box
         stays.  Off by default and in the CPU demo; on, in half of the reframed samples
-        (``roi_follows_prob``), in ``configs/cpu_multisite.yaml``, which halves the cross-site
+        (``roi_follows_prob``), in ``spine_dfl/configs/cpu_multisite.yaml``, which halves the cross-site
         drop of macro AUC at the cost of wedge fractures' patches on two seeds of three (README
         "Moving to another site").
     roi_follows_prob: with ``roi_follows_reframe``, the fraction of reframed samples whose ROI
@@ -50,7 +50,7 @@ class AcquisitionAugment:
         more, the new crop's percentile window, as at another site) instead of zooming the cached
         crop (``RandRoiReframed``: ``fill`` where the anatomy would be).  The cache then holds the
         larger windows (``crop.window_margin``); evaluation is unchanged.  Off by default and in the
-        CPU demo, on in ``configs/cpu_multisite.yaml`` (README "Moving to another site").
+        CPU demo, on in ``spine_dfl/configs/cpu_multisite.yaml`` (README "Moving to another site").
     fill: the value of "no signal" in the input (0 after the percentile normalisation).
     """
 
