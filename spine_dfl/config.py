@@ -25,7 +25,9 @@ SHIPPED_CONFIGS: Traversable = resources.files("spine_dfl").joinpath("configs")
 
 
 def shipped_config_names() -> list[str]:
-    """The names of the shipped configs (``cpu_demo``, ...), sorted."""
+    """The names of the shipped configs (``cpu_demo``, ...), sorted; none if the folder is missing."""
+    if not SHIPPED_CONFIGS.is_dir():
+        return []
     return sorted(entry.name.removesuffix(".yaml") for entry in SHIPPED_CONFIGS.iterdir()
                   if entry.name.endswith(".yaml") and entry.is_file())
 
