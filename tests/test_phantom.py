@@ -164,6 +164,9 @@ def test_layout_reread_with_nibabel_and_verse_centroids(tmp_path):
     assert "T13" in [r["vertebra"] for r in rows]
     truth = json.loads(paths["truth"].read_text())
     assert truth["truth"]["rib_pairs"] == 13 and truth["truth"]["last_rib_label"] == 28
+    t13 = next(v for v in ct.patient.vertebrae if v.label == 28)
+    assert np.allclose(truth["truth"]["anchors"]["last_rib_body_centre"], t13.centre, atol=1e-3)
+    assert np.linalg.norm(_world(ct, ct.centroids[28]) - t13.centre) < ct.voxel_mm  # the anchor is the body's centre
 
 
 def test_cli_writes_refuses_and_overwrites(tmp_path, capsys):

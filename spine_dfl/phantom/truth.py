@@ -39,7 +39,7 @@ class PhantomTruth:
     transitional: str  # one of anatomy.TRANSITIONAL_KINDS
     last_rib_level: str
     last_rib_label: int
-    anchors: dict[str, tuple[float, float, float]]  # s1_endplate_centre, c7_body_centre, t1_body_centre
+    anchors: dict[str, tuple[float, float, float]]  # s1_endplate_centre, last_rib_body_centre, c7/t1_body_centre
 
 
 def grade_rows(patient: PhantomPatient) -> tuple[GradeRow, ...]:
@@ -59,6 +59,7 @@ def phantom_truth(patient: PhantomPatient) -> PhantomTruth:
     last = [v for v in patient.vertebrae if v.ribs][-1]
     anchors = {
         "s1_endplate_centre": tuple(float(x) for x in patient.sacrum_centre),
+        "last_rib_body_centre": tuple(float(x) for x in last.centre),
         "c7_body_centre": tuple(float(x) for x in by_level["C7"].centre),
         "t1_body_centre": tuple(float(x) for x in by_level["T1"].centre),
     }
