@@ -159,10 +159,13 @@ def resolve_config_path(name_or_path: str | Path) -> Path | Traversable:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    for name in (path.name, f"{path.name}.yaml"):
-        candidate = SHIPPED_CONFIGS.joinpath(name)
-        if name.endswith(".yaml") and candidate.is_file():
-            return candidate
+    # Only a bare name or the old repo-relative spelling names a shipped config: a mistyped path to
+    # the user's own copy (``~/exp/cpu_demo.yaml``) is an error, not the shipped file.
+    if path.parent.as_posix() in (".", "configs", "spine_dfl/configs"):
+        for name in (path.name, f"{path.name}.yaml"):
+            candidate = SHIPPED_CONFIGS.joinpath(name)
+            if name.endswith(".yaml") and candidate.is_file():
+                return candidate
     shipped = ", ".join(shipped_config_names()) or "none found"
     raise ConfigError(f"{name_or_path}: no such config file (shipped configs in {SHIPPED_CONFIGS}: {shipped})")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import spine_dfl
-from spine_dfl.config import load_config, resolve_config_path, shipped_config_names
+from spine_dfl.config import ConfigError, load_config, resolve_config_path, shipped_config_names
 
 PACKAGE = Path(spine_dfl.__file__).resolve().parent
 PYPROJECT = PACKAGE.parent / "pyproject.toml"
@@ -31,6 +31,12 @@ def test_every_shipped_config_loads_by_name_from_the_resources(name: str, tmp_pa
     assert resolve_config_path(f"{name}.yaml") == source
     assert resolve_config_path(f"configs/{name}.yaml") == source  # the old repo-relative spelling
     assert load_config(name) == load_config(source)
+
+
+def test_a_missing_path_elsewhere_is_not_the_shipped_config_of_its_name(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no such config file"):
+        resolve_config_path(tmp_path / "exp" / "cpu_demo.yaml")
 
 
 def test_extends_finds_the_shipped_base_from_anywhere(tmp_path, monkeypatch) -> None:
