@@ -1,4 +1,6 @@
-"""Checkpoints that carry everything scoring needs: weights, config, class names, preprocessing.
+"""Checkpoints that carry everything scoring needs: weights, config, class names, preprocessing, and
+(from the end of training) ``calibration`` (temperatures, ``engine.calibration``) and ``shift`` (the
+training distribution's feature statistics, ``engine.shift``).
 
 Written atomically (temporary file, then ``os.replace``) and read with
 ``torch.load(weights_only=True)``, so a checkpoint can never execute code and a crash
@@ -18,6 +20,8 @@ import torch
 from spine_dfl import __version__
 from spine_dfl.atomic import atomic_output
 from spine_dfl.data.transforms import Preprocessing
+from spine_dfl.engine.calibration import Temperatures, temperatures_from_checkpoint
+from spine_dfl.engine.shift import ShiftModel
 from spine_dfl.heatmap.erf import patch_side_record, remember_patch_side
 from spine_dfl.model import DFLNet
 
@@ -37,6 +41,10 @@ class LoadedCheckpoint:
     preprocessing: Preprocessing
     config: dict[str, Any]
     raw: dict[str, Any]
+    # Fitted at the end of training (``engine.calibration``, ``engine.shift``); older checkpoints: all
+    # temperatures 1 (warned once on loading) and no shift statistics (None).
+    temperatures: Temperatures = Temperatures()
+    shift: ShiftModel | None = None
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -167,4 +175,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         preprocessing=preprocessing_from_dict(raw["preprocessing"]),
         config=raw["config"],
         raw=raw,
+        temperatures=temperatures_from_checkpoint(raw),
+        shift=ShiftModel.from_record(raw.get("shift")),
     )

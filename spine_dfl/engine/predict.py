@@ -1,6 +1,7 @@
 """Run a DFLNet over manifest records and build the predictions table (`spine_dfl.predictions`).
 
-Probabilities are softmaxes of each branch's logits; ``prob_`` is the fused prediction.
+Probabilities are softmaxes of each branch's logits divided by that branch's temperature (the
+checkpoint's ``engine.calibration.Temperatures``; 1 when none are given); ``prob_`` is the fused prediction.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from spine_dfl.data.dataset import build_dataset
 from spine_dfl.data.transforms import Preprocessing
+from spine_dfl.engine.calibration import Temperatures, calibrated_softmax
 from spine_dfl.engine.device import resolve_device
 from spine_dfl.model import DFLNet
 from spine_dfl.predictions import BRANCHES, build_predictions
@@ -41,14 +43,19 @@ def predict_logits(
     loader: DataLoader,
     device: torch.device,
     amp: bool = True,
+    features: bool = False,
 ) -> dict[str, np.ndarray]:
     """Logits of every branch for every sample of ``loader``, ordered by record index.
 
-    Returns ``{"index": (N,), "label": (N,), "g"/"p"/"side"/"fused": (N, M)}``.
+    Returns ``{"index": (N,), "label": (N,), "g"/"p"/"side"/"fused": (N, M)}``; with ``features`` also
+    ``"features"``: (N, d) float32, the shift score's features (``engine.shift.shift_features``).
     """
+    from spine_dfl.engine.shift import shift_features
+
     was_training = model.training
     model.eval()
-    chunks: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "label", "g", "p", "side", "fused")}
+    keys = ("index", "label", "g", "p", "side", "fused", *(("features",) if features else ()))
+    chunks: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     use_amp = amp and device.type == "cuda"
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
@@ -56,6 +63,8 @@ def predict_logits(
             out = model(images, roi=batch["roi_input"].to(device))
         for name in ("g", "p", "side", "fused"):
             chunks[name].append(getattr(out, name).float().cpu().numpy())
+        if features:
+            chunks["features"].append(shift_features(out).cpu().numpy())
         chunks["index"].append(batch["index"].numpy())
         chunks["label"].append(batch["label"].numpy())
     model.train(was_training)
@@ -76,16 +85,19 @@ def predictions_table(
     records: Sequence[dict[str, Any]],
     logits: dict[str, np.ndarray],
     class_names: Sequence[str],
+    temperatures: Temperatures | None = None,
 ) -> pd.DataFrame:
-    """The predictions table (`spine_dfl.predictions`) of records (in index order) and branch logits."""
+    """The predictions table (`spine_dfl.predictions`) of records (in index order) and branch logits,
+    each branch's probabilities calibrated with ``temperatures`` (none: the raw softmax)."""
+    t = temperatures or Temperatures()
     rows = [records[i] for i in logits["index"]]
     identities = [
         {"image": r["image"], "vertebra": r.get("vertebra"), "patient_id": r.get("patient_id"),
          "label": r.get("label_name"), "sop_instance_uid": r.get("sop_instance_uid"), "roi": r.get("roi")}
         for r in rows
     ]
-    branch_probs = {b: softmax(logits[b]) for b in BRANCHES}
-    return build_predictions(identities, softmax(logits["fused"]), class_names, branch_probs)
+    branch_probs = {b: calibrated_softmax(logits[b], t.of(b)) for b in BRANCHES}
+    return build_predictions(identities, calibrated_softmax(logits["fused"], t.fused), class_names, branch_probs)
 
 
 def predict_records(
@@ -97,8 +109,10 @@ def predict_records(
     device: torch.device | str = "auto",
     workers: int = 0,
     dataset: Any | None = None,
+    temperatures: Temperatures | None = None,
 ) -> pd.DataFrame:
-    """Predictions table for ``records`` (deterministic eval transforms, no augmentation).
+    """Predictions table for ``records`` (deterministic eval transforms, no augmentation), its
+    probabilities calibrated with ``temperatures`` (a loaded checkpoint's; none: the raw softmax).
 
     ``dataset`` may be passed to reuse an already cached evaluation dataset of the same records.
     """
@@ -114,4 +128,4 @@ def predict_records(
         pin_memory=device.type == "cuda",
     )
     logits = predict_logits(model, loader, device)
-    return predictions_table(records, logits, class_names)
+    return predictions_table(records, logits, class_names, temperatures)

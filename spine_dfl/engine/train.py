@@ -68,7 +68,8 @@ class TrainResult:
     best_epoch: int
     best_score: float
     epochs_run: int
-    val_predictions: Any = None  # pandas DataFrame of the best model on the validation split
+    val_predictions: Any = None  # pandas DataFrame of the best model on the validation split (calibrated)
+    calibration: dict[str, Any] | None = None  # calibration.json's content (engine.posthoc), rank 0
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -299,15 +300,18 @@ def _finish(
     model: DFLNet, data: TrainData, config: RunConfig, out_dir: Path, state: Progress, epochs_run: int,
     dist: Distributed, device: torch.device,
 ) -> TrainResult:
-    """Rank 0 reloads best.pt and predicts the validation split with it; every rank waits for that."""
+    """Rank 0 reloads best.pt, fits calibration and the shift statistics with it (``engine.posthoc``: into
+    best.pt and calibration.json) and predicts the validation split, calibrated; every rank waits for that."""
+    from spine_dfl.engine.posthoc import fit_after_training
+
     best_path = out_dir / BEST_NAME
     result = TrainResult(out_dir, best_path, state.best_epoch + 1, state.best_score, epochs_run,
                          history=state.history)
     if dist.is_main:
         best = read_checkpoint(best_path, map_location=device)
         model.load_state_dict(best["model_state"])
-        _, result.val_predictions = _validate(model, data.val_set, data.val_records, data.class_names,
-                                              config, device)
+        result.val_predictions, result.calibration = fit_after_training(model, data, config, out_dir, best_path,
+                                                                        device)
     dist.barrier()
     return result
 

@@ -37,6 +37,7 @@ class DFLOutput:
     peak_score: Tensor  # (B, M*k) each filter's maximum response
     feature_size: tuple[int, int]  # (H, W) of the conv4 map
     response_maps: Tensor | None = None  # (B, M*k, H, W) when forward(x, return_maps=True)
+    embedding: Tensor | None = None  # (B, head_channels) the G-stream's globally pooled features (before its Linear)
 
 
 class DFLNet(nn.Module):
@@ -140,9 +141,11 @@ class DFLNet(nn.Module):
         roi (a whole-image model) the P-stream searches the whole crop.
         """
         features = self.trunk_features(x)
-        g = self.g_stream(features)
+        stream = self.g_stream
+        embedding = stream.flatten(stream.pool(stream.head(features)))  # what g_stream(features) computes on the way
+        g = stream.classifier(embedding)
         if self.p_filters is None:
-            return self._g_only(g, features)
+            return self._g_only(g, features, embedding)
 
         response_maps = self.p_filters(features)  # (B, M*k, H, W)
         searched = response_maps
@@ -164,6 +167,7 @@ class DFLNet(nn.Module):
             peak_score=pooled,
             feature_size=(features.shape[-2], features.shape[-1]),
             response_maps=response_maps if return_maps else None,
+            embedding=embedding,
         )
 
     def searched_locations(self, roi: Tensor | None, feature_size: tuple[int, int]) -> Tensor | None:
@@ -173,12 +177,13 @@ class DFLNet(nn.Module):
             return None
         return location_mask(roi, feature_size, self.stride, self.rf_center_offset)
 
-    def _g_only(self, g: Tensor, features: Tensor) -> DFLOutput:
+    def _g_only(self, g: Tensor, features: Tensor, embedding: Tensor | None = None) -> DFLOutput:
         """The plain classifier's output: zero P and side logits, no peaks."""
         zeros = torch.zeros_like(g).detach()
         none = torch.zeros((g.shape[0], self.num_classes * self.filters_per_class), dtype=torch.long, device=g.device)
         return DFLOutput(g=g, p=zeros, side=zeros, fused=self.fuse_weights[0] * g, peak_index=none,
-                         peak_score=none.to(g.dtype), feature_size=(features.shape[-2], features.shape[-1]))
+                         peak_score=none.to(g.dtype), feature_size=(features.shape[-2], features.shape[-1]),
+                         embedding=embedding)
 
     def class_filter_slice(self, class_index: int) -> slice:
         """Channels of `p_filters` (and columns of `p_classifier`) belonging to class `class_index`."""
