@@ -16,6 +16,16 @@ Columns, in this order (a group appears only where its writer knows it):
 - ``roi_source``, ``locator_confidence`` (ROI models): where the ROI came from (``file``: score's
   --rois, ``manifest``, ``locator``) and, for a located one, the locator's confidence (detection score
   times level confidence);
+- ``shift_score``, ``in_distribution`` (score): the image's shift score (``engine.shift``: mean Mahalanobis
+  distance of its vertebrae's grader features to the training split's) and ``yes``/``no`` (``no``: above the
+  checkpoint's threshold, unlike the training images), the same on every row of the image; empty cells
+  when the checkpoint has no training-distribution statistics;
+- ``orientation`` (score): how the stored film was turned to canonical (head up, anterior left) for
+  the models: ``as stored``, ``rot90``, ``flip``, ``flip+rot270``, ... (``io.orientation``); every
+  box and point in the table is in the file's own pixels;
+- ``level_confidence``, ``level_anchored`` (located vertebrae): the labelling's posterior of the
+  level, and ``yes`` when the level was counted from an anchor the film shows (sacrum, C7/T1;
+  ``locate.anchors``), ``no`` when the vertebrae carry relative names ``V1``, ``V2``, ... top to bottom;
 - ``ha, hm, hp, height_unit, wedge_ratio, biconcave_ratio, crush_ratio, height_loss, morph_grade,
   morph_kind`` (where six points are known: manifest or locator): six-point morphometry
   (``locate.morphometry``); heights in ``height_unit`` ('detector mm', 'patient mm' or 'pixels'),
@@ -46,10 +56,13 @@ BRANCH_PROB_PREFIXES: dict[str, str] = {b: f"{b}_{PROB_PREFIX}" for b in BRANCHE
 BRANCH_PRED_COLUMNS: dict[str, str] = {b: f"{PRED_COLUMN}_{b}" for b in BRANCHES}
 ROI_SOURCE_COLUMNS = ("roi_source", "locator_confidence")
 ROI_SOURCES = ("file", "manifest", "locator")
+SHIFT_COLUMNS = ("shift_score", "in_distribution")
+ORIENTATION_COLUMN = "orientation"  # how the stored film was turned to canonical (``io.orientation`` names)
+LEVEL_COLUMNS = ("level_confidence", "level_anchored")
 MORPHOMETRY_COLUMNS = ("ha", "hm", "hp", "height_unit", "wedge_ratio", "biconcave_ratio", "crush_ratio",
                        "height_loss", "morph_grade", "morph_kind")
 MORPHOMETRY_TEXT_COLUMNS = ("height_unit", "morph_grade", "morph_kind")
-NUMERIC_EXTRA_COLUMNS = ("locator_confidence", *(c for c in MORPHOMETRY_COLUMNS if c not in MORPHOMETRY_TEXT_COLUMNS))
+NUMERIC_EXTRA_COLUMNS = ("locator_confidence", "level_confidence", "shift_score", *(c for c in MORPHOMETRY_COLUMNS if c not in MORPHOMETRY_TEXT_COLUMNS))
 
 
 class PredictionsError(ValueError):
@@ -70,6 +83,7 @@ def table_classes(table: pd.DataFrame) -> list[str]:
 def predictions_columns(
     class_names: Sequence[str], *, status: bool = False, study: bool = False, patient_id: bool = True,
     label: bool = False, branches: bool = False, roi_source: bool = False, morphometry: bool = False,
+    orientation: bool = False, shift: bool = False,
 ) -> list[str]:
     """The column names, in order, of a table with the given groups (module doc)."""
     columns = [IMAGE_COLUMN]
@@ -91,7 +105,12 @@ def predictions_columns(
     columns += ROI_COLUMNS
     if roi_source:
         columns += ROI_SOURCE_COLUMNS
+    if shift:
+        columns += SHIFT_COLUMNS
+    if orientation:
+        columns.append(ORIENTATION_COLUMN)
     if morphometry:
+        columns += LEVEL_COLUMNS
         columns += MORPHOMETRY_COLUMNS
     return columns
 

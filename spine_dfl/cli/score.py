@@ -28,6 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dicom-out", type=Path, default=None,
                    help="also write a Comprehensive SR and an overlay Secondary Capture per scored DICOM image here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ignore-view-tags", action="store_true",
+                   help="refuse files by modality / SOP class only, not by BodyPartExamined, ViewPosition or "
+                        "PatientOrientation (for a site whose tags are wrong)")
+    p.add_argument("--refuse-shifted", action="store_true",
+                   help="images unlike the training images (shift score above the checkpoint's threshold) become "
+                        "failed files instead of graded ones (default: graded, flagged in_distribution=no)")
     p.set_defaults(func=run)
 
 
@@ -38,9 +44,14 @@ def run(args: argparse.Namespace) -> int:
     summary = score(args.checkpoint, args.inputs, args.out, rois_csv=args.rois, batch_size=args.batch_size,
                     workers=args.workers, device=args.device, resume=args.resume, strict=args.strict,
                     keep_ids=args.keep_ids, dicom_out=args.dicom_out, progress=not args.no_progress,
-                    locator=args.locator)
+                    locator=args.locator, ignore_view_tags=args.ignore_view_tags,
+                    refuse_shifted=args.refuse_shifted)
     if int(os.environ.get("RANK", "0") or 0) == 0:
         reasons = ", ".join(f"{k}: {v}" for k, v in summary.failed_by_reason.items())
         print(f"{summary.found} file(s): {summary.scored} scored, {summary.failed} failed"
               + (f" ({reasons})" if summary.failed else "") + f"; {summary.predictions_csv}")
+        if summary.shift_check == "available":
+            print(f"{summary.shifted} image(s) unlike the training images (in_distribution = no)")
+        else:
+            print(f"shift check {summary.shift_check}")
     return summary.exit_status()

@@ -8,7 +8,10 @@ names, so they use the private coding scheme ``99SPINEDFL`` (declared in the
 CodingSchemeIdentificationSequence): finding type ``VFX`` "Vertebral fracture assessment",
 qualitative evaluation ``PREDGRADE`` "Predicted vertebral grade" whose value is the class (code value
 = class name when it is a valid short string, else ``CLASS<i>``; meaning = class name), and levels
-without a standard code (S1, unknown names) ``V-<level>``.
+without a standard code (S1, unknown names) ``V-<level>``. The training-distribution check (``engine.shift``)
+is an image-level group: finding type ``SHIFT``, the score ``SHIFTSCORE`` and its threshold ``SHIFTTHRESH``
+(UCUM "1"), and the qualitative evaluation ``LIKETRAIN`` "Image like the training images" valued SCT
+373066001 "Yes" or 373067005 "No".
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ CODES: dict[str, hd.sr.CodedConcept] = {
     "morph_grade": _private("MORPHGRADE", "Morphometric grade (Genant)"),
     "locator_confidence": _private("LOCCONF", "Vertebra locator confidence"),
     "located_region": _private("LOCATED", "Region found by the vertebra locator"),
+    # the training-distribution check (engine.shift): no standard codes exist
+    "shift_check": _private("SHIFT", "Training distribution check"),
+    "shift_method": _private("MAHALANOBIS", "Mahalanobis distance of grader features to its training images"),
+    "shift_score": _private("SHIFTSCORE", "Training distribution shift score"),
+    "shift_threshold": _private("SHIFTTHRESH", "Shift score threshold"),
+    "like_training": _private("LIKETRAIN", "Image like the training images"),
+    "yes": hd.sr.CodedConcept(*codes.SCT.Yes),
+    "no": hd.sr.CodedConcept(*codes.SCT.No),
     "mm": hd.sr.CodedConcept("mm", "UCUM", "millimeter"),
     "pixels": hd.sr.CodedConcept("{pixels}", "UCUM", "pixels"),
     "ratio": hd.sr.CodedConcept("{ratio}", "UCUM", "ratio"),

@@ -4,7 +4,9 @@ The windowed grey radiograph (``spine_dfl.heatmap.display``, the explain figures
 inside each vertebra's crop region (ROI + margin, what the network saw), the predicted grade's
 P-stream evidence map (``spine_dfl.heatmap.evidence``) blended in the explain figures' colour map
 and opacities, scaled per vertebra; ROI boxes coloured by grade and "level grade probability"
-captions burned in on top. Outside every crop region the image stays plain grey (R = G = B).
+captions burned in on top. Outside every crop region the image stays plain grey (R = G = B). An image
+unlike the training images (its findings' ``cells["in_distribution"]`` is ``no``, ``engine.shift``) gets
+``SHIFT_BANNER`` across the top, white on dark red, over everything else.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import numpy as np
 from spine_dfl.dicom_out.findings import VertebraFinding
 from spine_dfl.heatmap.display import RANK_COLOURS, heat_overlay, heatmap_colormap, to_display_uint8
 
-__all__ = ["blend_evidence", "render_roi_overlay"]
+__all__ = ["SHIFT_BANNER", "blend_evidence", "render_roi_overlay", "shift_banner_height"]
+
+SHIFT_BANNER = "unlike the training images: do not rely on these grades"
 
 
 def _grade_colour(index: int, count: int) -> tuple[int, int, int]:
@@ -147,6 +151,19 @@ def _draw_six_points(draw: Any, findings: Sequence[VertebraFinding], line_width:
     return drawn
 
 
+def shift_banner_height(rows: int, cols: int) -> int:
+    """Pixel rows of the top band the shift banner fills on a (rows, cols) overlay."""
+    short_side = min(rows, cols)
+    return max(10, round(short_side / 45)) + 4 * max(1, round(short_side / 400))
+
+
+def _draw_shift_banner(draw: Any, font: Any, rows: int, cols: int) -> None:
+    height = shift_banner_height(rows, cols)
+    draw.rectangle((0, 0, cols - 1, height - 1), fill=(150, 0, 0))
+    draw.text((2 * max(1, round(min(rows, cols) / 400)), 2 * max(1, round(min(rows, cols) / 400))), SHIFT_BANNER,
+              fill=(255, 255, 255), font=font)
+
+
 def render_roi_overlay(
     image: np.ndarray,
     findings: Sequence[VertebraFinding],
@@ -205,4 +222,6 @@ def render_roi_overlay(
             after = int(draw.textbbox((line_width * 2, banner_y), banner, font=font, stroke_width=1)[2]) + font_size
             draw.text((after, banner_y), "box + dot: strongest evidence patch (effective receptive field, peak)",
                       fill=RANK_COLOURS[0], font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+    if any(str(finding.cells.get("in_distribution", "")) == "no" for finding in findings):
+        _draw_shift_banner(draw, font, rows, cols)
     return np.asarray(canvas, dtype=np.uint8)

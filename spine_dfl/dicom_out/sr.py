@@ -10,7 +10,10 @@ detector or patient mm, or in {pixels} without spacing; wedge, biconcave, crush 
 loss in {ratio}), the
 morphometric grade as a coded evaluation, and for a located vertebra the locator's confidence with
 the group's method "Region found by the vertebra locator". ``VerificationFlag`` UNVERIFIED and ``PreliminaryFlag``
-PRELIMINARY: unverified machine output for review. The per-class probabilities stay in
+PRELIMINARY: unverified machine output for review. Where the findings carry the
+image's training-distribution check (``cells["in_distribution"]``, ``engine.shift``), one image-level group
+(TID 1501) says whether the image is like the training images (coded Yes / No) with its shift score and
+threshold as numeric measurements. The per-class probabilities stay in
 predictions.csv (each SR content item costs highdicom time).
 
 Coordinates: ROIs are ``(x_min, y_min, x_max, y_max)`` in source pixels, continuous (pixel column i
@@ -102,6 +105,34 @@ def _measurement_group(
     )
 
 
+def _shift_group(
+    findings: Sequence[VertebraFinding], source: Dataset, algorithm: hd.sr.AlgorithmIdentification, tracking_root: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+    """The image's training-distribution check (TID 1501), or None when the findings do not carry one."""
+    cells = findings[0].cells
+    verdict = str(cells.get("in_distribution") or "")
+    if verdict not in ("yes", "no"):
+        return None
+    measurements = [
+        hd.sr.Measurement(name=CODES[key], value=float(cells[key]), unit=CODES["no_units"])
+        for key in ("shift_score", "shift_threshold")
+        if cells.get(key) not in (None, "") and np.isfinite(float(cells[key]))
+    ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[tracking_root, "training distribution check"]),
+            identifier="image: training distribution check",
+        ),
+        finding_type=CODES["shift_check"],
+        method=CODES["shift_method"],
+        algorithm_id=algorithm,
+        measurements=measurements or None,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=CODES["like_training"], value=CODES[verdict])],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=str(source.SOPClassUID), referenced_sop_instance_uid=str(source.SOPInstanceUID))],
+    )
+
+
 def _private_value(name: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=name.upper()[:16], scheme_designator=PRIVATE_SCHEME, meaning=name)
 
@@ -156,6 +187,9 @@ def build_sr(
     )
     groups = [_measurement_group(finding, number, source, class_names, algorithm, uids["tracking"])
               for number, finding in enumerate(findings, start=1)]
+    shift = _shift_group(findings, source, algorithm, uids["tracking"])
+    if shift is not None:
+        groups.append(shift)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=_device_observer()),
         procedure_reported=CODES["procedure"],

@@ -24,7 +24,7 @@ from spine_dfl.atomic import atomic_write_text
 from spine_dfl.engine.calibration import Temperatures, calibration_summary, fit_calibration
 from spine_dfl.engine.checkpoint import _bare_model, atomic_torch_save, read_checkpoint
 from spine_dfl.engine.predict import collate_samples, predict_logits, predictions_table
-from spine_dfl.engine.shift import fit_shift, shift_summary
+from spine_dfl.engine.shift import ShiftModel, fit_shift, shift_summary
 
 log = logging.getLogger("spine_dfl.train")
 
@@ -63,4 +63,5 @@ def fit_after_training(model: torch.nn.Module, data: Any, config: Any, out_dir: 
              calibration["ece_after"]["fused"], shift["threshold"], shift["dim"], shift["shrinkage"],
              time.monotonic() - started)
     temperatures = Temperatures(**{b: float(v) for b, v in t.items()}, fitted=True)
-    return predictions_table(data.val_records, val, data.class_names, temperatures), summary
+    table = predictions_table(data.val_records, val, data.class_names, temperatures, ShiftModel.from_record(shift))
+    return table, summary

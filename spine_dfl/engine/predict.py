@@ -86,9 +86,12 @@ def predictions_table(
     logits: dict[str, np.ndarray],
     class_names: Sequence[str],
     temperatures: Temperatures | None = None,
+    shift: Any = None,
 ) -> pd.DataFrame:
     """The predictions table (`spine_dfl.predictions`) of records (in index order) and branch logits,
-    each branch's probabilities calibrated with ``temperatures`` (none: the raw softmax)."""
+    each branch's probabilities calibrated with ``temperatures`` (none: the raw softmax). With ``shift``
+    (an ``engine.shift.ShiftModel``) and the logits' ``features`` it gains ``shift_score`` and
+    ``in_distribution`` (per image, ``engine.shift.image_shift_cells``) as its last columns."""
     t = temperatures or Temperatures()
     rows = [records[i] for i in logits["index"]]
     identities = [
@@ -97,7 +100,15 @@ def predictions_table(
         for r in rows
     ]
     branch_probs = {b: calibrated_softmax(logits[b], t.of(b)) for b in BRANCHES}
-    return build_predictions(identities, calibrated_softmax(logits["fused"], t.fused), class_names, branch_probs)
+    table = build_predictions(identities, calibrated_softmax(logits["fused"], t.fused), class_names, branch_probs)
+    if shift is not None and "features" in logits:
+        from spine_dfl.engine.shift import image_shift_cells
+
+        distances = shift.distances(torch.from_numpy(np.ascontiguousarray(logits["features"]))).numpy()
+        cells = image_shift_cells([str(r["image"]) for r in rows], distances, shift.threshold)
+        table["shift_score"] = np.array([c["shift_score"] for c in cells], dtype=np.float64)
+        table["in_distribution"] = [c["in_distribution"] for c in cells]
+    return table
 
 
 def predict_records(
@@ -110,9 +121,11 @@ def predict_records(
     workers: int = 0,
     dataset: Any | None = None,
     temperatures: Temperatures | None = None,
+    shift: Any = None,
 ) -> pd.DataFrame:
     """Predictions table for ``records`` (deterministic eval transforms, no augmentation), its
-    probabilities calibrated with ``temperatures`` (a loaded checkpoint's; none: the raw softmax).
+    probabilities calibrated with ``temperatures`` (a loaded checkpoint's; none: the raw softmax), with
+    the shift columns when ``shift`` (a loaded checkpoint's ``ShiftModel``) is given.
 
     ``dataset`` may be passed to reuse an already cached evaluation dataset of the same records.
     """
@@ -127,5 +140,5 @@ def predict_records(
         collate_fn=collate_samples,
         pin_memory=device.type == "cuda",
     )
-    logits = predict_logits(model, loader, device)
-    return predictions_table(records, logits, class_names, temperatures)
+    logits = predict_logits(model, loader, device, features=shift is not None)
+    return predictions_table(records, logits, class_names, temperatures, shift)

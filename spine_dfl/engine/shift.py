@@ -10,7 +10,7 @@ split's mean and standard deviation (a constant feature keeps scale 1), then the
 standardised training vertebrae is the Ledoit-Wolf shrunk estimate (``ledoit_wolf``: Ledoit & Wolf, *A
 well-conditioned estimator for large-dimensional covariance matrices*, J. Multivariate Anal. 88, 2004),
 well conditioned even with fewer vertebrae than features. A vertebra's distance is
-``sqrt((z - 0)^T Sigma^-1 z)``; an image's shift score is the mean distance over its vertebrae; the
+``sqrt(z^T Sigma^-1 z)`` of its standardised features z; an image's shift score is the mean distance over its vertebrae; the
 threshold is the 99th percentile of the validation split's image scores, so about 1% of images like
 the validation images are flagged. Stored as float32 tensors: ``mean`` and ``scale`` (d,) and the
 whitening matrix ``whiten`` (d, d) = V diag(lambda^-1/2) of Sigma's eigenvectors, so the distance is
@@ -153,6 +153,16 @@ def shift_cells(score: float | None, threshold: float | None) -> dict[str, Any]:
     if score is None or threshold is None or not np.isfinite(score):
         return {"shift_score": None, "in_distribution": ""}
     return {"shift_score": float(score), "in_distribution": "no" if score > threshold else "yes"}
+
+
+def image_shift_cells(images: Sequence[Any], distances: np.ndarray, threshold: float) -> list[dict[str, Any]]:
+    """Per row, its image's ``shift_cells``: the image score is the mean distance of that image's rows."""
+    distances = np.asarray(distances, dtype=np.float64)
+    members: dict[Any, list[int]] = {}
+    for i, image in enumerate(images):
+        members.setdefault(image, []).append(i)
+    by_image = {image: shift_cells(float(distances[rows].mean()), threshold) for image, rows in members.items()}
+    return [by_image[image] for image in images]
 
 
 def shift_summary(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class _Context:
     top_n: int
     out: Path
     patch_side: float  # drawn patch side, input pixels: the P-stream's effective receptive field
+    temperature: float = 1.0  # the checkpoint's fused temperature (engine.calibration): calibrated probabilities
 
 
 @dataclass(frozen=True)
@@ -120,14 +121,15 @@ def explain(
     out.mkdir(parents=True, exist_ok=True)
     input_size = int(loaded.preprocessing.input_size)
     patch_side = model_patch_side(model, input_size)  # the checkpoint's measurement when it has one
-    context = _Context(model, list(loaded.class_names), input_size, GradCamRunner(model), int(top_n), out, patch_side)
+    context = _Context(model, list(loaded.class_names), input_size, GradCamRunner(model), int(top_n), out, patch_side,
+                       loaded.temperatures.fused)
     failures = [] if failures is None else failures
     entries: list[dict[str, Any]] = []
     started = time.monotonic()
     with atomic_output(out / "patches.json", "w") as json_file:
         json_file.write("[")
         for batch in batches(prepare_samples(samples, loaded.preprocessing, failures), max(1, int(batch_size))):
-            for item, output in zip(batch, _run_batch(model, context.gradcam, batch, run_device)):
+            for item, output in zip(batch, _run_batch(model, context.gradcam, batch, run_device, context.temperature)):
                 entry = _explain_one(context, item, output)
                 json_file.write(("\n" if not entries else ",\n") + json.dumps(entry))
                 entries.append(entry)
@@ -149,7 +151,8 @@ def explain(
 
 
 def _run_batch(
-    model: nn.Module, gradcam: GradCamRunner, batch: Sequence[PreparedSample], device: torch.device
+    model: nn.Module, gradcam: GradCamRunner, batch: Sequence[PreparedSample], device: torch.device,
+    temperature: float = 1.0,
 ) -> list[_SampleOutput]:
     """One forward pass (plus Grad-CAM from the caught trunk features) for a batch of samples."""
     from spine_dfl.data.transforms.geometry import roi_in_input
@@ -166,7 +169,7 @@ def _run_batch(
             result = model(images, return_maps=True, roi=rois)
     finally:
         hook.remove()
-    probs = torch.softmax(result.fused.float(), dim=1).cpu()
+    probs = torch.softmax(result.fused.float() / temperature, dim=1).cpu()  # calibrated (engine.calibration)
     preds = probs.argmax(dim=1)
     cams = gradcam.maps(captured[-1], preds.to(device)).cpu()
     centres = _predicted_class_centres(model, images, preds, result.peak_index).cpu()

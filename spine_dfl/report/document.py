@@ -27,6 +27,7 @@ from spine_dfl.report.metrics import (
 )
 from spine_dfl.report.morphometry import morphometry_section, morphometry_summary
 from spine_dfl.report.table import PredictionArrays, load_predictions, prepare
+from spine_dfl.report.trust import calibration_report, shift_report, trust_sections
 from spine_dfl.io.vocabulary import LEVELS
 
 def _esc(value: object) -> str:
@@ -245,14 +246,15 @@ def _confusion_section(arrays: PredictionArrays, classes: list[str], levels: lis
             "</section>")
 
 
-def _roc_and_calibration_sections(arrays: PredictionArrays, classes: list[str], patients: PatientArrays) -> str:
+def _roc_and_calibration_sections(arrays: PredictionArrays, classes: list[str], patients: PatientArrays,
+                                  fitted: str = "") -> str:
     roc = figures.roc_figure(arrays.y_true, arrays.probs, classes, (patients.y_true, patients.probs))
     reliability = figures.reliability_figure(arrays.y_true, {**arrays.branch_probs, "fused": arrays.probs})
     return ('<section id="roc"><h2>ROC curves</h2>'
             f'<img class="fig" src="{roc}" alt="ROC curves"></section>'
             '<section id="calibration"><h2>Calibration</h2><p>Points on the diagonal: the stated confidence '
             'matches how often the model is right. Below the diagonal: over-confident.</p>'
-            f'<img class="fig" src="{reliability}" alt="reliability diagram"></section>')
+            f'<img class="fig" src="{reliability}" alt="reliability diagram">{fitted}</section>')
 
 
 def _branches_section(arrays: PredictionArrays, metrics: dict[str, Any]) -> str:
@@ -290,16 +292,19 @@ _NAVIGATION = (("summary", "Summary"), ("levels", "Per level"), ("confusion", "C
 
 
 def render_html(arrays: PredictionArrays, metrics: dict[str, Any], title: str, image_root: Path | None = None,
-                thumbnails: bool = True, max_errors: int = 12) -> str:
-    """The complete report page as one HTML string (see module doc)."""
+                thumbnails: bool = True, max_errors: int = 12, calibration: dict[str, Any] | None = None) -> str:
+    """The complete report page as one HTML string (see module doc); ``calibration``: the checkpoint's
+    calibration record (``report.trust``), shown with the calibration figures when given."""
     classes = list(metrics["classes"])
     levels = sorted_levels(arrays.level)
     patients = patient_level(arrays)
+    shift_html, fitted_html = trust_sections(metrics.get("shift"), calibration, calibration is not None)
     sections = [
         _summary_section(arrays, metrics, levels, patients),
         _levels_section(metrics, levels),
         _confusion_section(arrays, classes, levels, patients),
-        _roc_and_calibration_sections(arrays, classes, patients),
+        shift_html,
+        _roc_and_calibration_sections(arrays, classes, patients, fitted_html),
         _branches_section(arrays, metrics),
         morphometry_section(metrics.get("morphometry")),
         _errors_section(arrays, image_root, thumbnails, max_errors),
@@ -328,13 +333,17 @@ def write_report(
     thumbnails: bool = True,
     max_errors: int = 12,
     image_root: str | Path | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``per_vertebra.csv`` and ``report.html`` into ``out_dir``; return the metrics.
 
     predictions: the predictions table, or the path of ``predictions.csv`` (then relative image paths
     are also tried relative to its folder). image_root: folder that relative ``image`` paths are
     resolved against for the thumbnails. Each file is written atomically. Raises ReportError for an
-    invalid table (nothing is written then).
+    invalid table (nothing is written then). Where the table has the shift columns, metrics.json gains
+    ``shift`` and the page a section on images unlike the training data; ``calibration`` (the checkpoint's
+    calibration record, ``engine.calibration``) adds ``calibration`` (temperatures, validation ECE before and
+    after) and the validation reliability diagram before and after (``report.trust``).
     """
     if n_bootstrap < 0:
         raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
@@ -351,12 +360,17 @@ def write_report(
     morphometry = morphometry_summary(predictions, list(metrics["classes"]))
     if morphometry is not None:
         metrics["morphometry"] = morphometry
+    shift = shift_report(predictions)
+    if shift is not None:
+        metrics["shift"] = shift
+    if calibration_report(calibration) is not None:
+        metrics["calibration"] = calibration_report(calibration)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / "per_vertebra.csv", per_vertebra_table(metrics).to_csv(index=False))
     page = render_html(arrays, metrics, title, image_root=None if image_root is None else Path(image_root),
-                       thumbnails=thumbnails, max_errors=max_errors)
+                       thumbnails=thumbnails, max_errors=max_errors, calibration=calibration)
     atomic_write_text(out / "report.html", page)
     return metrics
 

@@ -106,7 +106,7 @@ def evaluate_located(checkpoint: str | Path, locator_path: str | Path | None, ma
 
     def grade(rows: list[dict[str, Any]]) -> pd.DataFrame:
         return predict_records(loaded.model, rows, loaded.preprocessing, loaded.class_names, batch_size=batch_size,
-                               device=where, temperatures=loaded.temperatures)
+                               device=where, temperatures=loaded.temperatures, shift=loaded.shift)
 
     if not loaded.preprocessing.use_roi:  # a whole-image model: no ROIs, no landmarks, nothing to locate
         if locator_path is not None:

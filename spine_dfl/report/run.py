@@ -17,13 +17,16 @@ from spine_dfl.report.document import write_report
 log = logging.getLogger("spine_dfl")
 
 
-def write_evaluation(predictions: Any, out_dir: str | Path, title: str, n_bootstrap: int = 1000) -> dict[str, Any]:
-    """predictions.csv, metrics.json, per_vertebra.csv and report.html of one predictions table in ``out_dir``."""
+def write_evaluation(predictions: Any, out_dir: str | Path, title: str, n_bootstrap: int = 1000,
+                     calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """predictions.csv, metrics.json, per_vertebra.csv and report.html of one predictions table in ``out_dir``
+    (``calibration``: the checkpoint's calibration record, shown before / after; ``report.trust``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_output(out_dir / "predictions.csv", "w", newline="") as handle:
         predictions.to_csv(handle, index=False)
-    metrics = write_report(predictions, out_dir, title=f"spine-dfl evaluation: {title}", n_bootstrap=n_bootstrap)
+    metrics = write_report(predictions, out_dir, title=f"spine-dfl evaluation: {title}", n_bootstrap=n_bootstrap,
+                           calibration=calibration)
     log.info("report written to %s", out_dir / "report.html")
     return metrics
 
@@ -40,7 +43,8 @@ def predict_split(checkpoint: str | Path, manifest: str | Path, split: str | Non
     loaded = load_checkpoint(checkpoint, map_location=where)
     records = manifest_records(manifest, loaded.class_names, split, loaded.preprocessing.use_roi)
     return predict_records(loaded.model, records, loaded.preprocessing, loaded.class_names,
-                           batch_size=batch_size, device=where)
+                           batch_size=batch_size, device=where, temperatures=loaded.temperatures,
+                           shift=loaded.shift)
 
 
 def evaluate(checkpoint: str | Path, manifest: str | Path, split: str, out_dir: str | Path, device: str = "auto",
@@ -52,7 +56,8 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, split: str, out_dir: 
     too (``report.located``): their own predictions.csv and report in ``out_dir/located``, and
     metrics.json gains ``end_to_end`` (their overall and per-level figures, coverage) and ``locator``
     (``locate.evaluate``'s figures). Returns metrics.json's content. Nothing is written when the
-    manifest or checkpoint is bad.
+    manifest or checkpoint is bad. The manifest is trusted, but a warning says how many of the split's
+    images score / serve would refuse by their header (``warn_gate_refusals``).
     """
     import json
 
@@ -61,8 +66,10 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, split: str, out_dir: 
 
     by_manifest, by_locator, figures = evaluate_located(checkpoint, locator, manifest, split, device=device,
                                                         batch_size=batch_size)
+    warn_gate_refusals(manifest, split)
     title = title if title is not None else f"{Path(manifest).name} [{split}]"
-    metrics = write_evaluation(by_manifest, out_dir, title, n_bootstrap)
+    calibration = checkpoint_calibration(checkpoint)
+    metrics = write_evaluation(by_manifest, out_dir, title, n_bootstrap, calibration)
     if by_locator is None:
         return metrics
     located = write_evaluation(by_locator, Path(out_dir) / "located", f"{title}, located crops", n_bootstrap)
@@ -71,6 +78,32 @@ def evaluate(checkpoint: str | Path, manifest: str | Path, split: str, out_dir: 
     metrics["locator"] = figures["locator"]
     atomic_write_text(Path(out_dir) / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics
+
+
+def warn_gate_refusals(manifest: str | Path, split: str | None) -> int:
+    """Log one warning when images of ``split`` (every row without a split column) have headers the input
+    gate of score / serve refuses (``gate.header``): how many, and one reason (no path, name or ID).
+    Returns that count."""
+    from spine_dfl.data.manifest import load_manifest
+    from spine_dfl.gate.header import file_refusal
+
+    table = load_manifest(manifest, check_files=False, check_rois=False, require_labels=False).table
+    if split is not None and "split" in table.columns:
+        table = table[table["split"] == split.lower()]
+    images = list(dict.fromkeys(str(image) for image in table["image"]))
+    refusals = [reason for reason in map(file_refusal, images) if reason is not None]
+    if refusals:
+        log.warning("evaluate: %d of %d manifest image(s) have headers that score and serve would refuse "
+                    "(e.g. %s); evaluate trusts the manifest and grades them", len(refusals), len(images), refusals[0])
+    return len(refusals)
+
+
+def checkpoint_calibration(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The checkpoint's calibration record (``engine.calibration``), None when it has none."""
+    from spine_dfl.engine.checkpoint import read_checkpoint
+
+    record = read_checkpoint(checkpoint).get("calibration")
+    return record if isinstance(record, dict) else None
 
 
 @dataclass
@@ -93,5 +126,7 @@ def train_and_report(manifest: str | Path, config: str | Path, overrides: list[s
     result = train(manifest, run_config, out_dir, resume=resume)
     main_process = int(os.environ.get("RANK", "0")) == 0
     if main_process and report and result.val_predictions is not None:
-        write_evaluation(result.val_predictions, Path(out_dir) / "val_report", "validation split")
+        calibration = (result.calibration or {}).get("calibration")
+        write_evaluation(result.val_predictions, Path(out_dir) / "val_report", "validation split",
+                         calibration=calibration)
     return TrainRun(result, run_config.train.select_metric, main_process)

@@ -101,10 +101,11 @@ class DicomResults:
         if not item["sop_instance_uid"] or not item["study_instance_uid"]:
             entry["dicom_out"] = "skipped: not a DICOM image"
             return
+        shift = item.get("shift") or {}  # the image's shift_score, in_distribution, shift_threshold (scorer)
         findings = [
             VertebraFinding(vertebra=vertebra, roi=roi, predicted=self.class_names[int(p.argmax())],
                             probabilities={c: float(v) for c, v in zip(self.class_names, p)}, evidence=evidence_map,
-                            cells=cells)
+                            cells={**shift, **cells})
             for vertebra, roi, p, evidence_map, cells in zip(
                 item["vertebrae"], item["rois"], probs, self._evidence_maps(item, evidence),
                 item.get("extras") or [{}] * len(item["vertebrae"]))

@@ -31,6 +31,8 @@ _REASON_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"transfer syntax|decod|plugin|pylibjpeg|cannot decompress", "pixel data cannot be decoded"),
     (r"no roi", "no ROIs for this image"),
     (r"^no vertebrae found", "no vertebrae found"),
+    (r"^unlike the training images", "unlike the training images"),  # score --refuse-shifted (score.scorer)
+    (r"^no lateral vertebral column found", "no lateral vertebral column found"),
     (r"memory", "out of memory"),
     (r"cannot be read as (nifti|an image)", "corrupt image file"),
     (r"but no .* element|cannot be interpreted", "incomplete image header"),
@@ -39,7 +41,15 @@ _REASON_PATTERNS: tuple[tuple[str, str], ...] = (
 
 
 def reason_category(reason: str) -> str:
-    """Short category for ``failed_by_reason`` ("truncated file", "no pixel data (not an image)", ...)."""
+    """Short category for ``failed_by_reason`` ("truncated file", "no pixel data (not an image)", ...).
+
+    The input gate's refusals (``gate.header``) are their own category: their one-line reason, the same
+    for every file of one kind ("modality CT: not a projection radiograph").
+    """
+    from spine_dfl.gate.header import is_gate_reason
+
+    if is_gate_reason(reason):
+        return reason
     lowered = reason.lower()
     for pattern, category in _REASON_PATTERNS:
         if re.search(pattern, lowered):

@@ -81,6 +81,7 @@ class DoneFile:
     ok: bool
     error: str  # the first row's error ("" when ok)
     dicom_out: str  # "written" | "skipped: <why>" | "error: <why>" | "" (unknown: earlier final CSV)
+    in_distribution: str = ""  # the first row's: "yes", "no" (unlike the training images) or "" (not checked)
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, int, list[str]]]:
@@ -137,7 +138,8 @@ def _read_part(csv_path: Path, journal_path: Path | None, columns: Sequence[str]
                 continue  # only if the disk lied about a complete line; the file is scored again
             journal[str(entry["file"])] = entry
     status_at, error_at = columns.index("status"), columns.index("error")
-    blocks: dict[str, list[Any]] = {}  # file -> [start, end, rows, ok, error] of its first contiguous block
+    shift_at = columns.index("in_distribution") if "in_distribution" in columns else None
+    blocks: dict[str, list[Any]] = {}  # file -> [start, end, rows, ok, error, in_distribution] of its first block
     previous = None
     for start, end, fields in records:
         if len(fields) != len(columns) or (journal is not None and fields[0] not in journal):
@@ -149,14 +151,15 @@ def _read_part(csv_path: Path, journal_path: Path | None, columns: Sequence[str]
             blocks[file][2] += 1
         elif file not in blocks:
             ok = fields[status_at] == "ok"
-            blocks[file] = [start, end, 1, ok, "" if ok else fields[error_at]]
+            blocks[file] = [start, end, 1, ok, "" if ok else fields[error_at],
+                            "" if shift_at is None else fields[shift_at]]
         previous = file
     done: dict[str, DoneFile] = {}
-    for file, (start, end, rows, ok, error) in blocks.items():
+    for file, (start, end, rows, ok, error, in_distribution) in blocks.items():
         entry = journal.get(file, {}) if journal is not None else {}
         if journal is not None and int(entry.get("rows", -1)) != rows:
             continue  # incomplete: score again
-        done[file] = DoneFile(csv_path, start, end, rows, ok, error, str(entry.get("dicom_out", "")))
+        done[file] = DoneFile(csv_path, start, end, rows, ok, error, str(entry.get("dicom_out", "")), in_distribution)
     return done
 
 
@@ -195,7 +198,7 @@ def merge(out_dir: Path, files: Sequence[str], columns: Sequence[str], earlier_c
     reasons: Counter[str] = Counter()
     dicom_states: Counter[str] = Counter()
     dicom_reasons: Counter[str] = Counter()
-    scored = failed = rows = 0
+    scored = failed = rows = shifted = 0
     predictions = out_dir / PREDICTIONS
     sources: dict[Path, Any] = {}
     try:
@@ -209,6 +212,7 @@ def merge(out_dir: Path, files: Sequence[str], columns: Sequence[str], earlier_c
                 source.seek(entry.start)
                 out.write(source.read(entry.end - entry.start))
                 rows += entry.rows
+                shifted += entry.in_distribution == "no"
                 if entry.ok:
                     scored += 1
                 else:
@@ -235,4 +239,5 @@ def merge(out_dir: Path, files: Sequence[str], columns: Sequence[str], earlier_c
         scored_this_run=len(files) - earlier_count,
         from_earlier_runs=earlier_count,
         dicom_out=dicom_summary,
+        shifted=shifted,
     )

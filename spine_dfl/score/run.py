@@ -43,6 +43,7 @@ import torch
 
 from spine_dfl.atomic import atomic_write_text
 from spine_dfl.engine.distributed import Distributed, init_distributed
+from spine_dfl.engine.shift import UNAVAILABLE as SHIFT_UNAVAILABLE
 from spine_dfl.score.errors import NoRoiSource, ScoreError
 from spine_dfl.score.journal import PARTIAL_DIR, DoneFile, PartWriter, collect_done, merge
 from spine_dfl.score.locating import resolve_locator
@@ -67,6 +68,10 @@ class ScoringSetup:
     locator: Any  # score.locating.LocatorSource, or None
     files: list[str] = field(default_factory=list)
     dicom_config: Any = None
+    ignore_view_tags: bool = False  # the input gate ignores BodyPartExamined / ViewPosition / PatientOrientation
+    temperatures: Any = None  # engine.calibration.Temperatures of the checkpoint (all 1 when uncalibrated)
+    shift: Any = None  # engine.shift.ShiftModel, or None: the checkpoint has no training-distribution statistics
+    refuse_shifted: bool = False  # images unlike the training images become failed files
 
 
 def score(
@@ -83,6 +88,8 @@ def score(
     dicom_out: str | Path | None = None,
     progress: bool = True,
     locator: str | Path | None = None,
+    ignore_view_tags: bool = False,
+    refuse_shifted: bool = False,
 ) -> ScoreSummary:
     """Score every file under ``inputs`` with the checkpoint; write predictions.csv + summary.json to out_dir.
 
@@ -90,6 +97,10 @@ def score(
     ``strict``: failed files make the run fail (``ScoreSummary.exit_status()`` is then 1).
     ``locator``: a locator checkpoint; without ``rois_csv`` it finds each radiograph's vertebrae (a
     grader checkpoint that embeds a locator uses that one when ``locator`` is not given).
+    A DICOM whose header is not that of a lateral spine radiograph fails with the input gate's reason
+    (``gate.header``); ``ignore_view_tags``: only its modality / SOP class check, not the body part and view.
+    ``refuse_shifted``: an image whose shift score is above the checkpoint's threshold (unlike the
+    training images, ``engine.shift``) fails as "unlike the training images (...): not graded".
     Raises ScoreError (or CheckpointError) for bad arguments/checkpoint; per-file problems never
     raise: they become ``status=error`` rows. Returns the merged summary (the same on every rank).
     """
@@ -99,6 +110,8 @@ def score(
     dist = init_distributed("cpu", backend="gloo", timeout=datetime.timedelta(hours=12))
     try:
         setup = _prepare(checkpoint_path, inputs, out_dir, rois_csv, device, keep_ids, dicom_out, dist, locator)
+        setup.ignore_view_tags = ignore_view_tags
+        setup.refuse_shifted = refuse_shifted
         if dist.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             if not resume:
@@ -121,6 +134,7 @@ def score(
             summary.files_per_s = round(summary.scored_this_run / summary.elapsed_s, 3) if summary.elapsed_s > 0 else 0.0
             summary.device, summary.world_size = str(setup.device), dist.world_size
             summary.checkpoint, summary.class_names, summary.strict = str(checkpoint_path), setup.class_names, strict
+            summary.shift_check = "available" if setup.shift is not None else SHIFT_UNAVAILABLE
             atomic_write_text(out_dir / SUMMARY, json.dumps(asdict(summary), indent=2) + "\n")
             shutil.rmtree(out_dir / PARTIAL_DIR, ignore_errors=True)  # consumed by the final CSV
         summary = dist.broadcast_object(summary)
@@ -167,9 +181,11 @@ def _prepare(
 def prepare_scoring(
     checkpoint_path: str | Path, *, device: str = "auto", locator: str | Path | None = None,
     rois_csv: str | Path | None = None, keep_ids: bool = False, local_rank: int | None = None,
+    ignore_view_tags: bool = False,
 ) -> ScoringSetup:
     """Device, model, ROIs or locator of a checkpoint, loaded once for any number of ``score_prepared`` calls.
 
+    ``ignore_view_tags``: the input gate checks only modality and SOP class (see ``score``).
     Usage errors (an ROI model with neither ROIs nor a locator, a bad device) raise ScoreError, a bad
     checkpoint CheckpointError.
     """
@@ -207,9 +223,19 @@ def prepare_scoring(
         model=loaded.model.to(torch_device).eval(),
         preprocessing=pre, class_names=class_names,
         columns=predictions_columns(class_names, status=True, study=True, patient_id=keep_ids, roi_source=pre.use_roi,
-                                    morphometry=source is not None),
-        rois=rois, locator=source,
+                                    morphometry=source is not None, orientation=pre.use_roi, shift=True),
+        rois=rois, locator=source, ignore_view_tags=ignore_view_tags,
+        temperatures=loaded.temperatures, shift=_shift_statistics(loaded),
     )
+
+
+def _shift_statistics(loaded: Any) -> Any:
+    """The checkpoint's shift statistics; None, logged once, for a checkpoint without them."""
+    from spine_dfl.engine.shift import UNAVAILABLE_WARNING
+
+    if loaded.shift is None:
+        log.warning(UNAVAILABLE_WARNING)
+    return loaded.shift
 
 
 def score_prepared(
@@ -279,11 +305,13 @@ def _score_files(
         geometry = {"input_size": input_size, "stride": float(model.stride),
                     "center_offset": float(model.rf_center_offset), "patch_side": model_patch_side(model, input_size)}
         dicom = DicomResults(setup.dicom_config, writer_pool(workers if dicom_writers is None else dicom_writers), setup.class_names, geometry)
-    scorer = Scorer(setup.model, setup.class_names, setup.columns, setup.device, batch_size, part, dicom, bar)
+    scorer = Scorer(setup.model, setup.class_names, setup.columns, setup.device, batch_size, part, dicom, bar,
+                    temperature=1.0 if setup.temperatures is None else setup.temperatures.fused, shift=setup.shift,
+                    refuse_shifted=setup.refuse_shifted)
     try:
         if mine:
             dataset = FileSamples(mine, setup.preprocessing, setup.rois, keep_ids, geometry=dicom is not None,
-                                  locator=setup.locator)
+                                  locator=setup.locator, ignore_view_tags=setup.ignore_view_tags)
             for item in iterate_items(dataset, workers):
                 scorer.add(item)
         scorer.flush()

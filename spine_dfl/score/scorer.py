@@ -3,6 +3,11 @@
 Samples of consecutive files are packed into batches of ``batch_size`` (a file may span batches);
 a file whose samples are all predicted becomes its rows. Nothing but the current batch and the
 files it spans is held in memory.
+
+Probabilities are the fused logits' softmax at the checkpoint's fused temperature (``engine.calibration``).
+With the checkpoint's shift statistics (``engine.shift``) every sample's Mahalanobis distance is taken
+from the same forward pass; a file's shift score is their mean, on every row with ``in_distribution``,
+and with ``refuse_shifted`` a file above the threshold becomes a failed file (``SHIFT_REFUSAL``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ class _Pending:
     probs: np.ndarray  # (n, M) float32, filled as batches complete
     filled: int = 0
     evidence: np.ndarray | None = None  # (n, H, W) float32 predicted-class evidence (DICOM output only)
+    distances: np.ndarray | None = None  # (n,) float32 shift distances (with shift statistics only)
+
+
+SHIFT_REFUSAL = "unlike the training images"
+
+
+def shift_refusal(score: float, threshold: float) -> str:
+    """The failed file's reason (``score.errors`` groups every one under ``SHIFT_REFUSAL``)."""
+    return f"{SHIFT_REFUSAL} (shift score {score:.1f} > threshold {threshold:.1f}): not graded"
 
 
 class Scorer:
@@ -39,8 +53,12 @@ class Scorer:
     def __init__(
         self, model: torch.nn.Module, class_names: Sequence[str], columns: Sequence[str], device: torch.device,
         batch_size: int, part: PartWriter, dicom: DicomResults | None = None, progress: Any = None,
+        temperature: float = 1.0, shift: Any = None, refuse_shifted: bool = False,
     ) -> None:
         self.model = model
+        self.temperature = float(temperature)  # the fused logits' (engine.calibration)
+        self.shift = None if shift is None else shift.to(device)  # engine.shift.ShiftModel or None
+        self.refuse_shifted = refuse_shifted
         self.class_names = list(class_names)
         self.columns = list(columns)
         self.device = device
@@ -65,7 +83,8 @@ class Scorer:
             self._finish(item, None)
         else:
             n = len(item["vertebrae"])
-            self.queue.append(_Pending(item, np.zeros((n, len(self.class_names)), np.float32)))
+            self.queue.append(_Pending(item, np.zeros((n, len(self.class_names)), np.float32),
+                                       distances=None if self.shift is None else np.zeros(n, np.float32)))
             self.queued_samples += n
         while self.queued_samples >= self.batch_size:
             self._run_batch()
@@ -112,7 +131,12 @@ class Scorer:
         batch, rois, owners = self._batch()
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             output = self.model(batch, return_maps=self.dicom is not None, roi=rois)
-        probs = torch.softmax(output.fused.float(), dim=1).cpu().numpy()
+        probs = torch.softmax(output.fused.float() / self.temperature, dim=1).cpu().numpy()
+        distances = None
+        if self.shift is not None:
+            from spine_dfl.engine.shift import shift_features
+
+            distances = self.shift.distances(shift_features(output)).cpu().numpy()
         evidence = None
         if self.dicom is not None:
             searched = self.model.searched_locations(rois, output.response_maps.shape[-2:])
@@ -123,6 +147,8 @@ class Scorer:
         offset = 0
         for pending, start, take in owners:
             pending.probs[start : start + take] = probs[offset : offset + take]
+            if distances is not None and pending.distances is not None:
+                pending.distances[start : start + take] = distances[offset : offset + take]
             if evidence is not None:
                 if pending.evidence is None:
                     pending.evidence = np.empty((len(pending.item["vertebrae"]), *evidence.shape[1:]), np.float32)
@@ -134,7 +160,7 @@ class Scorer:
             self.queued_samples -= take
         while self.queue and self.queue[0].filled == len(self.queue[0].item["vertebrae"]):
             done = self.queue.popleft()
-            self._finish(done.item, done.probs, done.evidence)
+            self._finish(done.item, done.probs, done.evidence, done.distances)
 
     def _top_reads(self, batch: torch.Tensor, output: Any, preds: np.ndarray) -> np.ndarray:
         """(B, 2) input (x, y) where each sample's strongest patch reads (its predicted class's strongest
@@ -157,12 +183,28 @@ class Scorer:
         fields = {
             "image": item["file"], "status": STATUS_OK if item["ok"] else STATUS_ERROR, "error": item["error"],
             "sop_instance_uid": item["sop_instance_uid"], "study_instance_uid": item["study_instance_uid"],
-            "patient_id": item["patient_id"],
+            "patient_id": item["patient_id"], **item.get("shift", {}),
         }
         return text_rows(self.columns, fields, item["vertebrae"], probs if item["ok"] else None, item["rois"],
                          self.class_names, item.get("extras"))
 
-    def _finish(self, item: dict[str, Any], probs: np.ndarray | None, evidence: np.ndarray | None = None) -> None:
+    def _judge_shift(self, item: dict[str, Any], distances: np.ndarray | None) -> bool:
+        """Put the file's shift cells in ``item["shift"]``; True when it is refused (``refuse_shifted``)."""
+        if distances is None or self.shift is None or not item["ok"] or len(distances) == 0:
+            return False
+        from spine_dfl.engine.shift import shift_cells
+
+        score = float(np.mean(distances, dtype=np.float64))
+        item["shift"] = {**shift_cells(score, self.shift.threshold), "shift_threshold": self.shift.threshold}
+        if not (self.refuse_shifted and item["shift"]["in_distribution"] == "no"):
+            return False
+        item["ok"], item["error"] = False, shift_refusal(score, self.shift.threshold)
+        return True
+
+    def _finish(self, item: dict[str, Any], probs: np.ndarray | None, evidence: np.ndarray | None = None,
+                distances: np.ndarray | None = None) -> None:
+        if self._judge_shift(item, distances):
+            probs = evidence = None
         rows = self._rows(item, probs)
         finished = Finished(rows, {"file": item["file"], "rows": len(rows)})
         if item["ok"]:

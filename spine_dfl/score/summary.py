@@ -15,6 +15,8 @@ class ScoreSummary:
     """Outcome of a scoring run (all ranks see rank 0's merged numbers).
 
     ``strict``: the run was asked to count failed files as a failure of the run (``exit_status``).
+    ``shifted``: images unlike the training images (``in_distribution`` no; refused ones included);
+    ``shift_check``: ``available``, or why not (the checkpoint has no training-distribution statistics).
     """
 
     found: int
@@ -34,6 +36,8 @@ class ScoreSummary:
     class_names: list[str] = field(default_factory=list)
     dicom_out: dict[str, Any] | None = None
     strict: bool = False
+    shifted: int = 0
+    shift_check: str = ""
 
     def exit_status(self, strict: bool | None = None) -> int:
         """0, or 1 when failed files count (``strict``, by default the run's own setting) and some failed."""

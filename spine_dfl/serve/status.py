@@ -2,11 +2,14 @@
 
 Reads the spool's queue read-only, so it works while the node runs. Nothing identifying leaves
 it: studies are shown as a short hash of their Study Instance UID (``study_tag``), never by the UID,
-a patient name or a patient ID; error reasons are the node's own words.
+a patient name or a patient ID; error reasons are the node's own words. The images unlike the training
+images (``in_distribution`` no, ``engine.shift``) are counted from the predictions table the node keeps
+for the latest generation of each study (``results/<study>/generation-<n>/table/predictions.csv``).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import re
 import sqlite3
@@ -30,13 +33,34 @@ def redact_uids(text: str) -> str:
     return _UID_LIKE.sub(lambda match: "uid:" + study_tag(match.group(0)), text)
 
 
+def shift_counts(spool_dir: str | Path) -> dict[str, int]:
+    """``{"images_checked", "images_unlike_training"}`` over the latest scored generation of every study."""
+    checked: set[str] = set()
+    unlike: set[str] = set()
+    for study in sorted((Path(spool_dir) / "results").glob("*")):
+        tables = [(int(g.name.rsplit("-", 1)[-1]), g / "table" / "predictions.csv")
+                  for g in study.glob("generation-*") if g.name.rsplit("-", 1)[-1].isdigit()]
+        tables = [t for t in tables if t[1].is_file()]
+        if not tables:
+            continue
+        with open(max(tables)[1], newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                verdict = (row.get("in_distribution") or "").strip()
+                if verdict in ("yes", "no"):
+                    checked.add(row.get("image", ""))
+                    if verdict == "no":
+                        unlike.add(row.get("image", ""))
+    return {"images_checked": len(checked), "images_unlike_training": len(unlike)}
+
+
 def status(spool_dir: str | Path, *, errors: int = 10, now: float | None = None) -> dict:
     """A JSON-ready summary of the node's queue in ``spool_dir``.
 
     Keys: ``states`` (count per state, every state listed), ``instances`` (received),
     ``failed_instances``, ``oldest_waiting`` (the study not yet done or failed whose first instance
     came first: ``{"study", "state", "age_s"}``; None when none waits), ``last_errors`` (newest first:
-    ``{"study", "state", "attempts", "error"}``), ``last_instance_errors`` and ``last_rejections``.
+    ``{"study", "state", "attempts", "error"}``), ``last_instance_errors``, ``last_rejections`` and ``shift``
+    (``shift_counts``: images checked against the training distribution and those unlike it).
     """
     path = Path(spool_dir) / QUEUE_FILE
     if not path.is_file():
@@ -77,6 +101,7 @@ def status(spool_dir: str | Path, *, errors: int = 10, now: float | None = None)
         ],
         "last_instance_errors": [{"study": study_tag(uid), "error": error} for uid, error in instance_errors],
         "last_rejections": [{"age_s": round(now - at, 1), "reason": reason} for at, reason in rejections],
+        "shift": shift_counts(spool_dir),
     }
 
 
@@ -90,6 +115,10 @@ def format_status(summary: dict) -> str:
         "oldest waiting study: "
         + ("none" if oldest is None else f"{oldest['study']} ({oldest['state']}) {oldest['age_s']:.0f} s"),
     ]
+    shift = summary.get("shift")
+    if shift:
+        lines.append(f"images unlike the training images: {shift['images_unlike_training']} of "
+                     f"{shift['images_checked']} checked")
     if summary["last_errors"]:
         lines.append("last study errors:")
         lines += [
