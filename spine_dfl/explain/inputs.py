@@ -18,7 +18,7 @@ from spine_dfl.explain.run import explain
 
 log = logging.getLogger("spine_dfl.explain")
 
-__all__ = ["ExplainInputError", "ExplainRun", "explain_inputs", "explain_records", "input_records"]
+__all__ = ["ExplainInputError", "ExplainRun", "explain_inputs", "explain_records", "gated_records", "input_records"]
 
 
 @dataclass
@@ -106,6 +106,7 @@ def explain_inputs(
     device: str = "auto",
     batch_size: int = 8,
     locator: str | Path | None = None,
+    ignore_view_tags: bool = False,
 ) -> ExplainRun:
     """Explain image files and folders (DICOM, NIfTI, PNG/TIFF), with vertebra ROIs from `rois_csv`.
 
@@ -113,38 +114,68 @@ def explain_inputs(
     for every caller, a bad row rejects the table naming the row) or a locator (``locator``, or the
     one embedded in the checkpoint), which finds each file's vertebrae and their six points (drawn
     in the gallery); a file where it finds none is a failure "no vertebrae found". A whole-image
-    model gets one sample per file and reads no ROI table.
+    model gets one sample per file and reads no ROI table. A DICOM whose header the input gate refuses
+    (``gate.header``, as in score; ``ignore_view_tags``: modality and SOP class only) is a failure with
+    that reason, before any ROI or locator.
     """
     from spine_dfl.score.locating import resolve_locator
 
     loaded = _load(checkpoint, device)
     use_roi = bool(loaded.preprocessing.use_roi)
     source = resolve_locator(locator, loaded.raw, checkpoint) if use_roi and rois_csv is None else None
-    if source is None:
-        return _explain(loaded, input_records(inputs, rois_csv, use_roi), out_dir, top_n, device, batch_size)
     failures: list[dict[str, str]] = []
-    records = located_records(input_records(inputs, None, False), source.load(), failures)
+    if source is None:
+        records = gated_records(input_records(inputs, rois_csv, use_roi), failures, ignore_view_tags)
+        return _explain(loaded, records, out_dir, top_n, device, batch_size, failures)
+    files = gated_records(input_records(inputs, None, False), failures, ignore_view_tags)
+    records = located_records(files, source.load(), failures)
     return _explain(loaded, records, out_dir, top_n, device, batch_size, failures)
+
+
+def gated_records(records: Sequence[Mapping[str, Any]], failures: list[dict[str, str]],
+                  ignore_view_tags: bool = False) -> list[Mapping[str, Any]]:
+    """The records whose image the input gate lets through (``gate.header.file_refusal``, one header read
+    per image); each refused image is one failure with the gate's reason."""
+    from spine_dfl.gate.header import file_refusal
+
+    refusals: dict[str, str | None] = {}
+    kept = []
+    for record in records:
+        image = str(record["image"])
+        if image not in refusals:
+            refusals[image] = file_refusal(image, ignore_view_tags)
+            if refusals[image] is not None:
+                log.warning("explain: skipping %s (%s)", image, refusals[image])
+                failures.append({"image": image, "vertebra": "", "reason": str(refusals[image])})
+        if refusals[image] is None:
+            kept.append(record)
+    return kept
 
 
 def located_records(files: Sequence[Mapping[str, Any]], locator: Any, failures: list[dict[str, str]]) -> list[dict[str, Any]]:
     """One record per located vertebra of each file record (``roi``, ``vertebra``, ``points`` (6, 2) and
     ``locator_confidence``); files that cannot be read or where none is found go to ``failures``."""
-    from spine_dfl.io import read_image
-    from spine_dfl.score.locating import NO_VERTEBRAE, locate_rois
+    from spine_dfl.io import read_dicom_header, read_image
+    from spine_dfl.io.discovery import is_dicom
+    from spine_dfl.score.locating import NO_VERTEBRAE, locate_film, view_of
 
+    view = view_of(locator)
     records = []
     for file in files:
         try:
-            found = locate_rois(locator, read_image(file["image"]))
+            image = file["image"]
+            words = read_dicom_header(image).get("PatientOrientation") if is_dicom(image) else None
+            found = locate_film(locator, view, read_image(image), words)
         except Exception as exc:  # an unreadable file fails on its own, as in score
             failures.append({"image": str(file["image"]), "vertebra": "", "reason": f"{type(exc).__name__}: {exc}"})
             continue
-        if not found.vertebrae:
-            failures.append({"image": str(file["image"]), "vertebra": "", "reason": NO_VERTEBRAE})
-        records += [{**file, "roi": box, "vertebra": level, "points": points, "locator_confidence": confidence}
-                    for level, box, points, confidence in zip(found.vertebrae, found.boxes, found.points,
-                                                              found.confidence)]
+        if not found.vertebrae or found.refusal:
+            failures.append({"image": str(file["image"]), "vertebra": "", "reason": found.refusal or NO_VERTEBRAE})
+            continue
+        records += [{**file, "roi": box, "crop_roi": crop, "orientation": found.orientation.name, "vertebra": level,
+                     "points": points, "locator_confidence": confidence}
+                    for level, box, crop, points, confidence in zip(found.vertebrae, found.boxes, found.crop_boxes,
+                                                                     found.points, found.confidence)]
     return records
 
 

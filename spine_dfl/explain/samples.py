@@ -102,7 +102,11 @@ def prepare_samples(
             failures.append(_failure(record, _missing_roi_reason(record)))
             continue
         try:
-            loaded = load({"image": str(record["image"]), "roi": roi})
+            # A located record of a turned film carries its orientation and its box on the canonical film:
+            # the crop is cut from the canonical film, the region shown stays in the file's pixels.
+            crop = record.get("crop_roi")
+            loaded = load({"image": str(record["image"]), "roi": roi if crop is None else tuple(float(v) for v in crop),
+                           "orientation": record.get("orientation")})
             original = torch.as_tensor(loaded["image"])[0]  # (rows, cols), shares the reader's array
             sample = loaded
             for step in rest:

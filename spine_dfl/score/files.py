@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from spine_dfl.io.orientation import CANONICAL, Orientation
 from spine_dfl.io.rois import RoiTable
 from spine_dfl.score.errors import reason_of
 
@@ -40,7 +41,9 @@ class FileSamples:
     table's ``roi_source`` / ``locator_confidence`` / morphometry cells; [] for a whole-image model).
     With ``locator`` (a ``score.locating.LocatorSource``) and no ``rois``, the vertebrae are the
     locator's (loaded once per process; a radiograph where it finds none fails with
-    ``no vertebrae found``). With ``geometry`` (for the DICOM
+    ``no vertebrae found``). A DICOM whose header the input gate refuses (``gate.header``: not a
+    projection radiograph, another body part, a frontal view; the view hints not with
+    ``ignore_view_tags``) fails with that reason before anything else. With ``geometry`` (for the DICOM
     overlay's heatmaps) also ``to_original`` (float64 (n, 3, 3): each sample's network input ->
     original pixel affine; None otherwise) and ``regions`` (per sample the integer (x0, y0, x1, y1)
     original-pixel region the network saw, ``heatmap.geometry.display_region``; [] otherwise).
@@ -48,7 +51,7 @@ class FileSamples:
 
     def __init__(
         self, files: Sequence[str | Path], preprocessing: Any, rois: RoiTable | None, keep_ids: bool,
-        geometry: bool = False, locator: Any = None,
+        geometry: bool = False, locator: Any = None, ignore_view_tags: bool = False,
     ) -> None:
         self.files = [Path(f) for f in files]
         self.preprocessing = preprocessing
@@ -56,8 +59,10 @@ class FileSamples:
         self.keep_ids = keep_ids
         self.geometry = geometry
         self.locator = locator
+        self.ignore_view_tags = ignore_view_tags
         self._transforms: Any = None  # built lazily, in the process that decodes
         self._locator: Any = None  # loaded lazily, in the process that decodes
+        self._view: Any = None  # the locator's view classifier (gate.view), loaded with it
 
     def __len__(self) -> int:
         return len(self.files)
@@ -68,7 +73,7 @@ class FileSamples:
 
     def __getstate__(self) -> dict[str, Any]:
         # MONAI transforms are rebuilt and the locator reloaded per process (only its path travels)
-        return {**self.__dict__, "_transforms": None, "_locator": None}
+        return {**self.__dict__, "_transforms": None, "_locator": None, "_view": None}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path = self.files[index]
@@ -81,6 +86,8 @@ class FileSamples:
             return failed_item(index, str(path), self.input_size, reason_of(exc) or type(exc).__name__, **ids)
 
     def _item(self, index: int, path: Path, ids: dict[str, str]) -> dict[str, Any]:
+        from spine_dfl.gate.header import header_refusal
+        from spine_dfl.gate.orientation import choose_orientation
         from spine_dfl.io import ImageReadError, is_dicom, read_dicom_header, read_image
 
         header = None
@@ -90,6 +97,9 @@ class FileSamples:
             ids["study_instance_uid"] = str(header.get("StudyInstanceUID", "") or "")
             if self.keep_ids:
                 ids["patient_id"] = str(header.get("PatientID", "") or "")
+            refusal = header_refusal(header, self.ignore_view_tags)
+            if refusal is not None:
+                raise ImageReadError(path, refusal)  # before any ROI lookup, locator or decode
         extras: list[dict[str, Any]] = []
         if self.rois is not None:
             rois: list[tuple[str, Box | None]] = list(self.rois.lookup(ids["sop_instance_uid"], path))
@@ -97,31 +107,41 @@ class FileSamples:
                 if header is None or not ("Rows" in header and "Columns" in header):
                     read_image(path)  # not an image at all: its own reason is the better one
                 raise ImageReadError(path, "no ROIs for this image in the ROI CSV (matched by sop_instance_uid or image path)")
-            extras = [{"roi_source": "file"} for _ in rois]
+            orientation = choose_orientation(None if header is None else header.get("PatientOrientation"))
+            extras = [{"roi_source": "file", "orientation": orientation.name} for _ in rois]
+            crops = _canonical_boxes([roi for _, roi in rois], orientation, header)
         elif self.locator is not None:
-            rois, extras = self._located(path)
+            rois, extras, crops, orientation = self._located(path, header)
         else:
-            rois = [("", None)]
-        images, roi_input, affines, regions = self._transform(path, [roi for _, roi in rois])
+            rois, crops, orientation = [("", None)], [None], CANONICAL
+        images, roi_input, affines, regions = self._transform(path, crops, orientation, [roi for _, roi in rois])
         return {
             "index": index, "file": str(path), "ok": True, "error": "", **ids,
             "vertebrae": [vertebra for vertebra, _ in rois], "rois": [roi for _, roi in rois], "extras": extras,
             "images": images, "roi_input": roi_input, "to_original": affines, "regions": regions,
         }
 
-    def _located(self, path: Path) -> tuple[list[tuple[str, Box | None]], list[dict[str, Any]]]:
-        """The locator's (level, box) pairs of ``path`` and their table cells; ImageReadError when it finds none."""
+    def _located(self, path: Path, header: Any) -> tuple[list[tuple[str, Box | None]], list[dict[str, Any]],
+                                                      list[Box], Orientation]:
+        """The locator's (level, stored box) pairs of ``path``, their table cells, the boxes on the canonical
+        film and the orientation that makes it canonical (``score.locating.locate_film``); ImageReadError
+        when it finds none, or when what it found is not a lateral column (``gate.column``)."""
         from spine_dfl.io import ImageReadError
-        from spine_dfl.score.locating import NO_VERTEBRAE, locate_rois
+        from spine_dfl.score.locating import NO_VERTEBRAE, locate_film, view_of
 
         if self._locator is None:
             self._locator = self.locator.load()
-        found = locate_rois(self._locator, self._loader()._read(str(path)))  # decoded once: the crops reuse it
+            self._view = view_of(self._locator)
+        radiograph = self._loader()._read(str(path))  # decoded once: the crops reuse it
+        words = None if header is None else header.get("PatientOrientation")
+        found = locate_film(self._locator, self._view, radiograph, words)
         if not found.vertebrae:
             raise ImageReadError(path, NO_VERTEBRAE)
+        if found.refusal:
+            raise ImageReadError(path, found.refusal)
         extras = [{"roi_source": "locator", "locator_confidence": confidence, **cells}
                   for confidence, cells in zip(found.confidence, found.morphometry)]
-        return list(zip(found.vertebrae, found.boxes)), extras
+        return list(zip(found.vertebrae, found.boxes)), extras, list(found.crop_boxes), found.orientation
 
     def _loader(self) -> Any:
         """The pipeline's LoadRadiographd: its per-process cache holds the radiograph just read."""
@@ -133,11 +153,13 @@ class FileSamples:
         return next(t for t in self._transforms.transforms if isinstance(t, LoadRadiographd))
 
     def _transform(
-        self, path: Path, rois: list[Box | None]
+        self, path: Path, rois: list[Box | None], orientation: Orientation = CANONICAL,
+        stored_rois: list[Box | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[tuple[int, int, int, int] | None]]:
-        """(n, 1, S, S) float32 network inputs of ``path`` cropped to each ROI (None = whole image) and
-        (n, 4) float32 ROI boxes in input pixels; with ``geometry`` also their (n, 3, 3) input ->
-        original affines and displayed regions."""
+        """(n, 1, S, S) float32 network inputs of ``path`` turned by ``orientation`` and cropped to each
+        ROI (canonical pixels; None = whole image) and (n, 4) float32 ROI boxes in input pixels; with
+        ``geometry`` also their (n, 3, 3) input -> original (stored) affines and displayed regions
+        (``stored_rois``: the same ROIs in stored pixels; ``rois`` when not given)."""
         import torch
 
         from spine_dfl.data.transforms import eval_transforms
@@ -150,14 +172,15 @@ class FileSamples:
         roi_input = np.empty((len(rois), 4), np.float32)
         affines: list[np.ndarray] = []
         regions: list[tuple[int, int, int, int] | None] = []
-        for j, roi in enumerate(rois):
-            sample = self._transforms({"image": str(path), "roi": roi})
+        stored_rois = rois if stored_rois is None else stored_rois
+        for j, (roi, stored_roi) in enumerate(zip(rois, stored_rois)):
+            sample = self._transforms({"image": str(path), "roi": roi, "orientation": orientation})
             image = sample["image"]
             image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
             images[j] = image.float().reshape(1, size, size).numpy()
-            roi_input[j] = roi_in_input(roi, sample["to_original"], size).numpy()
+            roi_input[j] = roi_in_input(stored_roi, sample["to_original"], size).numpy()
             if self.geometry:
-                affine, region = self._geometry(sample, roi)
+                affine, region = self._geometry(sample, stored_roi)
                 affines.append(affine)
                 regions.append(region)
         return images, roi_input, (np.stack(affines) if affines else None), regions
@@ -175,3 +198,14 @@ class FileSamples:
         if min(shape) < 1:
             return affine, None
         return affine, tuple(int(v) for v in display_region(affine, self.preprocessing, roi, shape))
+
+
+def _canonical_boxes(boxes: list[Box | None], orientation: Orientation, header: Any) -> list[Box | None]:
+    """Stored-pixel ROIs on the canonical film (the stored size from the header's Rows/Columns)."""
+    if orientation.is_identity:
+        return boxes
+    shape = (int(header.Rows), int(header.Columns))
+    back = orientation.inverse()  # canonical -> stored undone: stored coordinates -> canonical ones
+    return [None if b is None else tuple(float(v) for v in back.boxes_to_stored(np.array([b]),
+                                                                                 orientation.canonical_shape(shape))[0])
+            for b in boxes]

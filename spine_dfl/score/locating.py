@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from spine_dfl.io.orientation import CANONICAL, Orientation
+
 NO_VERTEBRAE = "no vertebrae found"
 
 
@@ -53,53 +55,109 @@ def resolve_locator(locator: str | Path | None, grader_raw: dict[str, Any], grad
 
 @dataclass(frozen=True)
 class LocatedRois:
-    """One radiograph's located vertebrae, cranial first: level names, boxes (x_min, y_min, x_max, y_max)
-    in original pixels, confidences, each vertebra's morphometry cells (``predictions.morphometry_cells``,
-    plus ``points``: the six points as ((x, y), ...) for the SC overlay, and ``points_refined``: how many
-    of them were snapped to an endplate edge, ``locate.refine``; cells not a table column are not written
-    to predictions.csv) and its six points ((6, 2) arrays sa, sm, sp, ia, im, ip; (x, y) original pixels)."""
+    """One radiograph's located vertebrae, cranial first: level names (``V1``.. where no anchor is
+    visible, ``locate.anchors``), boxes (x_min, y_min, x_max, y_max) in the file's own (stored) pixels,
+    confidences, each vertebra's morphometry cells (``predictions.morphometry_cells`` plus
+    ``level_confidence``, ``level_anchored`` and ``orientation``; plus ``points``: the six points as
+    ((x, y), ...) in stored pixels for the SC overlay, and ``points_refined``: how many of them were
+    snapped to an endplate edge, ``locate.refine``; cells not a table column are not written to
+    predictions.csv) and its six points ((6, 2) arrays sa, sm, sp, ia, im, ip; (x, y) stored pixels).
+
+    ``crop_boxes``: the boxes on the canonical film (what the grader's crop is cut from, turned by
+    ``orientation``); ``refusal``: the image gate's reason when the chain is not a lateral column
+    (``gate.column``; the vertebrae are then not to be graded); ``anchor``/``anchored``: what the
+    levels were counted from.
+    """
 
     vertebrae: list[str]
     boxes: list[tuple[float, float, float, float]]
     confidence: list[float]
     morphometry: list[dict[str, Any]]
     points: list[np.ndarray] = field(default_factory=list)
+    crop_boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    orientation: Orientation = CANONICAL
+    refusal: str = ""
+    anchored: bool = False
+    anchor: str = ""
 
 
 def _area(boxes: np.ndarray) -> np.ndarray:
     return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
 
 
-def locate_rois(loaded: Any, radiograph: Any) -> LocatedRois:
-    """The locator's vertebrae of one decoded radiograph (``io.Radiograph``), with six-point morphometry."""
+def locate_rois(loaded: Any, radiograph: Any, orientation: Orientation = CANONICAL,
+                view_probability: float | None = None) -> LocatedRois:
+    """The locator's vertebrae of one decoded radiograph (``io.Radiograph``), with six-point morphometry.
+
+    The locator, the anchoring and the column gate work on the canonical film (``orientation`` turns
+    the stored pixels to it); boxes and points come back in stored pixels. ``view_probability``: the
+    view classifier's lateral-spine probability, for the gate (None: not available).
+    """
     from spine_dfl.data.threads import single_thread
+    from spine_dfl.gate.column import column_refusal
     from spine_dfl.heatmap.geometry import clip_boxes
+    from spine_dfl.locate.anchors import anchor_levels
     from spine_dfl.locate.checkpoint import locate_radiograph
     from spine_dfl.locate.morphometry import UNIT_BY_SPACING_SOURCE, spine_morphometry
     from spine_dfl.predictions import morphometry_cells
 
+    stored = np.asarray(radiograph.pixels)
+    pixels = orientation.apply(stored)
     with single_thread():
-        found = locate_radiograph(loaded, np.asarray(radiograph.pixels))
+        found = locate_radiograph(loaded, pixels)
     if not len(found):
-        return LocatedRois([], [], [], [])
+        return LocatedRois([], [], [], [], orientation=orientation)
     # A box is clipped to the image; one that keeps less than half its area there (a peak in the
     # letterbox padding, or a body cut by the field of view) is not a vertebra to grade.
     raw = found.detections.boxes
-    clipped = clip_boxes(raw, np.asarray(radiograph.pixels).shape[:2])
+    clipped = clip_boxes(raw, pixels.shape[:2])
     keep = np.flatnonzero(_area(clipped) >= 0.5 * np.maximum(_area(raw), 1e-9))
     if not keep.size:
-        return LocatedRois([], [], [], [])
-    vertebrae = [found.levels[k] for k in keep]
-    boxes = [tuple(float(v) for v in clipped[k]) for k in keep]
-    # The locator's levels are consecutive in anatomical order: their indices give the crush ratio's neighbours.
+        return LocatedRois([], [], [], [], orientation=orientation)
     source = radiograph.meta.get("spacing_source")
-    spacing = radiograph.spacing_mm if source in UNIT_BY_SPACING_SOURCE else None  # unknown source: pixels
-    measured = spine_morphometry(found.detections.points[keep], [loaded.levels.index(name) for name in vertebrae],
-                                 spacing, source if spacing is not None else None)
+    spacing = orientation.spacing_to_canonical(radiograph.spacing_mm) if source in UNIT_BY_SPACING_SOURCE else None
+    points = found.detections.points[keep]
+    refusal = column_refusal(points, clipped[keep], spacing, view_probability) or ""
+    named = anchor_levels(found.detections.centres[keep], clipped[keep], found.detections.level_logits[keep],
+                          loaded.levels, pixels.shape[0], found.head_up)
+    # Neighbours for the crush ratio: anchored levels, else the chain's own order (consecutive).
+    neighbours = list(named.levels) if named.anchored else list(range(len(keep)))
+    measured = spine_morphometry(points, neighbours, spacing, source if spacing is not None else None)
     cells = morphometry_cells(measured)
-    for k, cell in zip(keep, cells):
-        cell["points"] = tuple((float(x), float(y)) for x, y in found.detections.points[k])
+    stored_points = orientation.points_to_stored(points, stored.shape)
+    for j, (k, cell) in enumerate(zip(keep, cells)):
+        cell["points"] = tuple((float(x), float(y)) for x, y in stored_points[j])
+        cell["level_confidence"] = float(named.level_confidence[j])
+        cell["level_anchored"] = "yes" if named.anchored else "no"
+        cell["orientation"] = orientation.name
         if found.refined is not None:
             cell["points_refined"] = int(found.refined[k].sum())
-    return LocatedRois(vertebrae, boxes, [float(found.confidence[k]) for k in keep], cells,
-                       [found.detections.points[k] for k in keep])
+    stored_boxes = orientation.boxes_to_stored(clipped[keep], stored.shape)
+    return LocatedRois(
+        list(named.names), [tuple(float(v) for v in b) for b in stored_boxes],
+        [float(found.detections.scores[k]) * float(c) for k, c in zip(keep, named.level_confidence)], cells,
+        list(stored_points), [tuple(float(v) for v in clipped[k]) for k in keep], orientation, refusal,
+        named.anchored, named.anchor)
+
+
+def view_of(locator: Any) -> Any:
+    """The view classifier a loaded locator's checkpoint carries (``gate.view``), or None."""
+    from spine_dfl.gate.view_checkpoint import view_from_locator_payload
+
+    return view_from_locator_payload(getattr(locator, "raw", None) or {})
+
+
+def locate_film(loaded: Any, view: Any, radiograph: Any, patient_orientation: Any = None) -> LocatedRois:
+    """``locate_rois`` on the film turned to canonical: the orientation from the header's
+    PatientOrientation and the view classifier ``view`` (``gate.orientation.choose_orientation``;
+    None: the header alone), whose lateral-spine probability also goes to the column gate."""
+    from spine_dfl.gate.orientation import choose_orientation
+
+    prediction = None
+    if view is not None:
+        from spine_dfl.gate.view import predict_view
+
+        prediction = predict_view(view, np.asarray(radiograph.pixels))
+    orientation = choose_orientation(patient_orientation, prediction)
+    return locate_rois(loaded, radiograph, orientation,
+                       None if prediction is None else float(prediction.lateral_probability))

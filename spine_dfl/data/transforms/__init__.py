@@ -12,6 +12,7 @@ The settings are imported eagerly; everything else (torch, MONAI) on first use o
 Pipeline (``eval_transforms``; training appends the random part of ``train_transforms``)::
 
     LoadRadiographd        path -> (1, H, W) float32, bone bright; "spacing_mm", minimal "meta"
+    Orientd                a sample's "orientation" (stored -> canonical film), composed into to_original
     RoiCropd               ROI + margin box (integer pixels), out-of-image parts = image minimum
     ScaleIntensityRangePercentilesd (MONAI)   crop percentiles (low, high) -> [0, 1], clipped
     ResizePadd             keep aspect, larger side = S, pad symmetric to S x S with 0
@@ -64,6 +65,8 @@ _LAZY = {
     "ResizePadd": "crop",
     "RoiCrop": "crop",
     "RoiCropd": "crop",
+    "Orient": "orient",
+    "Orientd": "orient",
     "AffineResampled": "augment",
     "RandRadiographAffined": "augment",
     "augment_transforms": "compose",

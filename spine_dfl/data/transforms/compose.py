@@ -19,14 +19,17 @@ from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.augment import RandRadiographAffined
 from spine_dfl.data.transforms.crop import RandRoiRecropd, ResizePadd, RoiCropd, window_margin
 from spine_dfl.data.transforms.load import LoadRadiographd
+from spine_dfl.data.transforms.orient import Orientd
 from spine_dfl.data.transforms.settings import AugmentConfig, Preprocessing
 
 
 def deterministic_transforms(pre: Preprocessing, keys: str = "image", lru_size: int = 2) -> list[Transform]:
-    """The cacheable part: load, ROI crop, percentile normalisation, resize + pad, plain tensor."""
+    """The cacheable part: load, turn to canonical (a sample's ``orientation``, when given), ROI crop,
+    percentile normalisation, resize + pad, plain tensor."""
     low, high = pre.intensity_percentiles
     return [
         LoadRadiographd(keys, lru_size=lru_size),
+        Orientd(keys),
         RoiCropd(keys, margin=pre.roi_margin, use_roi=pre.use_roi),
         ScaleIntensityRangePercentilesd(keys, lower=float(low), upper=float(high), b_min=0.0, b_max=1.0,
                                         clip=True, dtype=np.float32),

@@ -1,0 +1,30 @@
+"""Which way a film is stored: the header's PatientOrientation where it is a lateral pair, the view
+classifier's reading (``gate.view``) where the header is silent or clearly contradicted.
+
+Headers are hints: often missing, sometimes wrong (a film flipped at the modality without the tag
+following). The image overrules the header only when the classifier is confident
+(``OVERRULE_PROBABILITY`` among the eight orientations) and sees a lateral spine at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from spine_dfl.io.orientation import CANONICAL, Orientation, orientation_from_header
+
+OVERRULE_PROBABILITY = 0.9
+LATERAL_PROBABILITY = 0.5
+
+
+def choose_orientation(patient_orientation: Sequence[str] | None, view: Any = None) -> Orientation:
+    """The orientation that makes the film canonical (head up, anterior left).
+
+    ``patient_orientation``: the header's (0020,0020) values or None; ``view``: a
+    ``gate.view.ViewPrediction`` or None. Neither: the film is taken as stored.
+    """
+    header = orientation_from_header(patient_orientation)
+    if view is not None and float(view.lateral_probability) >= LATERAL_PROBABILITY:
+        if header is None or (view.orientation != header and float(view.orientation_probability) >= OVERRULE_PROBABILITY):
+            return view.orientation
+    return header if header is not None else CANONICAL

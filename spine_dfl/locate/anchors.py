@@ -1,0 +1,118 @@
+"""Level names only where the film shows what they are counted from.
+
+A chain of located vertebrae has no level names of its own: a thoracic cut T4-L1 and a full film's
+T9-L5 look alike vertebra by vertebra, and the locator's level logits, learnt on whole films, count
+such a cut confidently and wrongly. Clinicians count from an anchor the film shows:
+
+- the sacrum: the chain stops above it with film to spare, so its lowest vertebra is the last
+  mobile one (L5), counted upward;
+- C7/T1 at the top, where the locator's levels reach that far (its range starts at T1 or higher);
+- the last rib-bearing vertebra (T12): not detected by this locator (no rib head); a site whose
+  locator is trained with rib labels can add it here.
+
+:func:`anchor_levels` decides which anchor, if any, the chain shows, relabels the chain from it
+(the labelling's dynamic programme with the anchor's level fixed) and, where none is visible,
+names the vertebrae ``V1``, ``V2``, ... top to bottom. Works on a canonical film (head up).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from spine_dfl.locate.labelling import assign_levels
+
+ANCHOR_LOGIT = 50.0  # a level logit that no learnt logit outweighs: the anchor's level is fixed
+ROOM_BODY_HEIGHTS = 0.8  # film beyond the chain's end, in body heights, for that end to be the column's end
+ANCHOR_LOG_MARGIN = 2.0  # the end vertebra's own logit for the anchor level within this of its best (nats)
+TOP_ANCHORS = ("C7", "T1")
+
+
+@dataclass(frozen=True)
+class AnchoredLevels:
+    """Names for a chain of N vertebrae (cranial first).
+
+    ``names``: level names, or ``V1``.. when ``anchored`` is False; ``level_confidence``: (N,)
+    posterior of each name's level (the labelling's, anchored or not); ``anchor``: what the levels
+    were counted from ("sacrum", "C7/T1", or "" when unanchored); ``levels``: (N,) level indices
+    into the locator's levels (-1 where unanchored); ``why``: why no anchor, when none.
+    """
+
+    names: tuple[str, ...]
+    level_confidence: np.ndarray
+    anchored: bool
+    anchor: str
+    levels: np.ndarray
+    why: str = ""
+
+
+def relative_names(n: int) -> tuple[str, ...]:
+    """``V1`` .. ``Vn``, top to bottom: what vertebrae are called when no anchor is visible."""
+    return tuple(f"V{i + 1}" for i in range(n))
+
+
+def _room(boxes: np.ndarray, image_rows: int) -> tuple[float, float, float]:
+    heights = boxes[:, 3] - boxes[:, 1]
+    body = float(np.median(heights)) if len(heights) else 0.0
+    return float(boxes[0, 1]), float(image_rows - boxes[-1, 3]), body
+
+
+def _end_looks_like(logits: np.ndarray, level: int) -> bool:
+    log_p = logits - np.logaddexp.reduce(logits)
+    return bool(log_p.max() - log_p[level] <= ANCHOR_LOG_MARGIN)
+
+
+def anchor_levels(
+    centres: np.ndarray, boxes: np.ndarray, level_logits: np.ndarray, levels: Sequence[str],
+    image_rows: int, head_up: bool = True,
+) -> AnchoredLevels:
+    """Levels of N located vertebrae, cranial first, on a canonical film of ``image_rows`` rows.
+
+    ``centres`` (N, 2), ``boxes`` (N, 4) in canonical pixels, ``level_logits`` (N, L) over
+    ``levels`` (anatomical order). ``head_up``: the labelling read the chain head up; a chain read
+    head down on a canonical film is not counted (its orientation is in doubt).
+    """
+    levels = list(levels)
+    n = len(centres)
+    unanchored = _unanchored(n, level_logits)
+    if n == 0:
+        return unanchored("no vertebrae")
+    if not head_up:
+        return unanchored("the chain reads head down on a head-up film")
+    boxes = np.asarray(boxes, dtype=np.float64)
+    logits = np.asarray(level_logits, dtype=np.float64)
+    room_above, room_below, body = _room(boxes, image_rows)
+    fixed: tuple[int, int] | None = None  # (detection, level)
+    anchor = ""
+    last = len(levels) - 1
+    if levels[last] == "L5" and room_below >= ROOM_BODY_HEIGHTS * body and _end_looks_like(logits[-1], last):
+        fixed, anchor = (n - 1, last), "sacrum"
+    elif levels[0] in TOP_ANCHORS and room_above >= ROOM_BODY_HEIGHTS * body and _end_looks_like(logits[0], 0):
+        fixed, anchor = (0, 0), "C7/T1"
+    if fixed is None:
+        reasons = []
+        if levels[last] == "L5":
+            reasons.append("the film ends at the lowest vertebra" if room_below < ROOM_BODY_HEIGHTS * body
+                           else "the lowest vertebra does not look like L5")
+        if levels[0] not in TOP_ANCHORS:
+            reasons.append(f"the locator counts no higher than {levels[0]}")
+        return unanchored("no anchor visible: " + "; ".join(reasons))
+    forced = logits.copy()
+    forced[fixed[0]] = -ANCHOR_LOGIT
+    forced[fixed[0], fixed[1]] = ANCHOR_LOGIT
+    assignment = assign_levels(np.asarray(centres, dtype=np.float64), forced)
+    if not assignment.head_up:
+        return unanchored("the anchored count reads head down")
+    names = tuple(levels[i] for i in assignment.levels)
+    return AnchoredLevels(names, assignment.confidence, True, anchor, assignment.levels.astype(np.int64))
+
+
+def _unanchored(n: int, level_logits: np.ndarray):
+    def make(why: str) -> AnchoredLevels:
+        logits = np.asarray(level_logits, dtype=np.float64).reshape(n, -1) if n else np.zeros((0, 1))
+        confidence = np.exp(logits.max(axis=1) - np.logaddexp.reduce(logits, axis=1)) if n else np.zeros(0)
+        return AnchoredLevels(relative_names(n), confidence, False, "", np.full(n, -1, np.int64), why)
+
+    return make

@@ -1,0 +1,106 @@
+"""Levels named only from a visible anchor (locate.anchors) and the column gate (gate.column)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spine_dfl.gate.column import NO_COLUMN, column_refusal, measure_column
+from spine_dfl.locate.anchors import anchor_levels
+
+LEVELS = [f"T{i}" for i in range(4, 13)] + [f"L{i}" for i in range(1, 6)]  # T4-L5, as the synth locator
+
+
+def chain(n: int, top: float = 100.0, gap: float = 60.0, height: float = 40.0, depth: float = 50.0, x: float = 300.0,
+          anterior_left: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centres (n, 2), boxes (n, 4), six points (n, 6, 2) of a straight canonical column, cranial first."""
+    ys = top + gap * np.arange(n)
+    centres = np.stack([np.full(n, x), ys], axis=1)
+    boxes = np.stack([centres[:, 0] - depth / 2, ys - height / 2, centres[:, 0] + depth / 2, ys + height / 2], axis=1)
+    a, p = (-depth / 2, depth / 2) if anterior_left else (depth / 2, -depth / 2)
+    points = np.stack([
+        np.stack([x + a + 0 * ys, ys - height / 2], 1), np.stack([x + 0 * ys, ys - height / 2], 1),
+        np.stack([x + p + 0 * ys, ys - height / 2], 1), np.stack([x + a + 0 * ys, ys + height / 2], 1),
+        np.stack([x + 0 * ys, ys + height / 2], 1), np.stack([x + p + 0 * ys, ys + height / 2], 1)], axis=1)
+    return centres, boxes, points
+
+
+def logits_for(first: str, n: int, levels=LEVELS, strength: float = 4.0) -> np.ndarray:
+    start = levels.index(first)
+    out = np.zeros((n, len(levels)))
+    for i in range(n):
+        out[i, min(start + i, len(levels) - 1)] = strength
+    return out
+
+
+def test_sacrum_in_the_field_anchors_the_count_from_l5() -> None:
+    centres, boxes, _ = chain(6)  # lowest box bottom at 420
+    # The locator's own logits say T12-L4+: shifted by one; the anchor counts up from L5.
+    result = anchor_levels(centres, boxes, logits_for("L1", 6) + logits_for("T12", 6) * 0.5, LEVELS, image_rows=520)
+    assert result.anchored and result.anchor == "sacrum"
+    assert result.names == ("T12", "L1", "L2", "L3", "L4", "L5")
+    assert result.level_confidence.shape == (6,) and np.all(result.level_confidence > 0.5)
+
+
+def test_a_film_ending_at_the_lowest_vertebra_is_not_counted() -> None:
+    centres, boxes, _ = chain(8)
+    result = anchor_levels(centres, boxes, logits_for("L3", 8) * 0 + logits_for("T10", 8), LEVELS, image_rows=530)
+    assert not result.anchored and result.anchor == ""
+    assert result.names == tuple(f"V{i}" for i in range(1, 9))
+    assert "film ends" in result.why and np.all(result.levels == -1)
+
+
+def test_a_lowest_vertebra_unlike_l5_is_not_taken_for_it() -> None:
+    centres, boxes, _ = chain(5)
+    result = anchor_levels(centres, boxes, logits_for("T5", 5, strength=8.0), LEVELS, image_rows=700)
+    assert not result.anchored and "does not look like L5" in result.why
+
+
+def test_top_anchor_where_the_locator_counts_from_t1() -> None:
+    levels = [f"T{i}" for i in range(1, 13)]
+    centres, boxes, _ = chain(5, top=200)
+    result = anchor_levels(centres, boxes, logits_for("T1", 5, levels), levels, image_rows=500)
+    assert result.anchored and result.anchor == "C7/T1" and result.names[0] == "T1"
+
+
+def test_a_chain_read_head_down_is_not_counted() -> None:
+    centres, boxes, _ = chain(6)
+    result = anchor_levels(centres, boxes, logits_for("T12", 6), LEVELS, image_rows=600, head_up=False)
+    assert not result.anchored and "head down" in result.why
+
+
+def test_a_regular_column_passes_the_gate() -> None:
+    _, boxes, points = chain(10)
+    assert column_refusal(points, boxes, (0.5, 0.5)) is None  # 20 mm tall, 25 mm deep bodies
+    assert column_refusal(points, boxes, None) is None
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda c, b, p: (b[:2], p[:2]), "2 vertebra-like bodies"),
+        (lambda c, b, p: (b, p + np.random.default_rng(0).uniform(-400, 400, (len(p), 1, 2))), "off a smooth curve"),
+        (lambda c, b, p: (b, np.concatenate([p[:5], chain(5, anterior_left=False)[2]])), "anterior side"),
+    ],
+)
+def test_what_is_not_a_column_is_refused_with_what_was_missing(change, words) -> None:
+    centres, boxes, points = chain(10)
+    boxes, points = change(centres, boxes, points)
+    reason = column_refusal(points, boxes, (0.5, 0.5))
+    assert reason is not None and reason.startswith(NO_COLUMN) and words in reason
+
+
+def test_body_sizes_in_mm_and_the_view_score() -> None:
+    _, boxes, points = chain(10)
+    assert "mm tall" in column_refusal(points, boxes, (0.05, 0.05))  # 2 mm bodies: not vertebrae
+    assert "view score 0.10" in column_refusal(points, boxes, (0.5, 0.5), view_probability=0.1)
+    assert column_refusal(points, boxes, (0.5, 0.5), view_probability=0.9) is None
+
+
+def test_a_sideways_chain_is_not_a_canonical_column() -> None:
+    centres, boxes, points = chain(8)
+    turned = points[..., ::-1].copy()  # x <-> y: the chain runs left-right
+    turned_boxes = boxes[:, [1, 0, 3, 2]]
+    check = measure_column(turned, turned_boxes, None)
+    assert check.axis_deg > 80
+    assert "off head-foot" in column_refusal(turned, turned_boxes, None)
