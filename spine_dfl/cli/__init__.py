@@ -13,13 +13,15 @@ import os
 import sys
 
 from spine_dfl import __version__
-from spine_dfl.cli import demo, drr, embed_locator, evaluate, explain, phantom, score, serve, synth, train, validate
+from spine_dfl.cli import (
+    demo, drr, embed_locator, evaluate, explain, phantom, score, serve, synth, train, validate, view_train,
+)
 from spine_dfl.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 # Order of the commands in ``spine-dfl --help``.
-COMMANDS = (demo, synth, phantom, drr, validate, train, embed_locator, evaluate, explain, score, serve)
+COMMANDS = (demo, synth, phantom, drr, validate, train, view_train, embed_locator, evaluate, explain, score, serve)
 
 
 def _setup_logging(verbose: bool) -> None:
