@@ -355,3 +355,30 @@ def test_storescu_to_pynetdicom_scp_round_trip(tmp_path: Path, written) -> None:
     assert sc.BurnedInAnnotation == "YES"
     np.testing.assert_array_equal(sc.pixel_array, original_sc.pixel_array)
 
+
+
+@pytest.mark.parametrize(("anchored", "anchor", "method"), [("yes", "sacrum", "ANCHORSACRUM"), ("no", "", "UNANCHORED")])
+def test_sr_says_how_the_levels_were_counted(tmp_path: Path, anchored: str, anchor: str, method: str) -> None:
+    source = make_cr(tmp_path / "src.dcm")
+    cells = {"roi_source": "locator", "locator_confidence": 0.9, "level_confidence": 0.8, "level_anchored": anchored,
+             "level_anchor": anchor}
+    names = ("L4", "L5") if anchored == "yes" else ("V1", "V2")
+    findings = [VertebraFinding(name, (20.0 + 60 * i, 30.0, 70.0 + 60 * i, 80.0), "normal",
+                                dict(zip(CLASSES, [0.7, 0.1, 0.1, 0.1])), cells=cells) for i, name in enumerate(names)]
+    sr = build_sr(source, findings, CLASSES, "run")
+    text = str(sr)
+    assert "Vertebral level identification" in text and "Levels counted from an anchor visible in the image" in text
+    codes = [item.ConceptCodeSequence[0].CodeValue for item in _walk(sr) if "ConceptCodeSequence" in item]
+    assert method in codes
+    from pydicom.sr.codedict import codes as sr_codes
+
+    expected = hd.sr.CodedConcept(*getattr(sr_codes.SCT, "Yes" if anchored == "yes" else "No"))
+    assert expected.value in codes
+    if anchored == "no":
+        assert "V1 vertebra" in text  # the relative name's finding site is a private code, not a level
+
+
+def _walk(ds: Dataset):
+    for item in getattr(ds, "ContentSequence", []):
+        yield item
+        yield from _walk(item)

@@ -82,6 +82,13 @@ CODES: dict[str, hd.sr.CodedConcept] = {
     "shift_score": _private("SHIFTSCORE", "Training distribution shift score"),
     "shift_threshold": _private("SHIFTTHRESH", "Shift score threshold"),
     "like_training": _private("LIKETRAIN", "Image like the training images"),
+    # how the vertebral levels were counted (locate.anchors)
+    "level_identification": _private("LEVELID", "Vertebral level identification"),
+    "levels_anchored": _private("ANCHORED", "Levels counted from an anchor visible in the image"),
+    "level_confidence": _private("LEVELCONF", "Vertebral level confidence"),
+    "anchor_sacrum": _private("ANCHORSACRUM", "Counted upwards from the sacrum (L5 the last mobile vertebra)"),
+    "anchor_c7t1": _private("ANCHORC7T1", "Counted downwards from C7/T1"),
+    "anchor_none": _private("UNANCHORED", "No anchor visible: relative names V1, V2, ... top to bottom"),
     "yes": hd.sr.CodedConcept(*codes.SCT.Yes),
     "no": hd.sr.CodedConcept(*codes.SCT.No),
     "mm": hd.sr.CodedConcept("mm", "UCUM", "millimeter"),

@@ -133,6 +133,33 @@ def _shift_group(
     )
 
 
+_ANCHOR_METHODS = {"sacrum": "anchor_sacrum", "C7/T1": "anchor_c7t1", "": "anchor_none"}
+
+
+def _levels_group(
+    findings: Sequence[VertebraFinding], source: Dataset, algorithm: hd.sr.AlgorithmIdentification, tracking_root: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+    """How the levels were counted (``locate.anchors``): anchored (yes / no) and from what, so a reader
+    of ``V3`` knows it is the third vertebra from the top of the film, not a level; None when the
+    findings are not located ones."""
+    anchored = str(findings[0].cells.get("level_anchored") or "")
+    if anchored not in ("yes", "no"):
+        return None
+    anchor = str(findings[0].cells.get("level_anchor") or "") if anchored == "yes" else ""
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=[tracking_root, "level identification"]),
+            identifier="image: vertebral level identification",
+        ),
+        finding_type=CODES["level_identification"],
+        method=CODES[_ANCHOR_METHODS.get(anchor, "anchor_none")],
+        algorithm_id=algorithm,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=CODES["levels_anchored"], value=CODES[anchored])],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=str(source.SOPClassUID), referenced_sop_instance_uid=str(source.SOPInstanceUID))],
+    )
+
+
 def _private_value(name: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value=name.upper()[:16], scheme_designator=PRIVATE_SCHEME, meaning=name)
 
@@ -142,7 +169,8 @@ def _morphometry_measurements(cells: Mapping[str, Any]) -> list[hd.sr.Measuremen
     ratios and the height loss ({ratio}), and the locator's confidence, where the cells give them."""
     out = []
     unit = str(cells.get("height_unit") or "pixels")
-    for key in ("ha", "hm", "hp", "wedge_ratio", "biconcave_ratio", "crush_ratio", "height_loss", "locator_confidence"):
+    for key in ("ha", "hm", "hp", "wedge_ratio", "biconcave_ratio", "crush_ratio", "height_loss", "locator_confidence",
+                "level_confidence"):
         value = cells.get(key)
         if value is None or value == "" or not np.isfinite(float(value)):
             continue
@@ -187,9 +215,10 @@ def build_sr(
     )
     groups = [_measurement_group(finding, number, source, class_names, algorithm, uids["tracking"])
               for number, finding in enumerate(findings, start=1)]
-    shift = _shift_group(findings, source, algorithm, uids["tracking"])
-    if shift is not None:
-        groups.append(shift)
+    for extra in (_shift_group(findings, source, algorithm, uids["tracking"]),
+                  _levels_group(findings, source, algorithm, uids["tracking"])):
+        if extra is not None:
+            groups.append(extra)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=_device_observer()),
         procedure_reported=CODES["procedure"],

@@ -129,6 +129,7 @@ def locate_rois(loaded: Any, radiograph: Any, orientation: Orientation = CANONIC
         cell["points"] = tuple((float(x), float(y)) for x, y in stored_points[j])
         cell["level_confidence"] = float(named.level_confidence[j])
         cell["level_anchored"] = "yes" if named.anchored else "no"
+        cell["level_anchor"] = named.anchor  # for the SR's level-identification group; not a table column
         cell["orientation"] = orientation.name
         if found.refined is not None:
             cell["points_refined"] = int(found.refined[k].sum())

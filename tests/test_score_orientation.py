@@ -1,0 +1,71 @@
+"""A film stored in any of the 8 orientations grades as the original does, and every output lands on
+the file's own pixels (score with the locator; the orientation from PatientOrientation)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from spine_dfl.io.orientation import ORIENTATIONS, Orientation
+from spine_dfl.score import score
+
+
+def _words(o: Orientation) -> list[str]:
+    from spine_dfl.io.orientation import orientation_from_header
+
+    return next([a, b] for a in "APHF" for b in "APHF" if orientation_from_header([a, b]) == o)
+
+
+def write_turned(source: Path, o: Orientation, out: Path, tag: bool = True) -> Path:
+    """``source`` (a canonical synth film) stored so that ``o`` turns it back, PatientOrientation to match."""
+    ds = pydicom.dcmread(source)
+    pixels = np.ascontiguousarray(o.inverse().apply(ds.pixel_array))
+    new = copy.deepcopy(ds)
+    new.Rows, new.Columns = pixels.shape
+    new.PixelData = pixels.tobytes()
+    new.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    new.SOPInstanceUID = generate_uid()
+    new.file_meta.MediaStorageSOPInstanceUID = new.SOPInstanceUID
+    del new.PatientOrientation
+    if tag:
+        new.PatientOrientation = _words(o)
+    path = out / f"{o.name.replace('+', '_').replace(' ', '_')}.dcm"
+    new.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def turned(small_cohort: Path, tmp_path_factory) -> dict[str, tuple[Orientation, Path]]:
+    folder = tmp_path_factory.mktemp("turned")
+    source = sorted((small_cohort / "images").iterdir())[0]
+    return {o.name: (o, write_turned(source, o, folder)) for o in ORIENTATIONS}
+
+
+def test_every_orientation_grades_as_stored_and_lands_on_its_own_pixels(located_grader_checkpoints, turned, tmp_path):
+    folder = next(iter(turned.values()))[1].parent
+    summary = score(located_grader_checkpoints["grader"], [folder], tmp_path, locator=located_grader_checkpoints["locator"],
+                    workers=0, progress=False)
+    assert summary.scored == 8, summary.failed_by_reason
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    reference = table[table["image"] == str(turned["as stored"][1])]
+    probs = [c for c in table.columns if c.startswith("prob_")]
+    assert len(reference) > 3
+    for name, (o, path) in turned.items():
+        rows = table[table["image"] == str(path)]
+        assert set(rows["orientation"]) == {name}
+        assert list(rows["vertebra"]) == list(reference["vertebra"])
+        # the same canonical crop: the same grades
+        np.testing.assert_allclose(rows[probs].to_numpy(), reference[probs].to_numpy(), atol=2e-4)
+        # boxes in this file's pixels: turned back by o they are the original's boxes
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        boxes = rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+        canonical = o.inverse().boxes_to_stored(boxes, o.canonical_shape((ds.Rows, ds.Columns)))
+        np.testing.assert_allclose(canonical, reference[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float), atol=1e-3)
+        # and they lie inside this file's image
+        assert (boxes[:, 2] <= ds.Columns + 1e-6).all() and (boxes[:, 3] <= ds.Rows + 1e-6).all()
