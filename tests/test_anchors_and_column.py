@@ -104,3 +104,15 @@ def test_a_sideways_chain_is_not_a_canonical_column() -> None:
     check = measure_column(turned, turned_boxes, None)
     assert check.axis_deg > 80
     assert "off head-foot" in column_refusal(turned, turned_boxes, None)
+
+
+def test_report_counts_images_by_how_their_levels_were_counted() -> None:
+    import pandas as pd
+
+    from spine_dfl.report.trust import levels_html, levels_report
+
+    table = pd.DataFrame({"image": ["a", "a", "b", "b", "c"], "level_anchored": ["yes", "yes", "no", "no", ""]})
+    counted = levels_report(table)
+    assert counted == {"images": 2, "anchored": 1, "unanchored": 1, "unanchored_images": ["b"]}
+    assert "V1, V2" in levels_html(counted) and "<li>b</li>" in levels_html(counted)
+    assert levels_report(table.drop(columns="level_anchored")) is None and levels_html(None) == ""

@@ -27,7 +27,7 @@ from spine_dfl.report.metrics import (
 )
 from spine_dfl.report.morphometry import morphometry_section, morphometry_summary
 from spine_dfl.report.table import PredictionArrays, load_predictions, prepare
-from spine_dfl.report.trust import calibration_report, shift_report, trust_sections
+from spine_dfl.report.trust import calibration_report, levels_html, levels_report, shift_report, trust_sections
 from spine_dfl.io.vocabulary import LEVELS
 
 def _esc(value: object) -> str:
@@ -304,6 +304,7 @@ def render_html(arrays: PredictionArrays, metrics: dict[str, Any], title: str, i
         _levels_section(metrics, levels),
         _confusion_section(arrays, classes, levels, patients),
         shift_html,
+        levels_html(metrics.get("levels_counted")),
         _roc_and_calibration_sections(arrays, classes, patients, fitted_html),
         _branches_section(arrays, metrics),
         morphometry_section(metrics.get("morphometry")),
@@ -363,6 +364,9 @@ def write_report(
     shift = shift_report(predictions)
     if shift is not None:
         metrics["shift"] = shift
+    counted = levels_report(predictions)
+    if counted is not None:
+        metrics["levels_counted"] = counted
     if calibration_report(calibration) is not None:
         metrics["calibration"] = calibration_report(calibration)
     out = Path(out_dir)

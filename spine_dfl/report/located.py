@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spine_dfl.predictions import MORPHOMETRY_COLUMNS, ROI_SOURCE_COLUMNS
+from spine_dfl.predictions import LEVEL_COLUMNS, MORPHOMETRY_COLUMNS, ROI_SOURCE_COLUMNS
 
 MATCH_IOU = 0.5
 
@@ -27,9 +27,9 @@ MATCH_IOU = 0.5
 def with_roi_columns(table: pd.DataFrame, cells: Sequence[dict[str, Any]], morphometry: bool) -> pd.DataFrame:
     """``table`` with the predictions table's ROI-source (and morphometry) columns from per-row ``cells``."""
     out = table.copy()
-    for column in (*ROI_SOURCE_COLUMNS, *(MORPHOMETRY_COLUMNS if morphometry else ())):
+    for column in (*ROI_SOURCE_COLUMNS, *(LEVEL_COLUMNS + MORPHOMETRY_COLUMNS if morphometry else ())):
         values = [c.get(column) for c in cells]
-        if column in ("roi_source", "height_unit", "morph_grade", "morph_kind"):
+        if column in ("roi_source", "height_unit", "morph_grade", "morph_kind", "level_anchored"):
             out[column] = ["" if v is None else str(v) for v in values]
         else:
             out[column] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spine_dfl.predictions import IMAGE_COLUMN, SHIFT_COLUMNS, STATUS_OK
+from spine_dfl.predictions import IMAGE_COLUMN, LEVEL_COLUMNS, SHIFT_COLUMNS, STATUS_OK
 
 LISTED = 50  # flagged images named in the report at most
 
@@ -44,6 +44,34 @@ def shift_report(table: pd.DataFrame) -> dict[str, Any] | None:
             "median_score": float(np.median(images["score"])),
             "flagged_images": [{"image": str(image), "shift_score": float(row.score)}
                                for image, row in flagged.iterrows()]}
+
+
+def levels_report(table: pd.DataFrame) -> dict[str, Any] | None:
+    """Images whose levels were counted from a visible anchor and those named relatively (``V1``..), or
+    None when the table has no ``level_anchored`` column (manifest levels, ROI files)."""
+    column = LEVEL_COLUMNS[1]
+    if column not in table.columns or IMAGE_COLUMN not in table.columns:
+        return None
+    verdict = table[column].astype(str).str.strip()
+    rows = table[verdict.isin(("yes", "no"))]
+    if rows.empty:
+        return None
+    images = rows.groupby(IMAGE_COLUMN, sort=False)[column].first()
+    unanchored = images[images == "no"]
+    return {"images": int(len(images)), "anchored": int((images == "yes").sum()), "unanchored": int(len(unanchored)),
+            "unanchored_images": [str(i) for i in unanchored.index[:LISTED]]}
+
+
+def levels_html(levels: Mapping[str, Any] | None) -> str:
+    """The report's part on how the levels were counted ("" without located levels)."""
+    if levels is None:
+        return ""
+    items = "".join(f"<li>{_esc(i)}</li>" for i in levels["unanchored_images"])
+    return ('<section id="anchors"><h2>How the levels were counted</h2>'
+            f'<p>{levels["anchored"]} of {levels["images"]} images had their levels counted from an anchor the film '
+            f'shows (the sacrum, or C7/T1). On <b>{levels["unanchored"]}</b> no anchor was visible (a thoracic cut, a '
+            "spot view): their vertebrae are named V1, V2, ... from the top of the film, not by level, and are "
+            "not to be read as levels.</p>" + (f"<ul>{items}</ul>" if items else "") + "</section>")
 
 
 def calibration_report(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
