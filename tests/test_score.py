@@ -176,7 +176,10 @@ def test_mixed_export_every_file_scored_or_failed_with_reason(
     assert on_disk["found"] == summary.found == len(on_disk_files)
     assert on_disk["scored"] + on_disk["failed"] == len(on_disk_files)
     assert sum(on_disk["failed_by_reason"].values()) == on_disk["failed"]
-    assert on_disk["scored"] == sum(r["status"] == "ok" for r in rows) and on_disk["scored"] >= 3 + 20
+    # the 3 synth films, pydicom's grayscale Secondary Captures (left to the image gate) and its lateral C-spine CR;
+    # CT, MR, US, the chest PA and the ankle AP are refused by the input gate (issue 21)
+    assert on_disk["scored"] == sum(r["status"] == "ok" for r in rows) and on_disk["scored"] >= 3 + 6
+    assert not any(r["status"] == "ok" for r in rows if Path(r["image"]).name.startswith(("CT_small", "MR_small")))
     for row in rows:
         if row["status"] == "error":
             assert row["error"].strip() and row["pred"] == ""
@@ -190,7 +193,8 @@ def test_mixed_export_every_file_scored_or_failed_with_reason(
         assert str(broken) not in by_name[name]["error"]  # reason only: the path is in the file column
     assert all(r["status"] == "ok" for r in rows if "/images/P" in r["image"])
     if pydicom_data_dir() is not None:
-        assert by_name_in(rows, "RG1_UNCI.dcm")["status"] == "ok"  # a real CR, MONOCHROME1
+        chest = by_name_in(rows, "RG1_UNCI.dcm")  # a real CR, but a chest PA: the input gate refuses it (issue 21)
+        assert (chest["status"], chest["error"]) == ("error", "body part CHEST, view PA: not a lateral spine radiograph")
     # privacy: no patient names / IDs in outputs (paths aside), UIDs kept
     text = (out / "predictions.csv").read_text() + (out / "summary.json").read_text()
     for name in ("SYNTH^", "CompressedSamples^RG1", "9RG1", "BROKEN^MULTI", "MF-1"):
@@ -508,7 +512,11 @@ def test_panicking_decoder_fails_one_file_not_the_run(
     """pylibjpeg-rle panics on this real file (pyo3 PanicException, a BaseException): one failed file."""
     folder = tmp_path / "export"
     shutil.copytree(cohort / "images", folder)
-    shutil.copy(PANIC_FIXTURE, folder / "rle_panic.dcm")
+    # An MR slice: retagged as a CR so that the input gate (issue 21) lets it through to the decoder
+    panic = pydicom.dcmread(PANIC_FIXTURE)
+    panic.Modality = "CR"
+    panic.SOPClassUID = panic.file_meta.MediaStorageSOPClassUID = pydicom.uid.ComputedRadiographyImageStorage
+    panic.save_as(folder / "rle_panic.dcm")
     out = tmp_path / "out"
     result = _score_subprocess(checkpoints["whole"], folder, out, "--workers", workers, "--strict")
     assert result.returncode == 1, result.stderr[-3000:]  # --strict: a file failed

@@ -28,6 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "default: the one embedded in the checkpoint, if any")
     p.add_argument("--batch-size", type=int, default=8, help="images per model batch (default 8)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    p.add_argument("--ignore-view-tags", action="store_true",
+                   help="for image files: refuse DICOMs by modality / SOP class only, not by BodyPartExamined, "
+                        "ViewPosition or PatientOrientation (for a site whose tags are wrong)")
     p.set_defaults(func=run)
 
 
@@ -52,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if _is_manifest(args.inputs):
             explained = explain_records(args.checkpoint, args.inputs[0], args.out, split=args.split, **options)
         else:
-            explained = explain_inputs(args.checkpoint, args.inputs, args.rois, args.out, locator=args.locator, **options)
+            explained = explain_inputs(args.checkpoint, args.inputs, args.rois, args.out, locator=args.locator,
+                                       ignore_view_tags=args.ignore_view_tags, **options)
     except NoSampleExplained as exc:
         print(f"spine-dfl explain: {exc}", file=sys.stderr)
         return EXIT_FAILED

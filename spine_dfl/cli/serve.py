@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lease", type=float, default=300.0,
                    help="seconds a worker's claim on a study lasts without renewal (default 300)")
     p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
+    p.add_argument("--ignore-view-tags", action="store_true",
+                   help="refuse instances by modality / SOP class only, not by BodyPartExamined, ViewPosition or "
+                        "PatientOrientation (for a site whose tags are wrong)")
     p.set_defaults(func=run)
 
 
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         run_node(args.checkpoint, spool=args.spool, send_to=args.send_to, ae_title=args.ae_title, port=args.port,
                  host=args.host, locator=args.locator, stable_age=args.stable_age, allowed_callers=args.allow,
                  workers=args.workers, retry=retry, lease_seconds=args.lease, device=args.device,
-                 batch_size=args.batch_size, decode_workers=args.decode_workers)
+                 batch_size=args.batch_size, decode_workers=args.decode_workers,
+                 ignore_view_tags=args.ignore_view_tags)
     except NodeError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

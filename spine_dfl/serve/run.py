@@ -29,9 +29,11 @@ def run_node(
     device: str = "auto",
     batch_size: int = 16,
     decode_workers: int = 1,
+    ignore_view_tags: bool = False,
 ) -> None:
     """Load the checkpoint once, listen as ``ae_title`` on ``port``, and score and send studies until
-    SIGTERM or SIGINT (then stop cleanly and return).
+    SIGTERM or SIGINT (then stop cleanly and return). ``ignore_view_tags``: the input gate ignores the
+    body part and view tags (``gate.header``).
 
     Bad settings are ValueErrors; a checkpoint that cannot serve (wrong kind, a per-vertebra model
     without a locator), a spool in use or a port taken are ``NodeError`` / ``CheckpointError`` (both
@@ -43,7 +45,7 @@ def run_node(
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is not a TCP port (1-65535)")
     scorer = StudyScorer(checkpoint, locator=locator, device=device, batch_size=batch_size,
-                         decode_workers=decode_workers)
+                         decode_workers=decode_workers, ignore_view_tags=ignore_view_tags)
     described = scorer.describe()
     log.info("model: %s; classes %s; locator %s; device %s", described["model_version"],
              ", ".join(described["classes"]), described["locator"] or "none (whole images)", described["device"])

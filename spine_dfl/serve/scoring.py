@@ -35,11 +35,13 @@ class StudyScorer:
     (``spine-dfl embed-locator``) or given as ``locator``. Anything else is a ``NodeError`` (or the
     checkpoint's own ``CheckpointError``) at start-up, never a failure per study.
     decode_workers: decode processes per study (0: in the scoring thread, without crash isolation).
+    ignore_view_tags: the input gate (``gate.header``) checks modality and SOP class only, not the
+    body part and view tags (an instance it refuses is a failed instance with its reason).
     """
 
     def __init__(
         self, checkpoint: str | Path, *, locator: str | Path | None = None, device: str = "auto",
-        batch_size: int = 16, decode_workers: int = 1,
+        batch_size: int = 16, decode_workers: int = 1, ignore_view_tags: bool = False,
     ) -> None:
         from spine_dfl.dicom_out.codes import MODEL_NAME
         from spine_dfl.score.dicom_jobs import checkpoint_sha256
@@ -52,7 +54,7 @@ class StudyScorer:
         if not checkpoint.is_file():
             raise NodeError(f"{checkpoint}: no such checkpoint file")
         try:
-            self.setup = prepare_scoring(checkpoint, device=device, locator=locator)
+            self.setup = prepare_scoring(checkpoint, device=device, locator=locator, ignore_view_tags=ignore_view_tags)
         except NoRoiSource:
             raise NodeError(
                 f"{checkpoint}: a per-vertebra model needs the vertebra locator: give --locator LOC, or a "
