@@ -11,8 +11,8 @@ the wrong way round.
 
 Negatives: the cohorts' AP films (``films.csv`` view ``ap``) in random cuts, and the generated
 images of ``gate.view_negatives`` (phantom chest / pelvis / trunk APs and CT slices, extremity DRRs,
-synthetic non-spine images). The generated phantoms also give a few lateral DRRs of random trunk
-windows (coarse, canonical): second-generator positives besides the manifests' films. pydicom's test files and pydicom-data are never read: they are test
+synthetic non-spine images). The generated phantoms also give lateral DRRs cut as the DRR cohort
+cuts its films (coarser, canonical): second-generator positives besides the manifests' films. pydicom's test files and pydicom-data are never read: they are test
 material.
 
 Every sample has a ``group`` (cohort folder + patient, or the generator's item): validation splits
@@ -196,7 +196,7 @@ def generated_images(rng: np.random.Generator, *, phantoms: int, extremities: in
     out = []
     for i in range(phantoms):
         out += [(kind, f"phantom/{phantom_seed}/{i}", image)
-                for kind, image in phantom_images(phantom_seed, i, rng, laterals=phantom_laterals)]
+                for kind, image in phantom_images(phantom_seed, i, rng, slices=2, laterals=phantom_laterals)]
     for i in range(0, extremities, 2):
         out += [(kind, f"extremity/{i}", image) for kind, image in extremity_negatives(rng, min(2, extremities - i))]
     out += [(kind, f"synthetic/{i}", image) for i, (kind, image) in enumerate(synthetic_negative(rng) for _ in range(synthetic))]
@@ -205,12 +205,12 @@ def generated_images(rng: np.random.Generator, *, phantoms: int, extremities: in
 
 def build_view_samples(manifests: Sequence[str | Path], seed: int = 0, *, size: int = DEFAULT_SIZE,
                        percentiles: Sequence[float] = DEFAULT_PERCENTILES, cuts_per_film: int = 6,
-                       ap_cuts: int = 6, phantoms: int = 8, phantom_laterals: int = 3, extremities: int = 24,
+                       ap_cuts: int = 6, phantoms: int = 8, phantom_laterals: int = 6, extremities: int = 24,
                        synthetic: int | None = None, phantom_seed: int | None = None) -> ViewSamples:
     """The whole set: ``cuts_per_film`` canonical cuts of every lateral film, ``ap_cuts`` of every AP
     film, and the generated images of ``phantoms`` phantom patients (``phantom_laterals`` lateral
     films each among them), ``extremities`` limb DRRs and ``synthetic`` non-spine images (default: a
-    third of the positives)."""
+    half the positives)."""
     rng = np.random.default_rng([int(seed), 0x71E3])
     thumbs, lateral, groups, kinds = [], [], [], []
 
@@ -224,7 +224,7 @@ def build_view_samples(manifests: Sequence[str | Path], seed: int = 0, *, size: 
         for film in cohort_films(manifest):
             for _ in range(cuts_per_film if film.lateral else ap_cuts):
                 add(cut_film(film, rng), film.lateral, film.group, "lateral" if film.lateral else "ap")
-    synthetic = max(32, sum(lateral) // 3) if synthetic is None else synthetic
+    synthetic = max(32, sum(lateral) // 2) if synthetic is None else synthetic
     seed_for_phantoms = 1000 + int(seed) if phantom_seed is None else int(phantom_seed)
     for kind, group, image in generated_images(rng, phantoms=phantoms, extremities=extremities, synthetic=synthetic,
                                                phantom_seed=seed_for_phantoms, phantom_laterals=phantom_laterals):

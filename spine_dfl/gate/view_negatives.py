@@ -26,6 +26,7 @@ from spine_dfl.drr.geometry import DrrGeometry, patient_orientation
 from spine_dfl.drr.render import Exposure, expose, hu_to_mu, line_integrals
 from spine_dfl.phantom.anatomy import draw_patient
 from spine_dfl.io.orientation import orientation_from_header
+from spine_dfl.phantom.cohort import FILM_CUTS
 from spine_dfl.phantom.volume import PhantomCT, build_ct
 
 __all__ = ["PHANTOM_LATERAL", "SYNTHETIC_KINDS", "extremity_negatives", "phantom_images", "synthetic_negative"]
@@ -72,31 +73,41 @@ def _ct_slices(ct: PhantomCT, rng: np.random.Generator, count: int) -> list[np.n
     return out
 
 
-def _lateral(mu: torch.Tensor, ct: PhantomCT, rng: np.random.Generator, spine: tuple[float, float],
-             z_range: tuple[float, float]) -> np.ndarray:
-    """A lateral DRR of a random window of the trunk, turned canonical (head up, anterior left)."""
-    low, high = z_range
-    height = float(rng.uniform(140, min(480.0, high - low)))
-    z = float(rng.uniform(low + height / 2, high - height / 2)) if high - low > height else (low + high) / 2
-    side = ("left", "right")[int(rng.integers(0, 2))]
-    sid = float(rng.choice([1000.0, 1150.0, 1500.0]))
+def _cut_film(mu: torch.Tensor, ct: PhantomCT, rng: np.random.Generator, view: str = "lateral") -> np.ndarray:
+    """A DRR cut as the DRR cohort cuts its films (``phantom.cohort.FILM_CUTS``: thoracolumbar, lumbar,
+    thoracic, junction), coarser; a lateral one turned canonical (head up, anterior left)."""
+    p = ct.patient
+    by_level = {v.level: v for v in p.vertebrae}
+    cut = str(rng.choice(list(FILM_CUTS)))
+    top_name, bottom_name = FILM_CUTS[cut]
+    top = by_level.get(top_name, p.vertebrae[2])
+    top_z = float(top.centre[2] + top.height_mm * rng.uniform(0.5, 1.5))
+    bottom = by_level.get(bottom_name)
+    bottom_z = float(p.sacrum_centre[2] - rng.uniform(30, 60)) if bottom is None else \
+        float(bottom.centre[2] - bottom.height_mm * rng.uniform(0.5, 1.5))
+    spine = [v.centre for v in p.vertebrae if bottom_z <= v.centre[2] <= top_z] or [top.centre]
+    centre = np.mean(spine, axis=0)
+    sid = float(rng.choice([1000.0, 1000.0, 1150.0, 1500.0]))
     sod = sid - float(rng.uniform(130, 230))
-    pixel = float(rng.uniform(1.2, 2.0))
-    width = ct.patient.trunk_ap_mm * float(rng.uniform(0.6, 1.2))
+    pixel = float(rng.uniform(1.0, 1.8))
+    height = (top_z - bottom_z) * float(rng.uniform(1.0, 1.15))
+    tall = (0.5, 0.62) if view == "lateral" else (0.7, 0.9)
+    width = height * float(rng.uniform(*tall)) if cut == "thoracolumbar" else float(rng.uniform(210, 330))
     g = DrrGeometry(rows=max(32, int(height * sid / sod / pixel)), cols=max(32, int(width * sid / sod / pixel)),
-                    isocentre=(spine[0], spine[1] + float(rng.uniform(0, 50)), z), view="lateral", source_side=side,
-                    sid_mm=sid, sod_mm=sod, pixel_mm=pixel, rotation_deg=float(rng.normal(0.0, 3.0)))
+                    isocentre=(float(centre[0]), float(centre[1] + (20 if view == "lateral" else 0) + rng.uniform(-20, 20)),
+                               (top_z + bottom_z) / 2), view=view, source_side=("left", "right")[int(rng.integers(0, 2))], sid_mm=sid, sod_mm=sod,
+                    pixel_mm=pixel, rotation_deg=float(rng.normal(0.0, 3.0)))
     exposure = Exposure(photons=float(rng.uniform(8e3, 3e4)), unsharp_sigma_px=15.0 / pixel)
     image = expose(line_integrals(mu, ct.affine, g), exposure, rng)
-    orientation = orientation_from_header(patient_orientation(g))
+    orientation = orientation_from_header(patient_orientation(g)) if view == "lateral" else None
     return orientation.apply(image) if orientation is not None else image
 
 
 def phantom_images(seed: int, index: int, rng: np.random.Generator, voxel_mm: float = 4.0, slices: int = 4,
                    laterals: int = 0) -> list[tuple[str, np.ndarray]]:
-    """(kind, image) pairs of one phantom patient: negatives (chest AP, pelvis AP, two random trunk APs,
-    ``slices`` CT slices) and ``laterals`` canonical lateral films of random trunk windows (kind
-    ``phantom_lateral``: positives)."""
+    """(kind, image) pairs of one phantom patient: negatives (chest AP, pelvis AP, a random trunk AP, two
+    APs cut as the DRR cohort cuts its films, ``slices`` CT slices) and ``laterals`` lateral films cut
+    alike and turned canonical (kind ``phantom_lateral``: positives)."""
     ct = build_ct(draw_patient(seed, index), voxel_mm)
     mu = hu_to_mu(torch.from_numpy(ct.hu))
     p = ct.patient
@@ -110,14 +121,14 @@ def phantom_images(seed: int, index: int, rng: np.random.Generator, voxel_mm: fl
     out = []
     for kind, z, height in (("chest_ap", chest_z, float(rng.uniform(280, 380))),
                             ("pelvis_ap", pelvis_z, float(rng.uniform(180, 260))),
-                            ("trunk_ap", float(rng.uniform(low_z + 100, high_z - 100)), float(rng.uniform(150, 300))),
-                            ("trunk_ap", (low_z + high_z) / 2, float(rng.uniform(300, high_z - low_z)))):
+                            ("trunk_ap", float(rng.uniform(low_z + 100, high_z - 100)), float(rng.uniform(150, 300)))):
         width = p.trunk_lr_mm * float(rng.uniform(0.5, 1.15))
         image = _drr(mu, ct.affine, rng, iso=np.array([spine_x, trunk_y, z]), height_mm=height, width_mm=width,
                      view="ap", pixel_mm=float(rng.uniform(1.2, 2.2)))
         out.append((kind, image))
+    out += [("spine_ap", _cut_film(mu, ct, rng, "ap")) for _ in range(2)]
     out += [("ct_slice", image) for image in _ct_slices(ct, rng, slices)]
-    out += [("phantom_lateral", _lateral(mu, ct, rng, (spine_x, spine_y), (low_z, high_z))) for _ in range(laterals)]
+    out += [(PHANTOM_LATERAL, _cut_film(mu, ct, rng)) for _ in range(laterals)]
     return out
 
 
