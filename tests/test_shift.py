@@ -181,13 +181,17 @@ def test_score_flags_inverted_films_and_refuses_them_on_request(
     plain = pydicom.dcmread(tmp_path / "dicom" / f"{yes_stem}_SC.dcm").pixel_array
     assert abs((plain[:band, :, 0].astype(int) - plain[:band, :, 1]).mean()) < 5  # no banner: grey there
 
-    refused = score(trained / "best.pt", [originals, inverted], tmp_path / "refuse", rois_csv=rois, workers=0,
-                    progress=False, refuse_shifted=True)
+    from spine_dfl.cli import main
+
+    assert main(["score", str(trained / "best.pt"), str(originals), str(inverted), "--rois", str(rois), "--workers", "0",
+                 "--no-progress", "--out", str(tmp_path / "refuse"), "--refuse-shifted"]) == 0
+    refused = json.loads((tmp_path / "refuse" / "summary.json").read_text())
     rows = _first_rows(tmp_path / "refuse")
     failed = rows[rows["status"] == "error"]
     assert set(failed.index) == set(first.index[first["in_distribution"] == "no"])
     assert all(e.startswith("unlike the training images (shift score ") and e.endswith("): not graded") for e in failed["error"])
-    assert refused.failed_by_reason == {"unlike the training images": len(failed)}
+    assert refused["failed_by_reason"] == {"unlike the training images": len(failed)}
+    assert refused["shifted"] == len(failed) and refused["shift_check"] == "available"
     assert reason_category(failed["error"].iloc[0]) == "unlike the training images"
     assert (failed["pred"] == "").all() and (failed["in_distribution"] == "no").all()
 
@@ -237,3 +241,22 @@ def test_val_report_shows_calibration_and_evaluate_reports_the_shift(trained: Pa
     bare = write_evaluation(table.drop(columns=["shift_score", "in_distribution"]), tmp_path / "bare", "bare", 0)
     assert "shift" not in bare and "calibration" not in bare
     assert "Images unlike the training data" not in (tmp_path / "bare" / "report.html").read_text()
+
+
+def test_serve_status_counts_images_unlike_the_training_images(tmp_path: Path) -> None:
+    from spine_dfl.serve.status import format_status, shift_counts
+
+    def table(study: str, generation: int, verdicts: list[tuple[str, str]]) -> None:
+        folder = tmp_path / "results" / study / f"generation-{generation}" / "table"
+        folder.mkdir(parents=True)
+        rows = "".join(f"{image},ok,{verdict}\n" for image, verdict in verdicts)
+        (folder / "predictions.csv").write_text("image,status,in_distribution\n" + rows)
+
+    table("1.2.3", 0, [("a", "no"), ("a", "no"), ("b", "no")])  # superseded by generation 1
+    table("1.2.3", 1, [("a", "yes"), ("a", "yes"), ("b", "no"), ("c", "yes")])
+    table("1.2.4", 0, [("d", "no"), ("e", "")])  # e: not checked (old checkpoint)
+    counts = shift_counts(tmp_path)
+    assert counts == {"images_checked": 4, "images_unlike_training": 2}
+    summary = {"states": {"done": 2}, "instances": 6, "failed_instances": 0, "oldest_waiting": None,
+               "last_errors": [], "last_instance_errors": [], "last_rejections": [], "shift": counts}
+    assert "images unlike the training images: 2 of 4 checked" in format_status(summary)
