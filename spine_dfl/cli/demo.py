@@ -23,6 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override a value of the locator's config, locator_cpu (repeatable)")
     p.add_argument("--no-locator", action="store_true",
                    help="skip the vertebra locator (and the end-to-end figures without the ROI file)")
+    p.add_argument("--view-budget-s", type=float, default=55.0, metavar="S",
+                   help="seconds for training the view gate embedded in the locator (default 55)")
+    p.add_argument("--no-view", action="store_true", help="skip the view gate (lateral view and orientation classifier)")
     p.set_defaults(func=run)
 
 
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(args.out, patients=args.patients, seed=args.seed, config=args.config,
                       overrides=args.overrides, explain=not args.no_explain,
                       locator_config=None if args.no_locator else "locator_cpu",
-                      locator_overrides=args.locator_overrides)
+                      locator_overrides=args.locator_overrides, view_budget_s=None if args.no_view else args.view_budget_s)
     overall = result.metrics["overall"]
     per_class = {name: block["auc_ovr"] for name, block in overall.get("per_class", {}).items()}
     print()
@@ -45,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  checkpoint:   {result.checkpoint}")
     if result.locator is not None:
         print(f"  locator:      {result.locator}")
+    if result.view is not None:
+        val = (result.view_metrics or {}).get("validation") or {}
+        print(f"  view gate:    {result.view} (in the locator; validation lateral accuracy "
+              f"{fmt(val.get('lateral_accuracy'))}, orientation accuracy {fmt(val.get('orientation_accuracy'))})")
     print(f"  metrics:      {result.metrics_json}")
     print(f"  report:       {result.report_html}")
     if result.gallery_html is not None:
