@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=0, help="at most this many films (0: all)")
     parser.add_argument("--keep-orientation-tag", action="store_true")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", default=None,
+                        help="only these variants (orientation names such as 'as stored', 'rot90', or lumbar, thoracic, junction)")
     return parser.parse_args(argv)
 
 
@@ -56,7 +58,8 @@ def _cut_rows(boxes: dict[str, np.ndarray], cut: str, rows: int) -> tuple[int, i
     return y0, y1
 
 
-def write_variants(manifest: Path, split: str, out: Path, limit: int, keep_tag: bool) -> pd.DataFrame:
+def write_variants(manifest: Path, split: str, out: Path, limit: int, keep_tag: bool,
+                   only: list[str] | None = None) -> pd.DataFrame:
     """Write the variant films; return the truth table (variant file, level, label, box in its pixels,
     whether the sacrum is in its field)."""
     import pydicom
@@ -87,6 +90,8 @@ def write_variants(manifest: Path, split: str, out: Path, limit: int, keep_tag: 
                 variants.append((cut, canonical[span[0]: span[1]], Orientation(), np.array(span)))
         stem = Path(film).stem
         for name, pixels, o, span in variants:
+            if only and name not in only:
+                continue
             file = out / f"{stem}_{name.replace('+', '_')}.dcm"
             _write(ds, pixels, o, keep_tag, file)
             rows_c = span[1] - span[0]
@@ -203,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     from spine_dfl.score import score
 
     args = parse_args(argv)
-    truth = write_variants(args.manifest, args.split, args.out / "films", args.limit, args.keep_orientation_tag)
+    truth = write_variants(args.manifest, args.split, args.out / "films", args.limit, args.keep_orientation_tag,
+                           args.variants)
     score(args.grader, [args.out / "films"], args.out / "scored", locator=args.locator, workers=args.workers,
           progress=False)
     predictions = pd.read_csv(args.out / "scored" / "predictions.csv")

@@ -116,3 +116,19 @@ def test_report_counts_images_by_how_their_levels_were_counted() -> None:
     assert counted == {"images": 2, "anchored": 1, "unanchored": 1, "unanchored_images": ["b"]}
     assert "V1, V2" in levels_html(counted) and "<li>b</li>" in levels_html(counted)
     assert levels_report(table.drop(columns="level_anchored")) is None and levels_html(None) == ""
+
+
+def test_no_level_is_named_on_a_film_whose_orientation_was_guessed() -> None:
+    from types import SimpleNamespace
+
+    from spine_dfl.gate.orientation import orientation_is_sure
+    from spine_dfl.io.orientation import CANONICAL, Orientation
+
+    centres, boxes, _ = chain(6)
+    result = anchor_levels(centres, boxes, logits_for("T12", 6), LEVELS, image_rows=520, orientation_sure=False)
+    assert not result.anchored and "uncertain" in result.why
+    vflip = Orientation(True, 2)
+    unsure = SimpleNamespace(orientation=vflip, orientation_probability=0.6, lateral_probability=0.9)
+    sure = SimpleNamespace(orientation=vflip, orientation_probability=0.95, lateral_probability=0.9)
+    assert not orientation_is_sure(None, unsure, vflip) and orientation_is_sure(None, sure, vflip)
+    assert orientation_is_sure(["P", "F"], None, CANONICAL) and not orientation_is_sure(None, None, CANONICAL)

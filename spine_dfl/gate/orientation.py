@@ -4,6 +4,9 @@ classifier's reading (``gate.view``) where the header is silent or clearly contr
 Headers are hints: often missing, sometimes wrong (a film flipped at the modality without the tag
 following). The image overrules the header only when the classifier is confident
 (``OVERRULE_PROBABILITY`` among the eight orientations) and sees a lateral spine at all.
+
+:func:`orientation_is_sure`: levels are counted only on a film whose orientation is known (the header
+agrees, or the classifier is confident): a head-down film read as head-up counts L5 as T12.
 """
 
 from __future__ import annotations
@@ -28,3 +31,13 @@ def choose_orientation(patient_orientation: Sequence[str] | None, view: Any = No
         if header is None or (view.orientation != header and float(view.orientation_probability) >= OVERRULE_PROBABILITY):
             return view.orientation
     return header if header is not None else CANONICAL
+
+
+def orientation_is_sure(patient_orientation: Sequence[str] | None, view: Any, chosen: Orientation) -> bool:
+    """Whether ``chosen`` is known rather than guessed: the header's lateral pair says it (and the view
+    classifier does not confidently say otherwise), or the classifier gives it at least
+    ``OVERRULE_PROBABILITY`` of its eight-way share."""
+    header = orientation_from_header(patient_orientation)
+    if view is not None and view.orientation == chosen and float(view.orientation_probability) >= OVERRULE_PROBABILITY:
+        return True
+    return header is not None and header == chosen

@@ -66,13 +66,15 @@ def _end_looks_like(logits: np.ndarray, level: int) -> bool:
 
 def anchor_levels(
     centres: np.ndarray, boxes: np.ndarray, level_logits: np.ndarray, levels: Sequence[str],
-    image_rows: int, head_up: bool = True,
+    image_rows: int, head_up: bool = True, orientation_sure: bool = True,
 ) -> AnchoredLevels:
     """Levels of N located vertebrae, cranial first, on a canonical film of ``image_rows`` rows.
 
     ``centres`` (N, 2), ``boxes`` (N, 4) in canonical pixels, ``level_logits`` (N, L) over
     ``levels`` (anatomical order). ``head_up``: the labelling read the chain head up; a chain read
-    head down on a canonical film is not counted (its orientation is in doubt).
+    head down on a canonical film is not counted (its orientation is in doubt), nor one on a film
+    whose orientation was guessed (``orientation_sure`` False: the locator counts by position on the
+    film, so a film turned upside down would be counted upside down).
     """
     levels = list(levels)
     n = len(centres)
@@ -81,6 +83,8 @@ def anchor_levels(
         return unanchored("no vertebrae")
     if not head_up:
         return unanchored("the chain reads head down on a head-up film")
+    if not orientation_sure:
+        return unanchored("the film's orientation is uncertain")
     boxes = np.asarray(boxes, dtype=np.float64)
     logits = np.asarray(level_logits, dtype=np.float64)
     room_above, room_below, body = _room(boxes, image_rows)

@@ -86,12 +86,13 @@ def _area(boxes: np.ndarray) -> np.ndarray:
 
 
 def locate_rois(loaded: Any, radiograph: Any, orientation: Orientation = CANONICAL,
-                view_probability: float | None = None) -> LocatedRois:
+                view_probability: float | None = None, orientation_sure: bool = True) -> LocatedRois:
     """The locator's vertebrae of one decoded radiograph (``io.Radiograph``), with six-point morphometry.
 
     The locator, the anchoring and the column gate work on the canonical film (``orientation`` turns
     the stored pixels to it); boxes and points come back in stored pixels. ``view_probability``: the
-    view classifier's lateral-spine probability, for the gate (None: not available).
+    view classifier's lateral-spine probability, for the gate (None: not available). With
+    ``orientation_sure`` False (``gate.orientation.orientation_is_sure``) no level is named: V1.. .
     """
     from spine_dfl.data.threads import single_thread
     from spine_dfl.gate.column import column_refusal
@@ -119,7 +120,7 @@ def locate_rois(loaded: Any, radiograph: Any, orientation: Orientation = CANONIC
     points = found.detections.points[keep]
     refusal = column_refusal(points, clipped[keep], spacing, view_probability) or ""
     named = anchor_levels(found.detections.centres[keep], clipped[keep], found.detections.level_logits[keep],
-                          loaded.levels, pixels.shape[0], found.head_up)
+                          loaded.levels, pixels.shape[0], found.head_up, orientation_sure)
     # Neighbours for the crush ratio: anchored levels, else the chain's own order (consecutive).
     neighbours = list(named.levels) if named.anchored else list(range(len(keep)))
     measured = spine_morphometry(points, neighbours, spacing, source if spacing is not None else None)
@@ -152,7 +153,7 @@ def locate_film(loaded: Any, view: Any, radiograph: Any, patient_orientation: An
     """``locate_rois`` on the film turned to canonical: the orientation from the header's
     PatientOrientation and the view classifier ``view`` (``gate.orientation.choose_orientation``;
     None: the header alone), whose lateral-spine probability also goes to the column gate."""
-    from spine_dfl.gate.orientation import choose_orientation
+    from spine_dfl.gate.orientation import choose_orientation, orientation_is_sure
 
     prediction = None
     if view is not None:
@@ -161,4 +162,5 @@ def locate_film(loaded: Any, view: Any, radiograph: Any, patient_orientation: An
         prediction = predict_view(view, np.asarray(radiograph.pixels))
     orientation = choose_orientation(patient_orientation, prediction)
     return locate_rois(loaded, radiograph, orientation,
-                       None if prediction is None else float(prediction.lateral_probability))
+                       None if prediction is None else float(prediction.lateral_probability),
+                       orientation_is_sure(patient_orientation, prediction, orientation))
