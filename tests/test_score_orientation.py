@@ -69,3 +69,39 @@ def test_every_orientation_grades_as_stored_and_lands_on_its_own_pixels(located_
         np.testing.assert_allclose(canonical, reference[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float), atol=1e-3)
         # and they lie inside this file's image
         assert (boxes[:, 2] <= ds.Columns + 1e-6).all() and (boxes[:, 3] <= ds.Rows + 1e-6).all()
+
+
+@pytest.mark.parametrize("name", ["flip", "rot90", "flip+rot270"])
+def test_training_sees_the_canonical_film_whatever_way_it_is_stored(small_cohort: Path, turned, name: str) -> None:
+    """The grader's crops and the locator's samples of a film stored turned (PatientOrientation says so)
+    are those of the canonical film; the records keep the file's own pixels."""
+    from spine_dfl.data.dataset import build_dataset
+    from spine_dfl.data.manifest import load_manifest
+    from spine_dfl.data.transforms import Preprocessing
+    from spine_dfl.locate.samples import load_samples
+
+    o, path = turned[name]
+    original = turned["as stored"][1]
+    table = load_manifest(small_cohort / "manifest.csv").table
+    rows = table[table["image"].map(lambda p: Path(p).name) == "P0000.dcm"].head(3).copy()
+    stored = pydicom.dcmread(path, stop_before_pixels=True)
+    boxes = rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float)
+    turned_rows = rows.copy()
+    turned_rows["image"] = str(path)
+    turned_rows[["x_min", "y_min", "x_max", "y_max"]] = o.boxes_to_stored(boxes, (stored.Rows, stored.Columns))
+    points = rows[[c for c in rows.columns if c[:3] in ("sa_", "sm_", "sp_", "ia_", "im_", "ip_")]]
+    turned_rows[points.columns] = o.points_to_stored(points.to_numpy(float).reshape(-1, 6, 2),
+                                                     (stored.Rows, stored.Columns)).reshape(len(rows), -1)
+    rows["image"] = str(original)
+    pre = Preprocessing(input_size=48, use_roi=True)
+    a, b = build_dataset(rows, pre), build_dataset(turned_rows, pre)
+    for i in range(len(rows)):
+        np.testing.assert_allclose(b[i]["image"].numpy(), a[i]["image"].numpy(), atol=1e-5)
+        # the record's ROI is in the turned file's pixels, mapped through to_original to the same input box
+        np.testing.assert_allclose(b[i]["roi_input"].numpy(), a[i]["roi_input"].numpy(), atol=1e-3)
+    levels = sorted(set(rows["vertebra"]))
+    sa, sb = load_samples(rows, levels, (128, 64))[0], load_samples(turned_rows, levels, (128, 64))[0]
+    np.testing.assert_allclose(sb.tensor.numpy(), sa.tensor.numpy(), atol=1e-5)
+    np.testing.assert_allclose(sb.boxes, sa.boxes, atol=1e-3)
+    np.testing.assert_allclose(sb.points, sa.points, atol=1e-3)
+    assert sb.orientation == name and sa.orientation == "as stored"

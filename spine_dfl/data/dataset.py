@@ -25,6 +25,7 @@ the access order: a CPU run repeats exactly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -155,6 +156,7 @@ class SampleCacheKey:
         roi = item.get("roi")
         text = json.dumps(
             {"format": CACHE_FORMAT, "image": path, "roi": list(roi) if roi is not None else None,
+             **({"orientation": item["orientation"]} if item.get("orientation") else {}),
              "pre": self.pre, "file": file_id, **({"window_margin": self.window_margin} if self.window_margin else {})},
             sort_keys=True,
         )
@@ -226,6 +228,29 @@ class SpineDataset(torch.utils.data.Dataset):
         return item
 
 
+def _slim(record: Mapping[str, Any], use_roi: bool) -> dict[str, Any]:
+    """The cached transforms' input of a record: image, ROI on the canonical film, orientation name."""
+    from spine_dfl.io.orientation import canonical_box
+
+    roi = tuple(record["roi"]) if (use_roi and record.get("roi") is not None) else None
+    found = _orientation_of(str(record["image"]))
+    if found is None or found[0].is_identity:
+        return {"image": str(record["image"]), "roi": roi}
+    orientation, shape = found
+    return {"image": str(record["image"]), "roi": None if roi is None else canonical_box(roi, orientation, shape),
+            "orientation": orientation.name}
+
+
+@functools.lru_cache(maxsize=4096)
+def _orientation_of(image: str) -> Any:
+    from spine_dfl.io.orientation import stored_orientation
+
+    try:
+        return stored_orientation(image)
+    except Exception:  # noqa: BLE001 - an unreadable header fails later, where the image is read, with its reason
+        return None
+
+
 @contextmanager
 def _plain_tensors() -> Iterator[None]:
     """MONAI's random intensity transforms on plain tensors, not ``MetaTensor``: the augmentation
@@ -264,9 +289,11 @@ def build_dataset(
     if isinstance(records, pd.DataFrame):
         records = records_from_table(records)
     records = list(records)
-    # The cached part depends on the image and (when used) the ROI only.
-    slim = [{"image": str(r["image"]), "roi": (tuple(r["roi"]) if (pre.use_roi and r.get("roi") is not None) else None)}
-            for r in records]
+    # The cached part depends on the image, its orientation and (when used) the ROI only. A film stored
+    # turned or mirrored (its PatientOrientation) is cropped from its canonical view: every model learns
+    # from canonical crops, as it is later given them (score turns films the same way); to_original still
+    # maps back to the file's pixels, where the records' ROIs stay.
+    slim = [_slim(r, pre.use_roi) for r in records]
     windows = aug is not None and recrops_from_window(pre, acquisition)
     deterministic = Compose(window_transforms(pre, acquisition, lru_size=lru_size) if windows
                             else deterministic_transforms(pre, lru_size=lru_size))

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CANONICAL", "ORIENTATIONS", "Orientation", "orientation_from_header", "parse_orientation"]
+__all__ = ["CANONICAL", "ORIENTATIONS", "Orientation", "canonical_box", "orientation_from_header", "parse_orientation",
+           "stored_orientation"]
 
 # PatientOrientation direction words of the canonical film: columns run posterior, rows to the feet.
 _CANONICAL_WORDS = ("P", "F")
@@ -169,3 +170,32 @@ def _words_after(orientation: Orientation, ap_axis: int, ap: str, hf_axis: int, 
         target = 0 if abs(step[0]) > abs(step[1]) else 1
         words[target] = word if step[target] > 0 else _OPPOSITE[word]
     return (str(words[0]), str(words[1]))
+
+
+def stored_orientation(path: str) -> tuple[Orientation, tuple[int, int]] | None:
+    """(the orientation that makes a DICOM film canonical per its PatientOrientation, its stored (rows,
+    cols)), or None for a file that is not DICOM, has no lateral PatientOrientation or no size:
+    what training reads so that every model learns from canonical films (a DRR cohort, a PACS
+    export, stores LL and RL films facing opposite ways)."""
+    from spine_dfl.io.discovery import is_dicom
+    from spine_dfl.io.header import read_dicom_header
+
+    if not is_dicom(path):
+        return None
+    header = read_dicom_header(path, specific_tags=["PatientOrientation", "Rows", "Columns"])
+    orientation = orientation_from_header(header.get("PatientOrientation"))
+    if orientation is None or "Rows" not in header or "Columns" not in header:
+        return None
+    return orientation, (int(header.Rows), int(header.Columns))
+
+
+def canonical_box(box: Sequence[float], orientation: Orientation, stored_shape: Sequence[int]) -> tuple[float, ...]:
+    """A stored-pixel (x_min, y_min, x_max, y_max) box on the canonical film."""
+    back = orientation.inverse()  # canonical -> stored, undone
+    out = back.boxes_to_stored(np.asarray(box, dtype=np.float64)[None], orientation.canonical_shape(stored_shape))[0]
+    return tuple(float(v) for v in out)
+
+
+def canonical_points(points: np.ndarray, orientation: Orientation, stored_shape: Sequence[int]) -> np.ndarray:
+    """Stored-pixel (..., 2) points on the canonical film."""
+    return orientation.inverse().points_to_stored(points, orientation.canonical_shape(stored_shape))

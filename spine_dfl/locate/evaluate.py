@@ -207,7 +207,7 @@ def evaluate_locator(model: Any, samples: Sequence[Any], threshold: float = 0.3,
         truth = ImageTruth(s.boxes, s.levels, s.points, s.spacing_mm)
         if refine:
             raw_pairs.append((truth, prediction_of(located, model.levels)))
-            located = refine_located(located, read_image(s.image).pixels)
+            located = refine_located(located, s.canonical_pixels(read_image(s.image).pixels))
             refined.append(located.refined)
         pairs.append((truth, prediction_of(located, model.levels)))
     figures = locator_metrics(pairs, model.levels)

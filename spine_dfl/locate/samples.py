@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from spine_dfl.io import ROI_COLUMNS, read_image
+from spine_dfl.io.orientation import CANONICAL, canonical_box, canonical_points, parse_orientation, stored_orientation
 from spine_dfl.io.vocabulary import POINT_COLUMNS, sort_levels
 from spine_dfl.locate.preprocess import letterbox
 
@@ -26,7 +27,9 @@ class LocatorSample:
     """One radiograph: ``tensor`` (1, H, W) letterboxed input, ``to_original`` its (3, 3) map back;
     truth in original pixels: ``boxes`` (N, 4), ``points`` (N, 6, 2) (NaN rows: no landmarks),
     ``levels`` (N,) indices into the level names (-1: unknown); ``spacing_mm`` (row, col) or None;
-    ``image_shape`` (rows, cols) of the radiograph (decode drops peaks centred outside it)."""
+    ``image_shape`` (rows, cols) of the radiograph (decode drops peaks centred outside it). A film
+    stored turned (its PatientOrientation) is held canonical: ``orientation`` names the turn, and
+    ``canonical_pixels`` applies it to the stored pixels (for refinement at full resolution)."""
 
     image: str
     split: str
@@ -37,7 +40,11 @@ class LocatorSample:
     levels: np.ndarray
     spacing_mm: tuple[float, float] | None
     spacing_source: str | None
-    image_shape: tuple[int, int] | None = None  # (rows, cols) of the original radiograph
+    image_shape: tuple[int, int] | None = None  # (rows, cols) of the (canonical) radiograph
+    orientation: str = "as stored"  # what turned the stored film to the canonical one the sample holds
+
+    def canonical_pixels(self, stored: np.ndarray) -> np.ndarray:
+        return parse_orientation(self.orientation).apply(stored)
 
     def input_truth(self) -> tuple[np.ndarray, np.ndarray]:
         """Boxes (N, 4) and points (N, 6, 2) in input-tensor pixels (the inverse letterbox map)."""
@@ -86,12 +93,22 @@ def load_samples(
     for image, rows in table.groupby("image", sort=True):
         boxes, points, level_index = image_truth(rows, levels)
         radiograph = read_image(image)
-        tensor, to_original = letterbox(radiograph.pixels, size_hw, percentiles)
+        pixels, spacing = radiograph.pixels, radiograph.spacing_mm
+        # A film stored turned or mirrored (its PatientOrientation) is learnt from, and evaluated on, its
+        # canonical view, as score shows it: truth and image in canonical pixels.
+        found = stored_orientation(str(image))
+        orientation = CANONICAL if found is None else found[0]
+        if not orientation.is_identity:
+            shape = np.shape(pixels)[-2:]
+            boxes = np.array([canonical_box(b, orientation, shape) for b in boxes]).reshape(-1, 4)
+            points = canonical_points(points, orientation, shape)
+            pixels, spacing = orientation.apply(pixels), orientation.spacing_to_canonical(spacing)
+        tensor, to_original = letterbox(pixels, size_hw, percentiles)
         samples.append(LocatorSample(
             image=str(image), split=str(rows["split"].iloc[0]) if "split" in rows else "",
             tensor=tensor, to_original=to_original, boxes=boxes, points=points, levels=level_index,
-            spacing_mm=radiograph.spacing_mm, spacing_source=_spacing_source(radiograph.meta),
-            image_shape=tuple(int(v) for v in np.shape(radiograph.pixels)[-2:]),
+            spacing_mm=spacing, spacing_source=_spacing_source(radiograph.meta),
+            image_shape=tuple(int(v) for v in np.shape(pixels)[-2:]), orientation=orientation.name,
         ))
     return samples
 

@@ -71,6 +71,7 @@ def manifest_morphometry(records: Sequence[dict[str, Any]], table: pd.DataFrame)
 
 def located_records(records: Sequence[dict[str, Any]], locator: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """(records of the matched located crops, their table cells, manifest vertebrae matched)."""
+    from spine_dfl.io.orientation import stored_orientation
     from spine_dfl.locate.evaluate import match_boxes
     from spine_dfl.score.locating import locate_rois
 
@@ -80,7 +81,9 @@ def located_records(records: Sequence[dict[str, Any]], locator: Any) -> tuple[li
             by_image.setdefault(record["image"], []).append(record)
     out, cells = [], []
     for image, truth in by_image.items():
-        found = locate_rois(locator, _radiograph(image))
+        # on the canonical film per the header, as the crops are cut (data.dataset); the manifest is trusted
+        turned = stored_orientation(str(image))
+        found = locate_rois(locator, _radiograph(image), *(() if turned is None else (turned[0],)))
         pairs = match_boxes(np.array([r["roi"] for r in truth], np.float64).reshape(-1, 4),
                             np.array(found.boxes, np.float64).reshape(-1, 4), MATCH_IOU)
         for t, p in sorted(pairs, key=lambda pair: pair[1]):

@@ -52,6 +52,7 @@ def window_transforms(pre: Preprocessing, acquisition: AcquisitionAugment, keys:
     pixels and intensities; ``crop.RoiRecropd`` / ``crop.RandRoiRecropd`` finish the sample."""
     return [
         LoadRadiographd(keys, lru_size=lru_size),
+        Orientd(keys),
         RoiCropd(keys, margin=window_margin(pre.roi_margin, acquisition), use_roi=pre.use_roi),
         EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
     ]
