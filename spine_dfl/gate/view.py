@@ -144,7 +144,21 @@ def predict_thumbnails(model: ViewNet, thumbnails: torch.Tensor | np.ndarray, ba
     return torch.cat(out).numpy() if out else np.zeros((0, NUM_CLASSES))
 
 
-def predict_view(loaded: LoadedView, pixels: np.ndarray) -> ViewPrediction:
-    """The view and orientation of one image's stored pixels (rows, cols), bone bright."""
+def predict_view(loaded: LoadedView, pixels: np.ndarray, turned: bool = True) -> ViewPrediction:
+    """The view and orientation of one image's stored pixels (rows, cols), bone bright.
+
+    ``turned``: the thumbnail is also read in the other 7 orientations (one batch of 8) and the
+    probabilities averaged, each mapped back to the stored film (a thumbnail turned by ``g`` and
+    read as needing ``o`` means the film needs ``g`` then ``o``): a steadier reading, whose
+    orientation share is what ``gate.orientation`` trusts for counting levels.
+    """
     thumb = thumbnail(pixels, loaded.size, loaded.percentiles)
-    return _prediction(predict_thumbnails(loaded.model, thumb[None])[0])
+    if not turned:
+        return _prediction(predict_thumbnails(loaded.model, thumb[None])[0])
+    probs = predict_thumbnails(loaded.model, np.stack([g.apply(thumb) for g in ORIENTATIONS]))  # (8, 9)
+    combined = np.zeros(NUM_CLASSES)
+    combined[NOT_LATERAL] = probs[:, NOT_LATERAL].sum()
+    for g, row in zip(ORIENTATIONS, probs):
+        for i, o in enumerate(ORIENTATIONS):
+            combined[g.then(o).index] += row[i]
+    return _prediction(combined / len(ORIENTATIONS))
