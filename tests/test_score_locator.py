@@ -14,7 +14,7 @@ from conftest import LOCATED_GRADER_CLASSES as CLASSES
 
 from spine_dfl.data.transforms import Preprocessing
 from spine_dfl.engine.checkpoint import CheckpointError, save_checkpoint
-from spine_dfl.io import read_image
+from spine_dfl.io import LEVELS, read_image
 from spine_dfl.locate.checkpoint import embed_locator, load_locator, locate_radiograph
 from spine_dfl.locate.morphometry import spine_morphometry
 from spine_dfl.model import DFLNet
@@ -65,13 +65,13 @@ def test_located_vertebrae_are_graded_with_source_confidence_and_morphometry(che
             assert list(rows["vertebra"]) == [f"V{i + 1}" for i in range(len(keep))]
         else:  # counted from the sacrum: consecutive levels ending at L5 with the locator's skips
             assert rows["vertebra"].iloc[-1] == "L5"
-            assert all(loaded.levels.index(a) < loaded.levels.index(b) for a, b in zip(rows["vertebra"], rows["vertebra"][1:]))
+            assert all(LEVELS.index(a) < LEVELS.index(b) for a, b in zip(rows["vertebra"], rows["vertebra"][1:]))
         expected = np.clip(found.detections.boxes[keep], 0, [cols_w, rows_h, cols_w, rows_h])
         np.testing.assert_allclose(rows[["x_min", "y_min", "x_max", "y_max"]], expected, rtol=1e-5)
         np.testing.assert_allclose(rows["locator_confidence"], found.detections.scores[keep] * rows["level_confidence"],
                                    rtol=1e-4)
         assert set(rows["orientation"]) == {"as stored"}  # synth films say P\F: canonical
-        levels = ([loaded.levels.index(v) for v in rows["vertebra"]] if anchored == {"yes"}
+        levels = ([LEVELS.index(v) for v in rows["vertebra"]] if anchored == {"yes"}
                   else list(range(len(keep))))
         source = radiograph.meta["spacing_source"]
         measured = spine_morphometry(found.detections.points[keep], levels, radiograph.spacing_mm, source)

@@ -10,9 +10,9 @@ such a cut confidently and wrongly. Clinicians count from an anchor the film sho
 - the last rib-bearing vertebra (T12): not detected by this locator (no rib head); a site whose
   locator is trained with rib labels can add it here.
 
-:func:`anchor_levels` decides which anchor, if any, the chain shows, relabels the chain from it
-(the labelling's dynamic programme with the anchor's level fixed) and, where none is visible,
-names the vertebrae ``V1``, ``V2``, ... top to bottom. Works on a canonical film (head up).
+:func:`anchor_levels` decides which anchor, if any, the chain shows, counts the chain from it body by
+body (``io.LEVELS`` names, so a count may run past the locator's own range) and, where none is
+visible, names the vertebrae ``V1``, ``V2``, ... top to bottom. Works on a canonical film (head up).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spine_dfl.locate.labelling import assign_levels
+from spine_dfl.io.vocabulary import LEVELS
+from spine_dfl.locate.labelling import expected_steps, spine_order
 
-ANCHOR_LOGIT = 50.0  # a level logit that no learnt logit outweighs: the anchor's level is fixed
 ROOM_BODY_HEIGHTS = 0.8  # film beyond the chain's end, in body heights, for that end to be the column's end
 ANCHOR_LOG_MARGIN = 2.0  # the end vertebra's own logit for the anchor level within this of its best (nats)
 TOP_ANCHORS = ("C7", "T1")
@@ -35,9 +35,9 @@ class AnchoredLevels:
     """Names for a chain of N vertebrae (cranial first).
 
     ``names``: level names, or ``V1``.. when ``anchored`` is False; ``level_confidence``: (N,)
-    posterior of each name's level (the labelling's, anchored or not); ``anchor``: what the levels
-    were counted from ("sacrum", "C7/T1", or "" when unanchored); ``levels``: (N,) level indices
-    into the locator's levels (-1 where unanchored); ``why``: why no anchor, when none.
+    confidence in each name (the count's, anchored; the locator's own level posterior, unanchored);
+    ``anchor``: what the levels were counted from ("sacrum", "C7/T1", or "" when unanchored);
+    ``levels``: (N,) indices into ``io.LEVELS`` (-1 where unanchored); ``why``: why no anchor, when none.
     """
 
     names: tuple[str, ...]
@@ -103,14 +103,33 @@ def anchor_levels(
         if levels[0] not in TOP_ANCHORS:
             reasons.append(f"the locator counts no higher than {levels[0]}")
         return unanchored("no anchor visible: " + "; ".join(reasons))
-    forced = logits.copy()
-    forced[fixed[0]] = -ANCHOR_LOGIT
-    forced[fixed[0], fixed[1]] = ANCHOR_LOGIT
-    assignment = assign_levels(np.asarray(centres, dtype=np.float64), forced)
-    if not assignment.head_up:
-        return unanchored("the anchored count reads head down")
-    names = tuple(levels[i] for i in assignment.levels)
-    return AnchoredLevels(names, assignment.confidence, True, anchor, assignment.levels.astype(np.int64))
+    return _count_from(np.asarray(centres, dtype=np.float64), fixed[0], LEVELS.index(levels[fixed[1]]), anchor,
+                       unanchored)
+
+
+def _count_from(centres: np.ndarray, start: int, start_level: int, anchor: str, unanchored) -> AnchoredLevels:
+    """Levels counted body by body from the anchor vertebra ``start`` (level ``start_level`` in
+    ``io.LEVELS``), cranial first: a gap about twice the local one is a vertebra missed, counted.
+
+    Counting is by anatomy, not by the locator's level logits: learnt on whole films, they name
+    by position on the film and, on a cut, pull a count to skip where no vertebra is missing.
+    Each vertebra's confidence is the product, over the gaps between it and the anchor, of how
+    clearly each gap is a whole number of vertebrae (1 for a regular gap, 0 half-way between).
+    """
+    n = len(centres)
+    steps = expected_steps(spine_order(centres)[1]) if n > 1 else np.zeros(0)
+    whole = np.maximum(1, np.rint(steps)).astype(np.int64)
+    clarity = np.clip(1.0 - 2.0 * np.abs(steps - np.rint(steps)), 0.0, 1.0)
+    index = np.empty(n, np.int64)
+    confidence = np.empty(n)
+    index[start], confidence[start] = start_level, 1.0
+    for i in range(start - 1, -1, -1):  # upwards
+        index[i], confidence[i] = index[i + 1] - whole[i], confidence[i + 1] * clarity[i]
+    for i in range(start + 1, n):  # downwards
+        index[i], confidence[i] = index[i - 1] + whole[i - 1], confidence[i - 1] * clarity[i - 1]
+    if index.min() < 0 or index.max() >= len(LEVELS):
+        return unanchored("the count from the anchor runs past C1 or S1")
+    return AnchoredLevels(tuple(LEVELS[i] for i in index), confidence, True, anchor, index)
 
 
 def _unanchored(n: int, level_logits: np.ndarray):
