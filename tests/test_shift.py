@@ -260,3 +260,14 @@ def test_serve_status_counts_images_unlike_the_training_images(tmp_path: Path) -
     summary = {"states": {"done": 2}, "instances": 6, "failed_instances": 0, "oldest_waiting": None,
                "last_errors": [], "last_instance_errors": [], "last_rejections": [], "shift": counts}
     assert "images unlike the training images: 2 of 4 checked" in format_status(summary)
+
+
+def test_the_threshold_is_a_lognormal_tail_not_the_largest_of_a_few() -> None:
+    from spine_dfl.engine.shift import lognormal_quantile
+
+    rng = np.random.default_rng(0)
+    many = np.exp(rng.normal(3.0, 0.2, 20000))
+    assert lognormal_quantile(many, 99.0) == pytest.approx(np.exp(3.0 + 2.3263 * 0.2), rel=0.02)
+    few = np.exp(rng.normal(3.0, 0.2, 13))
+    assert lognormal_quantile(few, 99.0) > np.percentile(few, 99.0) * 0.98  # beyond what 13 scores show
+    assert lognormal_quantile(np.array([5.0, 7.0]), 99.0) == pytest.approx(7.0)

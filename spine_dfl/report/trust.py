@@ -140,7 +140,7 @@ def _shift_html(shift: Mapping[str, Any] | None) -> str:
     return ('<section id="shift"><h2>Images unlike the training data</h2>'
             f'<p><b>{shift["flagged"]}</b> of {shift["images"]} images ({100 * shift["flagged_fraction"]:.1f}%) are '
             "unlike the grader's training images (shift score above the checkpoint's threshold, the 99th percentile "
-            "of its validation images: about 1% of images like those are flagged by chance). Their grades should "
+            "of a log-normal fitted to its validation images' scores: about 1% of images like those are flagged by chance). Their grades should "
             f'not be relied on. Median shift score {shift["median_score"]:.1f}.</p>'
             + (f"<ul>{items}</ul>" if items else "") + (f"<p>and {more} more</p>" if more > 0 else "")
             + "</section>")
