@@ -26,6 +26,7 @@ Columns, in this order (a group appears only where its writer knows it):
 - ``level_confidence``, ``level_anchored`` (located vertebrae): the labelling's posterior of the
   level, and ``yes`` when the level was counted from an anchor the film shows (sacrum, C7/T1;
   ``locate.anchors``), ``no`` when the vertebrae carry relative names ``V1``, ``V2``, ... top to bottom;
+  ``transitional``: transitional anatomy the count went through (``lumbarised S1 (L6)``), else empty;
 - ``ha, hm, hp, height_unit, wedge_ratio, biconcave_ratio, crush_ratio, height_loss, morph_grade,
   morph_kind`` (where six points are known: manifest or locator): six-point morphometry
   (``locate.morphometry``); heights in ``height_unit`` ('detector mm', 'patient mm' or 'pixels'),
@@ -58,7 +59,7 @@ ROI_SOURCE_COLUMNS = ("roi_source", "locator_confidence")
 ROI_SOURCES = ("file", "manifest", "locator")
 SHIFT_COLUMNS = ("shift_score", "in_distribution")
 ORIENTATION_COLUMN = "orientation"  # how the stored film was turned to canonical (``io.orientation`` names)
-LEVEL_COLUMNS = ("level_confidence", "level_anchored")
+LEVEL_COLUMNS = ("level_confidence", "level_anchored", "transitional")
 MORPHOMETRY_COLUMNS = ("ha", "hm", "hp", "height_unit", "wedge_ratio", "biconcave_ratio", "crush_ratio",
                        "height_loss", "morph_grade", "morph_kind")
 MORPHOMETRY_TEXT_COLUMNS = ("height_unit", "morph_grade", "morph_kind")

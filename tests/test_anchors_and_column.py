@@ -53,7 +53,7 @@ def test_a_film_ending_at_the_lowest_vertebra_is_not_counted() -> None:
 def test_a_lowest_vertebra_unlike_l5_is_not_taken_for_it() -> None:
     centres, boxes, _ = chain(5)
     result = anchor_levels(centres, boxes, logits_for("T5", 5, strength=8.0), LEVELS, image_rows=700)
-    assert not result.anchored and "does not look like L5" in result.why
+    assert not result.anchored and "does not look like the last lumbar" in result.why
 
 
 def test_top_anchor_where_the_locator_counts_from_t1() -> None:
@@ -132,3 +132,13 @@ def test_no_level_is_named_on_a_film_whose_orientation_was_guessed() -> None:
     sure = SimpleNamespace(orientation=vflip, orientation_probability=0.95, lateral_probability=0.9)
     assert not orientation_is_sure(None, unsure, vflip) and orientation_is_sure(None, sure, vflip)
     assert orientation_is_sure(["P", "F"], None, CANONICAL) and not orientation_is_sure(None, None, CANONICAL)
+
+
+def test_a_lumbarised_s1_is_counted_as_l6_and_reported_transitional() -> None:
+    levels = LEVELS + ["L6"]
+    centres, boxes, _ = chain(6)
+    result = anchor_levels(centres, boxes, logits_for("L2", 6, levels), levels, image_rows=520)
+    assert result.anchored and result.names == ("L1", "L2", "L3", "L4", "L5", "L6")
+    assert result.transitional == "lumbarised S1 (L6)"
+    plain = anchor_levels(centres, boxes, logits_for("T12", 6, levels), levels, image_rows=520)
+    assert plain.names[-1] == "L5" and plain.transitional == ""

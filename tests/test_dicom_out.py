@@ -361,7 +361,7 @@ def test_storescu_to_pynetdicom_scp_round_trip(tmp_path: Path, written) -> None:
 def test_sr_says_how_the_levels_were_counted(tmp_path: Path, anchored: str, anchor: str, method: str) -> None:
     source = make_cr(tmp_path / "src.dcm")
     cells = {"roi_source": "locator", "locator_confidence": 0.9, "level_confidence": 0.8, "level_anchored": anchored,
-             "level_anchor": anchor}
+             "level_anchor": anchor, "transitional": "lumbarised S1 (L6)" if anchored == "yes" else ""}
     names = ("L4", "L5") if anchored == "yes" else ("V1", "V2")
     findings = [VertebraFinding(name, (20.0 + 60 * i, 30.0, 70.0 + 60 * i, 80.0), "normal",
                                 dict(zip(CLASSES, [0.7, 0.1, 0.1, 0.1])), cells=cells) for i, name in enumerate(names)]
@@ -376,6 +376,8 @@ def test_sr_says_how_the_levels_were_counted(tmp_path: Path, anchored: str, anch
     assert expected.value in codes
     if anchored == "no":
         assert "V1 vertebra" in text  # the relative name's finding site is a private code, not a level
+    else:
+        assert "Transitional anatomy the level count went through" in text and "lumbarised S1 (L6)" in text
 
 
 def _walk(ds: Dataset):

@@ -89,6 +89,7 @@ CODES: dict[str, hd.sr.CodedConcept] = {
     "anchor_sacrum": _private("ANCHORSACRUM", "Counted upwards from the sacrum (L5 the last mobile vertebra)"),
     "anchor_c7t1": _private("ANCHORC7T1", "Counted downwards from C7/T1"),
     "anchor_none": _private("UNANCHORED", "No anchor visible: relative names V1, V2, ... top to bottom"),
+    "transitional": _private("TRANSITIONAL", "Transitional anatomy the level count went through"),
     "yes": hd.sr.CodedConcept(*codes.SCT.Yes),
     "no": hd.sr.CodedConcept(*codes.SCT.No),
     "mm": hd.sr.CodedConcept("mm", "UCUM", "millimeter"),

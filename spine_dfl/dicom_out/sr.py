@@ -146,6 +146,10 @@ def _levels_group(
     if anchored not in ("yes", "no"):
         return None
     anchor = str(findings[0].cells.get("level_anchor") or "") if anchored == "yes" else ""
+    evaluations = [hd.sr.QualitativeEvaluation(name=CODES["levels_anchored"], value=CODES[anchored])]
+    transitional = str(findings[0].cells.get("transitional") or "")
+    if transitional:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=CODES["transitional"], value=_private_value(transitional)))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(entropy_srcs=[tracking_root, "level identification"]),
@@ -154,7 +158,7 @@ def _levels_group(
         finding_type=CODES["level_identification"],
         method=CODES[_ANCHOR_METHODS.get(anchor, "anchor_none")],
         algorithm_id=algorithm,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=CODES["levels_anchored"], value=CODES[anchored])],
+        qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=str(source.SOPClassUID), referenced_sop_instance_uid=str(source.SOPInstanceUID))],
     )

@@ -11,7 +11,7 @@ such a cut confidently and wrongly. Clinicians count from an anchor the film sho
   locator is trained with rib labels can add it here.
 
 :func:`anchor_levels` decides which anchor, if any, the chain shows, counts the chain from it body by
-body (``io.LEVELS`` names, so a count may run past the locator's own range) and, where none is
+body (``COUNT_LEVELS``: C1-L5 and L6, so a count may run past the locator's own range) and, where none is
 visible, names the vertebrae ``V1``, ``V2``, ... top to bottom. Works on a canonical film (head up).
 """
 
@@ -28,6 +28,9 @@ from spine_dfl.locate.labelling import expected_steps, spine_order
 ROOM_BODY_HEIGHTS = 0.8  # film beyond the chain's end, in body heights, for that end to be the column's end
 ANCHOR_LOG_MARGIN = 2.0  # the end vertebra's own logit for the anchor level within this of its best (nats)
 TOP_ANCHORS = ("C7", "T1")
+LAST_MOBILE = ("L5", "L6")  # L6: a lumbarised S1, where the locator has learnt one
+# What a count names: C1 .. L5 and, after L5, L6 (a count from a lumbarised S1 names it L6).
+COUNT_LEVELS: tuple[str, ...] = LEVELS[: LEVELS.index("L5") + 1] + ("L6",)
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class AnchoredLevels:
     ``names``: level names, or ``V1``.. when ``anchored`` is False; ``level_confidence``: (N,)
     confidence in each name (the count's, anchored; the locator's own level posterior, unanchored);
     ``anchor``: what the levels were counted from ("sacrum", "C7/T1", or "" when unanchored);
-    ``levels``: (N,) indices into ``io.LEVELS`` (-1 where unanchored); ``why``: why no anchor, when none.
+    ``levels``: (N,) indices into ``COUNT_LEVELS`` (-1 where unanchored); ``why``: why no anchor, when none;
+    ``transitional``: transitional anatomy the count went through ("lumbarised S1 (L6)"), or "".
     """
 
     names: tuple[str, ...]
@@ -46,6 +50,7 @@ class AnchoredLevels:
     anchor: str
     levels: np.ndarray
     why: str = ""
+    transitional: str = ""
 
 
 def relative_names(n: int) -> tuple[str, ...]:
@@ -88,26 +93,37 @@ def anchor_levels(
     boxes = np.asarray(boxes, dtype=np.float64)
     logits = np.asarray(level_logits, dtype=np.float64)
     room_above, room_below, body = _room(boxes, image_rows)
-    fixed: tuple[int, int] | None = None  # (detection, level)
-    anchor = ""
-    last = len(levels) - 1
-    if levels[last] == "L5" and room_below >= ROOM_BODY_HEIGHTS * body and _end_looks_like(logits[-1], last):
-        fixed, anchor = (n - 1, last), "sacrum"
-    elif levels[0] in TOP_ANCHORS and room_above >= ROOM_BODY_HEIGHTS * body and _end_looks_like(logits[0], 0):
-        fixed, anchor = (0, 0), "C7/T1"
-    if fixed is None:
-        reasons = []
-        if levels[last] == "L5":
-            reasons.append("the film ends at the lowest vertebra" if room_below < ROOM_BODY_HEIGHTS * body
-                           else "the lowest vertebra does not look like L5")
-        if levels[0] not in TOP_ANCHORS:
-            reasons.append(f"the locator counts no higher than {levels[0]}")
-        return unanchored("no anchor visible: " + "; ".join(reasons))
-    return _count_from(np.asarray(centres, dtype=np.float64), fixed[0], LEVELS.index(levels[fixed[1]]), anchor,
-                       unanchored)
+    reasons = []
+    if room_below >= ROOM_BODY_HEIGHTS * body:
+        level = _looks_like(logits[-1], levels, LAST_MOBILE)
+        if level is not None:
+            transitional = "lumbarised S1 (L6)" if level == "L6" else ""
+            return _count_from(np.asarray(centres, dtype=np.float64), n - 1, COUNT_LEVELS.index(level), "sacrum",
+                               unanchored, transitional)
+        reasons.append("the lowest vertebra does not look like the last lumbar")
+    else:
+        reasons.append("the film ends at the lowest vertebra")
+    if room_above >= ROOM_BODY_HEIGHTS * body:
+        level = _looks_like(logits[0], levels, TOP_ANCHORS)
+        if level is not None:
+            return _count_from(np.asarray(centres, dtype=np.float64), 0, COUNT_LEVELS.index(level), "C7/T1", unanchored)
+    if not any(name in levels for name in TOP_ANCHORS):
+        reasons.append(f"the locator counts no higher than {levels[0]}")
+    return unanchored("no anchor visible: " + "; ".join(reasons))
 
 
-def _count_from(centres: np.ndarray, start: int, start_level: int, anchor: str, unanchored) -> AnchoredLevels:
+def _looks_like(logits: np.ndarray, levels: list[str], candidates: Sequence[str]) -> str | None:
+    """The candidate level the end vertebra looks like most, if its logit is within the margin of its
+    best (None: none of them, or none in the locator's levels)."""
+    known = [name for name in candidates if name in levels]
+    if not known:
+        return None
+    best = max(known, key=lambda name: logits[levels.index(name)])
+    return best if _end_looks_like(logits, levels.index(best)) else None
+
+
+def _count_from(centres: np.ndarray, start: int, start_level: int, anchor: str, unanchored,
+                transitional: str = "") -> AnchoredLevels:
     """Levels counted body by body from the anchor vertebra ``start`` (level ``start_level`` in
     ``io.LEVELS``), cranial first: a gap about twice the local one is a vertebra missed, counted.
 
@@ -127,9 +143,10 @@ def _count_from(centres: np.ndarray, start: int, start_level: int, anchor: str, 
         index[i], confidence[i] = index[i + 1] - whole[i], confidence[i + 1] * clarity[i]
     for i in range(start + 1, n):  # downwards
         index[i], confidence[i] = index[i - 1] + whole[i - 1], confidence[i - 1] * clarity[i - 1]
-    if index.min() < 0 or index.max() >= len(LEVELS):
-        return unanchored("the count from the anchor runs past C1 or S1")
-    return AnchoredLevels(tuple(LEVELS[i] for i in index), confidence, True, anchor, index)
+    if index.min() < 0 or index.max() >= len(COUNT_LEVELS):
+        return unanchored("the count from the anchor runs past C1 or the sacrum")
+    return AnchoredLevels(tuple(COUNT_LEVELS[i] for i in index), confidence, True, anchor, index,
+                          transitional=transitional)
 
 
 def _unanchored(n: int, level_logits: np.ndarray):

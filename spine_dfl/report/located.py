@@ -29,7 +29,7 @@ def with_roi_columns(table: pd.DataFrame, cells: Sequence[dict[str, Any]], morph
     out = table.copy()
     for column in (*ROI_SOURCE_COLUMNS, *(LEVEL_COLUMNS + MORPHOMETRY_COLUMNS if morphometry else ())):
         values = [c.get(column) for c in cells]
-        if column in ("roi_source", "height_unit", "morph_grade", "morph_kind", "level_anchored"):
+        if column in ("roi_source", "height_unit", "morph_grade", "morph_kind", "level_anchored", "transitional"):
             out[column] = ["" if v is None else str(v) for v in values]
         else:
             out[column] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)

@@ -131,6 +131,7 @@ def locate_rois(loaded: Any, radiograph: Any, orientation: Orientation = CANONIC
         cell["level_confidence"] = float(named.level_confidence[j])
         cell["level_anchored"] = "yes" if named.anchored else "no"
         cell["level_anchor"] = named.anchor  # for the SR's level-identification group; not a table column
+        cell["transitional"] = named.transitional
         cell["orientation"] = orientation.name
         if found.refined is not None:
             cell["points_refined"] = int(found.refined[k].sum())
