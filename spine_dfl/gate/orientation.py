@@ -17,6 +17,9 @@ from typing import Any
 from spine_dfl.io.orientation import CANONICAL, Orientation, orientation_from_header
 
 OVERRULE_PROBABILITY = 0.9
+# Counting levels needs more: a synth lumbar cut was read upside down at 0.91 (benchmarks/film_variants.py,
+# seed-0 test films), whole films turned any way read at >= 0.96.
+SURE_PROBABILITY = 0.95
 LATERAL_PROBABILITY = 0.5
 
 
@@ -36,8 +39,8 @@ def choose_orientation(patient_orientation: Sequence[str] | None, view: Any = No
 def orientation_is_sure(patient_orientation: Sequence[str] | None, view: Any, chosen: Orientation) -> bool:
     """Whether ``chosen`` is known rather than guessed: the header's lateral pair says it (and the view
     classifier does not confidently say otherwise), or the classifier gives it at least
-    ``OVERRULE_PROBABILITY`` of its eight-way share."""
+    ``SURE_PROBABILITY`` of its eight-way share."""
     header = orientation_from_header(patient_orientation)
-    if view is not None and view.orientation == chosen and float(view.orientation_probability) >= OVERRULE_PROBABILITY:
+    if view is not None and view.orientation == chosen and float(view.orientation_probability) >= SURE_PROBABILITY:
         return True
     return header is not None and header == chosen
