@@ -191,6 +191,8 @@ def sr_grades(sr: pydicom.Dataset) -> list[tuple[str, str, float]]:
         if item.ValueType != "CONTAINER" or item.ConceptNameCodeSequence[0].CodeValue != "125007":
             continue
         members = {child.ConceptNameCodeSequence[0].CodeValue: child for child in item.ContentSequence}
+        if "PREDGRADE" not in members:  # an image-level group (level identification, training distribution)
+            continue
         groups.append((str(members["112039"].TextValue), str(members["PREDGRADE"].ConceptCodeSequence[0].CodeMeaning),
                        float(members["122157"].MeasuredValueSequence[0].NumericValue)))
     return groups

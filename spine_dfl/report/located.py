@@ -83,7 +83,10 @@ def located_records(records: Sequence[dict[str, Any]], locator: Any) -> tuple[li
     for image, truth in by_image.items():
         # on the canonical film per the header, as the crops are cut (data.dataset); the manifest is trusted
         turned = stored_orientation(str(image))
-        found = locate_rois(locator, _radiograph(image), *(() if turned is None else (turned[0],)))
+        if turned is None or turned[0].is_identity:
+            found = locate_rois(locator, _radiograph(image))
+        else:
+            found = locate_rois(locator, _radiograph(image), turned[0])
         pairs = match_boxes(np.array([r["roi"] for r in truth], np.float64).reshape(-1, 4),
                             np.array(found.boxes, np.float64).reshape(-1, 4), MATCH_IOU)
         for t, p in sorted(pairs, key=lambda pair: pair[1]):
