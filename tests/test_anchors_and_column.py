@@ -142,3 +142,11 @@ def test_a_lumbarised_s1_is_counted_as_l6_and_reported_transitional() -> None:
     assert result.transitional == "lumbarised S1 (L6)"
     plain = anchor_levels(centres, boxes, logits_for("T12", 6, levels), levels, image_rows=520)
     assert plain.names[-1] == "L5" and plain.transitional == ""
+
+
+def test_no_count_crosses_a_gap_of_one_and_a_half_vertebrae() -> None:
+    centres, boxes, _ = chain(7)
+    centres[3:, 1] += 30.0  # half a vertebra more between the 3rd and 4th bodies
+    boxes[3:, [1, 3]] += 30.0
+    result = anchor_levels(centres, boxes, logits_for("T11", 7), LEVELS, image_rows=600)
+    assert not result.anchored and "no whole number" in result.why

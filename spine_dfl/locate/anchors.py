@@ -28,6 +28,7 @@ from spine_dfl.locate.labelling import expected_steps, spine_order
 ROOM_BODY_HEIGHTS = 0.8  # film beyond the chain's end, in body heights, for that end to be the column's end
 ANCHOR_LOG_MARGIN = 2.0  # the end vertebra's own logit for the anchor level within this of its best (nats)
 TOP_ANCHORS = ("C7", "T1")
+MIN_GAP_CLARITY = 0.5  # every gap within a quarter vertebra of a whole number, or no count
 LAST_MOBILE = ("L5", "L6")  # L6: a lumbarised S1, where the locator has learnt one
 # What a count names: C1 .. L5 and, after L5, L6 (a count from a lumbarised S1 names it L6).
 COUNT_LEVELS: tuple[str, ...] = LEVELS[: LEVELS.index("L5") + 1] + ("L6",)
@@ -136,6 +137,9 @@ def _count_from(centres: np.ndarray, start: int, start_level: int, anchor: str, 
     steps = expected_steps(spine_order(centres)[1]) if n > 1 else np.zeros(0)
     whole = np.maximum(1, np.rint(steps)).astype(np.int64)
     clarity = np.clip(1.0 - 2.0 * np.abs(steps - np.rint(steps)), 0.0, 1.0)
+    if clarity.size and clarity.min() < MIN_GAP_CLARITY:
+        # a gap that is no whole number of vertebrae (a locator that misses bodies): no count crosses it
+        return unanchored("a gap in the chain is no whole number of vertebrae")
     index = np.empty(n, np.int64)
     confidence = np.empty(n)
     index[start], confidence[start] = start_level, 1.0
