@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from spine_dfl.io.vocabulary import LEVELS
-from spine_dfl.locate.labelling import expected_steps, spine_order
+from spine_dfl.locate.labelling import spine_order
 
 ROOM_BODY_HEIGHTS = 0.8  # film beyond the chain's end, in body heights, for that end to be the column's end
 ANCHOR_LOG_MARGIN = 2.0  # the end vertebra's own logit for the anchor level within this of its best (nats)
 TOP_ANCHORS = ("C7", "T1")
-MIN_GAP_CLARITY = 0.5  # every gap within a quarter vertebra of a whole number, or no count
+MIN_GAP_CLARITY = 0.2  # every gap within 0.4 vertebra of a whole number (1.4-1.6: one missed or not?), or no count
 LAST_MOBILE = ("L5", "L6")  # L6: a lumbarised S1, where the locator has learnt one
 # What a count names: C1 .. L5 and, after L5, L6 (a count from a lumbarised S1 names it L6).
 COUNT_LEVELS: tuple[str, ...] = LEVELS[: LEVELS.index("L5") + 1] + ("L6",)
@@ -99,7 +99,7 @@ def anchor_levels(
         level = _looks_like(logits[-1], levels, LAST_MOBILE)
         if level is not None:
             transitional = "lumbarised S1 (L6)" if level == "L6" else ""
-            return _count_from(np.asarray(centres, dtype=np.float64), n - 1, COUNT_LEVELS.index(level), "sacrum",
+            return _count_from(np.asarray(centres, dtype=np.float64), boxes, n - 1, COUNT_LEVELS.index(level), "sacrum",
                                unanchored, transitional)
         reasons.append("the lowest vertebra does not look like the last lumbar")
     else:
@@ -107,7 +107,7 @@ def anchor_levels(
     if room_above >= ROOM_BODY_HEIGHTS * body:
         level = _looks_like(logits[0], levels, TOP_ANCHORS)
         if level is not None:
-            return _count_from(np.asarray(centres, dtype=np.float64), 0, COUNT_LEVELS.index(level), "C7/T1", unanchored)
+            return _count_from(np.asarray(centres, dtype=np.float64), boxes, 0, COUNT_LEVELS.index(level), "C7/T1", unanchored)
     if not any(name in levels for name in TOP_ANCHORS):
         reasons.append(f"the locator counts no higher than {levels[0]}")
     return unanchored("no anchor visible: " + "; ".join(reasons))
@@ -123,18 +123,30 @@ def _looks_like(logits: np.ndarray, levels: list[str], candidates: Sequence[str]
     return best if _end_looks_like(logits, levels.index(best)) else None
 
 
-def _count_from(centres: np.ndarray, start: int, start_level: int, anchor: str, unanchored,
+def _steps(centres: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(N-1,) each gap in vertebrae: the gap over its two bodies' mean height, over the chain's median of
+    that ratio. Bodies grow from T1 to L5 and their gaps with them; a missed vertebra doubles the ratio."""
+    if len(centres) < 2:
+        return np.zeros(0)
+    gaps = spine_order(centres)[1]
+    heights = np.maximum(boxes[:, 3] - boxes[:, 1], 1e-9)
+    ratio = gaps / (0.5 * (heights[:-1] + heights[1:]))
+    return ratio / float(np.median(ratio))
+
+
+def _count_from(centres: np.ndarray, boxes: np.ndarray, start: int, start_level: int, anchor: str, unanchored,
                 transitional: str = "") -> AnchoredLevels:
     """Levels counted body by body from the anchor vertebra ``start`` (level ``start_level`` in
     ``io.LEVELS``), cranial first: a gap about twice the local one is a vertebra missed, counted.
 
-    Counting is by anatomy, not by the locator's level logits: learnt on whole films, they name
+    Each gap's size in vertebrae comes from the bodies' heights (``_steps``). Counting is by anatomy,
+    not by the locator's level logits: learnt on whole films, they name
     by position on the film and, on a cut, pull a count to skip where no vertebra is missing.
     Each vertebra's confidence is the product, over the gaps between it and the anchor, of how
     clearly each gap is a whole number of vertebrae (1 for a regular gap, 0 half-way between).
     """
     n = len(centres)
-    steps = expected_steps(spine_order(centres)[1]) if n > 1 else np.zeros(0)
+    steps = _steps(centres, boxes)
     whole = np.maximum(1, np.rint(steps)).astype(np.int64)
     clarity = np.clip(1.0 - 2.0 * np.abs(steps - np.rint(steps)), 0.0, 1.0)
     if clarity.size and clarity.min() < MIN_GAP_CLARITY:
