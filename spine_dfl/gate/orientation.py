@@ -16,9 +16,10 @@ from typing import Any
 
 from spine_dfl.io.orientation import CANONICAL, Orientation, orientation_from_header
 
-OVERRULE_PROBABILITY = 0.9
-# Counting levels needs more: a synth lumbar cut was read upside down at 0.91 (benchmarks/film_variants.py,
-# seed-0 test films), whole films turned any way read at >= 0.96.
+# A synth lumbar cut was read upside down at 0.91 against its correct header (benchmarks/film_variants.py,
+# seed-0 test films); whole films turned any way read at >= 0.96. Overruling the header and counting
+# levels on the classifier's word both need 0.95.
+OVERRULE_PROBABILITY = 0.95
 SURE_PROBABILITY = 0.95
 LATERAL_PROBABILITY = 0.5
 
