@@ -150,3 +150,12 @@ def test_no_count_crosses_a_gap_of_one_and_a_half_vertebrae() -> None:
     boxes[3:, [1, 3]] += 30.0
     result = anchor_levels(centres, boxes, logits_for("T11", 7), LEVELS, image_rows=600)
     assert not result.anchored and "no whole number" in result.why
+
+
+def test_one_body_with_misplaced_points_does_not_refuse_a_column_two_do() -> None:
+    _, boxes, points = chain(10)
+    flipped = points.copy()
+    flipped[4] = flipped[4][[3, 4, 5, 0, 1, 2]]  # one body's superior and inferior points swapped
+    assert column_refusal(flipped, boxes, (0.5, 0.5)) is None
+    flipped[7] = flipped[7][[3, 4, 5, 0, 1, 2]]
+    assert "tilted" in column_refusal(flipped, boxes, (0.5, 0.5))

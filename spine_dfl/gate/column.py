@@ -8,8 +8,8 @@ a lateral column, and the learned view score (``gate.view``) must agree:
   beyond a missed vertebra, on a smooth curve running head to foot;
 - bodies of a vertebra's size where the pixel spacing is known (10-60 mm tall, 12-90 mm deep on
   the detector: magnification included);
-- neighbours tilted alike (no kink beyond ``MAX_KINK_DEG`` between neighbours; from 5 bodies on the
-  second-worst pair counts, so one body's misplaced points do not refuse a film);
+- neighbours tilted alike (no kink beyond ``MAX_KINK_DEG`` between neighbours; from 5 bodies on
+  without the single most tilted body, so one body's misplaced points do not refuse a film);
 - the anterior side on the same side for (nearly) every body.
 
 :func:`column_refusal` gives the reason ("no lateral vertebral column found: ...", naming what
@@ -34,7 +34,7 @@ GAP_PER_HEIGHT = (0.6, 2.6)
 HEIGHT_MM = (10.0, 60.0)
 DEPTH_MM = (12.0, 90.0)
 MAX_AXIS_DEG = 50.0  # the chain's principal axis from the head-foot direction
-MAX_KINK_DEG = 35.0  # between neighbours, the second-worst pair from 5 bodies on (one body's points may be off)
+MAX_KINK_DEG = 35.0  # between neighbours, without the one most tilted body from 5 bodies on (``_kink``)
 MAX_OFF_CURVE = 0.6  # centre distance from the fitted curve, in body depths
 MIN_SIDE_AGREEMENT = 0.8
 MIN_VIEW_PROBABILITY = 0.5
@@ -82,11 +82,22 @@ def measure_column(points: np.ndarray, boxes: np.ndarray, spacing_mm: tuple[floa
     # each body's craniocaudal axis: from the inferior endplate's middle to the superior's
     axes = pts[:, 1] - pts[:, 4]
     angles = np.degrees(np.arctan2(axes[:, 0], -axes[:, 1]))
-    kinks = np.sort(np.abs(np.diff(angles[order]))) if n >= 2 else np.zeros(1)
-    kink = float(kinks[-2] if n >= 5 else kinks[-1])
+    kink = _kink(angles[order])
     anterior_left = (pts[:, 0, 0] + pts[:, 3, 0]) < (pts[:, 2, 0] + pts[:, 5, 0])
     agreement = float(max(anterior_left.mean(), 1.0 - anterior_left.mean())) if n else 0.0
     return ColumnCheck(n, steps, gap_per_height, height_mm, depth_mm, axis_deg, kink, off_curve, agreement)
+
+
+def _kink(angles: np.ndarray) -> float:
+    """The largest tilt between neighbours (degrees, wrapped to +-180), in chain order; from 5 bodies on
+    without the one body furthest from the chain's median tilt (its points may be misplaced, which
+    makes two neighbour pairs look kinked)."""
+    if len(angles) < 2:
+        return 0.0
+    if len(angles) >= 5:
+        deviation = np.abs((angles - np.median(angles) + 180.0) % 360.0 - 180.0)
+        angles = np.delete(angles, int(np.argmax(deviation)))
+    return float(np.max(np.abs((np.diff(angles) + 180.0) % 360.0 - 180.0)))
 
 
 def column_problems(check: ColumnCheck, view_probability: float | None = None) -> list[str]:
