@@ -19,7 +19,7 @@ from spine_dfl import __version__
 from spine_dfl.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, read_checkpoint
 from spine_dfl.gate.view import LoadedView, ViewNet
 from spine_dfl.io.orientation import ORIENTATIONS
-from spine_dfl.locate.checkpoint import check_kind
+from spine_dfl.locate.checkpoint import check_kind, embed_payload
 
 __all__ = ["EMBEDDED_KEY", "KIND", "embed_view", "load_view", "save_view", "view_from_locator_payload",
            "view_from_payload", "view_payload"]
@@ -89,10 +89,4 @@ def embed_view(locator_path: str | Path, view_path: str | Path, out_path: str | 
     """Write ``out_path``: the locator checkpoint with the view payload inside it (replacing one it
     had). Both are kind-checked and the view's weights must load; the write is atomic, so
     ``out_path`` may be ``locator_path``."""
-    locator = read_checkpoint(locator_path, "cpu")
-    check_kind(locator, locator_path, "locator")
-    view = read_checkpoint(view_path, "cpu")
-    check_kind(view, view_path, KIND)
-    view_from_payload(view, view_path)  # the weights must load before they are embedded
-    atomic_torch_save({**locator, EMBEDDED_KEY: view}, out_path)
-    return Path(out_path)
+    return embed_payload(locator_path, "locator", view_path, KIND, EMBEDDED_KEY, view_from_payload, out_path)

@@ -81,14 +81,23 @@ def embedded_locator_payload(raw: dict[str, Any]) -> dict[str, Any] | None:
 def embed_locator(grader_path: str | Path, locator_path: str | Path, out_path: str | Path) -> Path:
     """Write ``out_path``: the grader checkpoint with the locator's payload inside it, so that one file
     serves score and explain without --locator. Both are kind-checked; the write is atomic."""
+    return embed_payload(grader_path, "grader", locator_path, KIND, EMBEDDED_KEY, locator_from_payload, out_path)
+
+
+def embed_payload(host_path: str | Path, host_kind: str, inner_path: str | Path, inner_kind: str, key: str,
+                  load_inner: Any, out_path: str | Path) -> Path:
+    """Write ``out_path``: the ``host_kind`` checkpoint at ``host_path`` with the ``inner_kind`` checkpoint
+    at ``inner_path`` inside it under ``key`` (replacing one it had). Both are kind-checked and the inner
+    weights must load (``load_inner(raw, path)``) before they are embedded; the write is atomic, so
+    ``out_path`` may be ``host_path``."""
     from spine_dfl.engine.checkpoint import atomic_torch_save
 
-    grader = read_checkpoint(grader_path, "cpu")
-    check_kind(grader, grader_path, "grader")
-    locator = read_checkpoint(locator_path, "cpu")
-    check_kind(locator, locator_path, KIND)
-    locator_from_payload(locator, locator_path)  # the weights must load before they are embedded
-    atomic_torch_save({**grader, EMBEDDED_KEY: locator}, out_path)
+    host = read_checkpoint(host_path, "cpu")
+    check_kind(host, host_path, host_kind)
+    inner = read_checkpoint(inner_path, "cpu")
+    check_kind(inner, inner_path, inner_kind)
+    load_inner(inner, inner_path)
+    atomic_torch_save({**host, key: inner}, out_path)
     return Path(out_path)
 
 

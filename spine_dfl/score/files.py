@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from spine_dfl.io.orientation import CANONICAL, Orientation
+from spine_dfl.io.orientation import CANONICAL, Orientation, canonical_box
 from spine_dfl.io.rois import RoiTable
 from spine_dfl.score.errors import reason_of
 
@@ -205,7 +205,4 @@ def _canonical_boxes(boxes: list[Box | None], orientation: Orientation, header: 
     if orientation.is_identity:
         return boxes
     shape = (int(header.Rows), int(header.Columns))
-    back = orientation.inverse()  # canonical -> stored undone: stored coordinates -> canonical ones
-    return [None if b is None else tuple(float(v) for v in back.boxes_to_stored(np.array([b]),
-                                                                                 orientation.canonical_shape(shape))[0])
-            for b in boxes]
+    return [None if b is None else canonical_box(b, orientation, shape) for b in boxes]
