@@ -7,14 +7,13 @@
     labelling    consecutive levels along the spine by dynamic programming
     morphometry  six-point heights, Genant ratios and morphometric grade
     run          train_locator_epoch, locate
-    settings     the ``locator:`` config section (pydantic; no torch)
     augment      exact geometric + intensity augmentation of input and targets
     samples      manifest -> letterboxed training / evaluation samples
     evaluate     detection, identification and measurement figures
     checkpoint   the self-contained locator checkpoint (``kind: locator``)
     train        ``spine-dfl train`` with ``task: locator``
 
-Names load on first use, so reading a config (``settings``) imports no torch.
+Names load on first use (the ``locator:`` config section is ``spine_dfl.config.locator``).
 """
 
 
@@ -30,7 +29,6 @@ _LAZY: dict[str, str] = {
     "letterbox": "preprocess", "output_size": "preprocess",
     "LocatedVertebrae": "run", "locate": "run", "train_locator_epoch": "run",
     "collate_targets": "targets", "encode_targets": "targets", "locator_loss": "targets",
-    "LocatorConfig": "settings", "LocatorAugment": "settings",
     "LoadedLocator": "checkpoint", "load_locator": "checkpoint", "locate_radiograph": "checkpoint",
     "ImageTruth": "evaluate", "ImagePrediction": "evaluate", "locator_metrics": "evaluate",
     "evaluate_locator": "evaluate", "evaluate_checkpoint": "evaluate",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
-from spine_dfl.locate.settings import LocatorAugment
+from spine_dfl.config.locator import LocatorAugment
 
 
 def random_affine(size_hw: tuple[int, int], settings: LocatorAugment, rng: np.random.Generator) -> np.ndarray:

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torchvision import models
 
+from .defaults import BACKBONES, PSTREAM_LAYERS
+
 __all__ = [
     "BACKBONES",
     "PSTREAM_LAYERS",
@@ -106,15 +108,7 @@ _SPECS: dict[str, _Spec] = {
     "resnet50": _Spec(lambda: models.resnet50(weights=None), models.ResNet50_Weights.IMAGENET1K_V1, "conv1.weight", "fc."),
     "resnet18": _Spec(lambda: models.resnet18(weights=None), models.ResNet18_Weights.IMAGENET1K_V1, "conv1.weight", "fc."),
 }
-BACKBONES: tuple[str, ...] = tuple(_SPECS)
-# Where the P-stream may read, per backbone; the first is the default (the paper's cut). An earlier
-# layer gives a finer map (stride 8 instead of 16 for ResNet) and smaller patches; the G-stream
-# always runs on to the backbone's deepest features.
-PSTREAM_LAYERS: dict[str, tuple[str, ...]] = {
-    "vgg16_bn": ("conv4_3", "conv3_3"),
-    "resnet50": ("layer3", "layer2"),
-    "resnet18": ("layer3", "layer2"),
-}
+assert tuple(_SPECS) == BACKBONES, "model.defaults.BACKBONES names the backbones built here"
 # VGG16-BN `features` index just after each readable conv's BN + ReLU.
 _VGG_CUTS = {"conv3_3": 23, "conv4_3": 33}
 

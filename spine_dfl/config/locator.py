@@ -7,20 +7,17 @@ whole-radiograph detector needs lives here.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from spine_dfl.config.base import Strict
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 
 
-# The loss parts of ``targets.locator_loss`` (named here so that reading a config imports no torch).
+# The loss parts of ``locate.targets.locator_loss`` (named here so that reading a config imports no torch).
 LOSS_PARTS: tuple[str, ...] = ("heatmap", "size", "offset", "landmarks", "levels")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LocatorAugment(_Strict):
+class LocatorAugment(Strict):
     """Training augmentation of the letterboxed input; geometry moves the targets with the image.
 
     Geometry is one random affine about the input centre (rotation, isotropic scale, translation
@@ -46,7 +43,7 @@ class LocatorAugment(_Strict):
         return value
 
 
-class LocatorConfig(_Strict):
+class LocatorConfig(Strict):
     input_size: tuple[int, int] = Field((320, 192), description="letterbox size (rows, cols), multiples of 32")
     blocks: tuple[int, int, int, int] = Field((1, 1, 1, 1), description="residual blocks per ResNet stage")
     neck_channels: int = Field(64, ge=8)

@@ -1,7 +1,9 @@
 """Run configuration: pydantic models, YAML loading and ``--set key=value`` overrides.
 
 A config is the full description of a training run; every checkpoint carries it, so
-scoring, evaluation and explanation need nothing else.
+scoring, evaluation and explanation need nothing else. The ``locator:`` section is
+``config.locator``'s. Reading a config imports no torch: names it checks (backbones, P-stream
+layers) come from ``model.defaults``.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from spine_dfl.config.base import Strict
+from spine_dfl.config.locator import LocatorAugment, LocatorConfig
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.settings import AugmentConfig
-from spine_dfl.locate.settings import LocatorConfig
-from spine_dfl.model.defaults import DEFAULT_BRANCH_WEIGHTS
+from spine_dfl.model.defaults import BACKBONES, DEFAULT_BRANCH_WEIGHTS, PSTREAM_LAYERS
+
+__all__ = [
+    "SELECT_METRICS", "SHIPPED_CONFIGS", "BranchWeights", "ConfigError", "DataConfig", "LocatorAugment",
+    "LocatorConfig", "ModelConfig", "RunConfig", "TrainConfig", "config_to_dict", "load_config", "parse_override",
+    "resolve_config_path", "shipped_config_names",
+]
 
 # The shipped configs are package data (spine_dfl/configs/*.yaml), read through importlib.resources
 # so an installed wheel finds them as a source checkout does.
@@ -36,12 +45,7 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the file/key and the problem."""
 
 
-class _Strict(BaseModel):
-    # Unknown keys are typos more often than not: refuse them instead of ignoring them.
-    model_config = ConfigDict(extra="forbid")
-
-
-class BranchWeights(_Strict):
+class BranchWeights(Strict):
     """Weights of the G-stream, P-stream and side-branch terms (loss or fused logits)."""
 
     g: float = DEFAULT_BRANCH_WEIGHTS[0]
@@ -52,8 +56,8 @@ class BranchWeights(_Strict):
         return (self.g, self.p, self.side)
 
 
-class ModelConfig(_Strict):
-    backbone: Literal["vgg16_bn", "resnet50", "resnet18"] = "resnet18"
+class ModelConfig(Strict):
+    backbone: str = Field("resnet18", description=f"one of {', '.join(BACKBONES)}")
     pretrained: str = Field("none", description="'imagenet' (local torch hub cache), 'none', or a state-dict path")
     filters_per_class: int = Field(10, ge=1, description="k: P-stream 1x1 filters per class")
     loss_weights: BranchWeights = BranchWeights()
@@ -70,18 +74,23 @@ class ModelConfig(_Strict):
         "crop", description="where each P-stream filter's max pool searches: the whole crop, or the vertebra's box "
                             "(its ROI; the margin stays context for the G-stream)")
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in BACKBONES:
+            raise ValueError(f"unknown backbone {value!r} (choose from {', '.join(BACKBONES)})")
+        return value
+
     @field_validator("pstream_layer")
     @classmethod
     def _pstream_layer_fits_backbone(cls, value: str | None, info: Any) -> str | None:
-        from spine_dfl.model.backbones import PSTREAM_LAYERS
-
         backbone = info.data.get("backbone")
         if value is not None and backbone in PSTREAM_LAYERS and value not in PSTREAM_LAYERS[backbone]:
             raise ValueError(f"{value!r} does not exist in {backbone} (choose from {', '.join(PSTREAM_LAYERS[backbone])})")
         return value
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     input_size: int = Field(160, ge=32, description="network input is 1 x S x S pixels")
     roi_margin: float = Field(0.15, ge=0.0, description="fraction of the ROI's larger side added on every side")
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
@@ -105,7 +114,7 @@ class DataConfig(_Strict):
         return value
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(32, ge=1)
     lr_backbone: float = Field(1e-3, gt=0, description="learning rate of pretrained/backbone layers")
@@ -133,7 +142,7 @@ SELECT_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     task: Literal["grader", "locator"] = Field("grader", description="grader: DFL-CNN; locator: vertebra locator")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
