@@ -9,6 +9,8 @@ changed), it starts from a real file and changes only that one thing.
 
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import struct
 from pathlib import Path
@@ -59,9 +61,9 @@ def _assert_valid(radiograph: Radiograph, path: Path) -> None:
     assert pixels.dtype == np.float32
     assert pixels.ndim == 2 and pixels.size > 0
     assert np.all(np.isfinite(pixels))
-    assert REQUIRED_META <= set(radiograph.meta)
-    assert (radiograph.meta["rows"], radiograph.meta["cols"]) == pixels.shape
-    assert radiograph.meta["path"] == str(path)
+    assert REQUIRED_META <= {f.name for f in dataclasses.fields(radiograph.meta)}
+    assert (radiograph.meta.rows, radiograph.meta.cols) == pixels.shape
+    assert radiograph.meta.path == str(path)
     if radiograph.spacing_mm is not None:
         assert len(radiograph.spacing_mm) == 2 and min(radiograph.spacing_mm) > 0
 
@@ -177,10 +179,10 @@ def test_lossless_jpeg2000_reads_identical_to_uncompressed_twin(name: str) -> No
     lossless = read_image(data / f"{name}_J2KR.dcm")
     np.testing.assert_array_equal(lossless.pixels, uncompressed.pixels)
     assert lossless.spacing_mm == uncompressed.spacing_mm
-    assert lossless.meta["transfer_syntax"] == "1.2.840.10008.1.2.4.90"
+    assert lossless.meta.transfer_syntax == "1.2.840.10008.1.2.4.90"
     ignore = {"path", "transfer_syntax", "notes", "sop_instance_uid"}  # distinct objects
-    assert {k: v for k, v in lossless.meta.items() if k not in ignore} == {
-        k: v for k, v in uncompressed.meta.items() if k not in ignore
+    assert {k: v for k, v in dataclasses.asdict(lossless.meta).items() if k not in ignore} == {
+        k: v for k, v in dataclasses.asdict(uncompressed.meta).items() if k not in ignore
     }
 
 
@@ -198,7 +200,7 @@ def test_monochrome1_comes_out_inverted() -> None:
     path = require_pydicom_data() / "RG3_UNCR.dcm"
     _, modality_values = _stored_and_modality(path)
     radiograph = read_image(path)
-    assert radiograph.meta["photometric"] == "MONOCHROME1" and radiograph.meta["inverted"] is True
+    assert radiograph.meta.photometric == "MONOCHROME1" and radiograph.meta.inverted is True
     correlation = np.corrcoef(radiograph.pixels.ravel(), modality_values.ravel())[0, 1]
     assert correlation < -0.95
 
@@ -221,7 +223,7 @@ def test_inversion_reflects_over_the_range_bits_stored_allows(tmp_path: Path) ->
     path = _write_variant(source, tmp_path / "rg3", WindowCenter=None, WindowWidth=None)
     stored = pydicom.dcmread(path).pixel_array.astype(np.float64)
     radiograph = read_image(path)
-    assert radiograph.meta["voi"] is None and radiograph.meta["window"] is None
+    assert radiograph.meta.voi is None and radiograph.meta.window is None
     np.testing.assert_array_equal(radiograph.pixels, (1023 - stored).astype(np.float32))
 
 
@@ -229,8 +231,8 @@ def test_window_is_applied_before_inversion_and_sets_the_output_range() -> None:
     path = require_pydicom_data() / "RG3_UNCR.dcm"
     dataset, modality_values = _stored_and_modality(path)
     radiograph = read_image(path)
-    assert radiograph.meta["voi"] == "window"
-    assert radiograph.meta["window"] == (550.0, 1024.0)
+    assert radiograph.meta.voi == "window"
+    assert radiograph.meta.window == (550.0, 1024.0)
     windowed = apply_voi_lut(modality_values, dataset, index=0)
     np.testing.assert_allclose(radiograph.pixels, (1023 - windowed).astype(np.float32), rtol=0, atol=1e-3)
     # window [38, 1062] on 10-bit data: output stays in [0, 1023]; values under the window saturate
@@ -247,9 +249,9 @@ def test_agfa_cr_rescale_window_inversion_and_imager_spacing(path: Path) -> None
     assert "PixelSpacing" not in dataset
     radiograph = read_image(path)
     assert radiograph.spacing_mm == (0.1, 0.1)
-    assert radiograph.meta["spacing_source"] == "ImagerPixelSpacing"
-    assert radiograph.meta["modality"] == "CR" and radiograph.meta["photometric"] == "MONOCHROME1"
-    assert radiograph.meta["window"] == (1600.0, 2800.0)
+    assert radiograph.meta.spacing_source == "ImagerPixelSpacing"
+    assert radiograph.meta.modality == "CR" and radiograph.meta.photometric == "MONOCHROME1"
+    assert radiograph.meta.window == (1600.0, 2800.0)
     # rescale 0.684/200 on 12 bits: the window's output range is [200, 4095 * 0.684 + 200]
     low, high = 200.0, 4095 * 0.684 + 200.0
     expected = (low + high) - apply_voi_lut(modality_values, dataset, index=0)
@@ -259,17 +261,17 @@ def test_agfa_cr_rescale_window_inversion_and_imager_spacing(path: Path) -> None
 def test_zero_pixel_spacing_is_unknown() -> None:
     radiograph = read_image(require_pydicom_data() / "RG1_UNCR.dcm")  # PixelSpacing 0\0, no ImagerPixelSpacing
     assert radiograph.spacing_mm is None
-    assert radiograph.meta["spacing_source"] is None
+    assert radiograph.meta.spacing_source is None
 
 
 def test_pixel_spacing_wins_over_imager_spacing_and_keeps_row_col_order(tmp_path: Path) -> None:
     both = _write_variant(AGFA_CR[0], tmp_path / "both", PixelSpacing=[0.2, 0.3])
     radiograph = read_image(both)
     assert radiograph.spacing_mm == (0.2, 0.3)
-    assert radiograph.meta["spacing_source"] == "PixelSpacing"
+    assert radiograph.meta.spacing_source == "PixelSpacing"
     zero = _write_variant(AGFA_CR[0], tmp_path / "zero", PixelSpacing=[0.0, 0.0])
     assert read_image(zero).spacing_mm == (0.1, 0.1)
-    assert read_image(zero).meta["spacing_source"] == "ImagerPixelSpacing"
+    assert read_image(zero).meta.spacing_source == "ImagerPixelSpacing"
     negative = _write_variant(AGFA_CR[0], tmp_path / "negative", ImagerPixelSpacing=[-0.1, 0.1])
     assert read_image(negative).spacing_mm is None
 
@@ -279,7 +281,7 @@ def test_presentation_lut_shape_inverse_inverts_once(tmp_path: Path) -> None:
     inverse = _write_variant(CT_SMALL, tmp_path / "ct_inverse", PresentationLUTShape="INVERSE")
     _, modality_values = _stored_and_modality(CT_SMALL)
     radiograph = read_image(inverse)
-    assert radiograph.meta["inverted"] is True
+    assert radiograph.meta.inverted is True
     np.testing.assert_array_equal(radiograph.pixels, ((-33792 + 31743) - modality_values).astype(np.float32))
     # MONOCHROME1 + INVERSE (what DX requires) is the same statement twice: one inversion.
     both = _write_variant(AGFA_CR[0], tmp_path / "cr_inverse", PresentationLUTShape="INVERSE")
@@ -290,11 +292,11 @@ def test_voi_lut_sequence_and_modality_lut_sequence() -> None:
     data = require_pydicom_data()
     voi_dataset = pydicom.dcmread(data / "vlut_04.dcm")
     voi = read_image(data / "vlut_04.dcm")
-    assert voi.meta["voi"] == "lut" and voi.meta["window"] is None
+    assert voi.meta.voi == "lut" and voi.meta.window is None
     np.testing.assert_array_equal(voi.pixels, apply_voi_lut(voi_dataset.pixel_array, voi_dataset).astype(np.float32))
     modality_dataset = pydicom.dcmread(data / "mlut_18.dcm")
     modality = read_image(data / "mlut_18.dcm")
-    assert modality.meta["voi"] is None
+    assert modality.meta.voi is None
     expected = apply_modality_lut(modality_dataset.pixel_array, modality_dataset).astype(np.float32)
     np.testing.assert_array_equal(modality.pixels, expected)
 
@@ -302,14 +304,14 @@ def test_voi_lut_sequence_and_modality_lut_sequence() -> None:
 def test_identifiers_and_patient_fields_only_when_present(tmp_path: Path) -> None:
     dataset = pydicom.dcmread(AGFA_CR[0])
     radiograph = read_image(AGFA_CR[0])
-    assert radiograph.meta["sop_instance_uid"] == dataset.SOPInstanceUID
-    assert radiograph.meta["study_instance_uid"] == dataset.StudyInstanceUID
-    assert radiograph.meta["series_instance_uid"] == dataset.SeriesInstanceUID
-    assert radiograph.meta["patient_id"] == "77654033"
-    assert radiograph.meta["patient_name"] == "Doe^Archibald"
+    assert radiograph.meta.sop_instance_uid == dataset.SOPInstanceUID
+    assert radiograph.meta.study_instance_uid == dataset.StudyInstanceUID
+    assert radiograph.meta.series_instance_uid == dataset.SeriesInstanceUID
+    assert radiograph.meta.patient_id == "77654033"
+    assert radiograph.meta.patient_name == "Doe^Archibald"
     anonymous = _write_variant(AGFA_CR[0], tmp_path / "anonymous", PatientID=None, PatientName=None)
     meta = read_image(anonymous).meta
-    assert "patient_id" not in meta and "patient_name" not in meta
+    assert meta.patient_id is None and meta.patient_name is None
 
 
 # ------------------------------------------------------------------------------------------
@@ -336,8 +338,8 @@ def test_files_without_preamble_or_without_meta_header_read(tmp_path: Path) -> N
         assert is_dicom(path)
         np.testing.assert_array_equal(read_image(path).pixels, reference)
     guessed = read_image(no_meta)
-    assert guessed.meta["transfer_syntax"] == "1.2.840.10008.1.2.1"
-    assert any("assumed Explicit VR Little Endian" in note for note in guessed.meta["notes"])
+    assert guessed.meta.transfer_syntax == "1.2.840.10008.1.2.1"
+    assert any("assumed Explicit VR Little Endian" in note for note in guessed.meta.notes)
 
 
 def test_real_headerless_files_are_dicom() -> None:

@@ -39,9 +39,9 @@ def test_header_agrees_with_the_pixels_or_rejects_what_read_image_rejects(path: 
         return  # a header can be fine while the pixel data is not
     assert (header.rows, header.cols) == radiograph.pixels.shape
     assert header.spacing_mm == radiograph.spacing_mm
-    assert header.source == radiograph.meta["source"] == "dicom"
+    assert header.source == radiograph.meta.source == "dicom"
     for key in ("sop_instance_uid", "study_instance_uid", "series_instance_uid"):
-        assert getattr(header, key) == radiograph.meta[key]
+        assert getattr(header, key) == getattr(radiograph.meta, key)
 
 
 def test_header_reading_never_decodes_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,7 +92,7 @@ def test_nifti_and_raster_headers_match_read_image(tmp_path: Path) -> None:
     for name in ("slice.nii.gz", "gray.png", "gray.tif", "rgb.jpg"):
         header, radiograph = read_header(tmp_path / name), read_image(tmp_path / name)
         assert (header.rows, header.cols) == radiograph.pixels.shape, name
-        assert header.spacing_mm == radiograph.spacing_mm and header.source == radiograph.meta["source"], name
+        assert header.spacing_mm == radiograph.spacing_mm and header.source == radiograph.meta.source, name
     assert read_header(tmp_path / "slice.nii.gz").spacing_mm == (0.8, 0.5)
     multi = nibabel.Nifti1Image(np.zeros((6, 4, 3), dtype=np.int16), affine=np.eye(4))
     nibabel.save(multi, tmp_path / "volume.nii")

@@ -36,7 +36,7 @@ def test_nifti_2d_transposed_with_spacing_in_row_col_order(tmp_path: Path) -> No
     np.testing.assert_array_equal(radiograph.pixels, data.T.astype(np.float32))
     assert radiograph.pixels[3, 5] == data[5, 3]
     assert radiograph.spacing_mm == (0.8, 0.5)
-    assert radiograph.meta["source"] == "nifti" and radiograph.meta["spacing_source"] == "nifti"
+    assert radiograph.meta.source == "nifti" and radiograph.meta.spacing_source == "nifti"
 
 
 def test_nifti_single_slice_volume_and_units(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_png_tiff_jpeg_gray_keep_values(tmp_path: Path) -> None:
     skimage.io.imsave(tmp_path / "gray16.tif", gray16, check_contrast=False)
     for name, expected in (("gray8.png", gray8), ("gray16.png", gray16), ("gray16.tif", gray16)):
         radiograph = read_image(tmp_path / name)
-        assert radiograph.meta["source"] == "image" and radiograph.spacing_mm is None
+        assert radiograph.meta.source == "image" and radiograph.spacing_mm is None
         np.testing.assert_array_equal(radiograph.pixels, expected.astype(np.float32))
     smooth = np.tile(np.linspace(0, 255, 64), (48, 1)).astype(np.uint8)
     imageio.v3.imwrite(tmp_path / "smooth.jpg", smooth, quality=95)

@@ -13,7 +13,7 @@ import torch
 from conftest import LOCATED_GRADER_CLASSES as CLASSES
 
 from spine_dfl.data.transforms import Preprocessing
-from spine_dfl.engine.checkpoint import CheckpointError, save_checkpoint
+from spine_dfl.engine.checkpoint import CheckpointError, atomic_torch_save, checkpoint_payload
 from spine_dfl.io import LEVELS, read_image
 from spine_dfl.locate.checkpoint import embed_locator, load_locator, locate_radiograph
 from spine_dfl.locate.morphometry import spine_morphometry
@@ -73,7 +73,7 @@ def test_located_vertebrae_are_graded_with_source_confidence_and_morphometry(che
         assert set(rows["orientation"]) == {"as stored"}  # synth films say P\F: canonical
         levels = ([LEVELS.index(v) for v in rows["vertebra"]] if anchored == {"yes"}
                   else list(range(len(keep))))
-        source = radiograph.meta["spacing_source"]
+        source = radiograph.meta.spacing_source
         measured = spine_morphometry(found.detections.points[keep], levels, radiograph.spacing_mm, source)
         np.testing.assert_allclose(rows["hp"], measured.heights.posterior, rtol=1e-5)
         np.testing.assert_allclose(rows["wedge_ratio"], rows["ha"] / rows["hp"], rtol=1e-4)
@@ -166,16 +166,16 @@ def _oracle_locator(manifest_csv: Path, shift: float):
     import pandas as pd
 
     from spine_dfl.io.vocabulary import LEVELS, POINT_COLUMNS
-    from spine_dfl.score.locating import LocatedRois
+    from spine_dfl.locate.locating import LocatedRois
 
     table = pd.read_csv(manifest_csv)
 
     def locate_rois(loaded, radiograph):
-        rows = table[[str((manifest_csv.parent / i).resolve()) == str(Path(radiograph.meta["path"]).resolve())
+        rows = table[[str((manifest_csv.parent / i).resolve()) == str(Path(radiograph.meta.path).resolve())
                       for i in table["image"]]]
         points = rows[list(POINT_COLUMNS)].to_numpy(float).reshape(-1, 6, 2)
         measured = spine_morphometry(points, [LEVELS.index(v) for v in rows["vertebra"]], radiograph.spacing_mm,
-                                     radiograph.meta["spacing_source"])
+                                     radiograph.meta.spacing_source)
         boxes = [tuple(float(v) + shift for v in box) for box in rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy()]
         return LocatedRois(list(rows["vertebra"]), boxes, [0.9] * len(rows), morphometry_cells(measured))
 
@@ -186,14 +186,15 @@ def test_evaluate_reports_located_crops_beside_manifest_crops(checkpoints, small
     import json
 
     from spine_dfl.cli import main
-    from spine_dfl.report import located
+    from spine_dfl.workflows import located
 
     manifest_csv = small_cohort / "manifest.csv"
-    monkeypatch.setattr("spine_dfl.score.locating.locate_rois", _oracle_locator(manifest_csv, shift=3.0))
+    monkeypatch.setattr("spine_dfl.workflows.located.locate_rois", _oracle_locator(manifest_csv, shift=3.0))
     grader = tmp_path / "grader4.pt"
     torch.manual_seed(0)
-    save_checkpoint(grader, DFLNet("resnet18", num_classes=4, filters_per_class=2), {"test": "roi"},
-                    ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=32, use_roi=True), {})
+    atomic_torch_save(checkpoint_payload(DFLNet("resnet18", num_classes=4, filters_per_class=2), {"test": "roi"},
+                                         ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=32, use_roi=True), {}),
+                      grader)
     out = tmp_path / "evaluate"
     assert main(["evaluate", str(grader), str(manifest_csv), "--out", str(out), "--locator",
                  str(checkpoints["locator"]), "--bootstrap", "10", "--device", "cpu"]) == 0
@@ -228,8 +229,9 @@ def test_evaluate_with_a_locator_that_matches_nothing_says_so(checkpoints, small
     from spine_dfl.cli import main
 
     grader = tmp_path / "grader4.pt"
-    save_checkpoint(grader, DFLNet("resnet18", num_classes=4, filters_per_class=2), {"test": "roi"},
-                    ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=32, use_roi=True), {})
+    atomic_torch_save(checkpoint_payload(DFLNet("resnet18", num_classes=4, filters_per_class=2), {"test": "roi"},
+                                         ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=32, use_roi=True), {}),
+                      grader)
     assert main(["evaluate", str(grader), str(small_cohort / "manifest.csv"), "--out", str(tmp_path / "e"),
                  "--locator", str(checkpoints["blind"]), "--bootstrap", "0", "--device", "cpu"]) == 2
     assert "the locator matched none" in capsys.readouterr().err

@@ -186,8 +186,8 @@ def test_read_image_gives_bone_bright_pixels_and_spacing(cohort: CohortSummary) 
         radiograph = read_image(path)
         ds = pydicom.dcmread(path)
         assert radiograph.pixels.shape == (record.rows, record.cols)
-        assert radiograph.meta["sop_instance_uid"] == record.sop_instance_uid
-        assert radiograph.meta["photometric"] == ds.PhotometricInterpretation
+        assert radiograph.meta.sop_instance_uid == record.sop_instance_uid
+        assert radiograph.meta.photometric == ds.PhotometricInterpretation
         diffs = _bone_minus_surroundings(radiograph.pixels.astype(np.float64), record.vertebrae)
         assert np.mean(diffs > 0) >= 0.85, (record.patient_id, diffs)
         expected = ds.PixelSpacing if "PixelSpacing" in ds else ds.ImagerPixelSpacing

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from spine_dfl.io.discovery import DICOMDIR_SOP_CLASS, find_inputs, is_dicom, is_dicomdir
 from spine_dfl.io.header import ImageHeader, dicom_uid, image_size, read_dicom_header, read_header
-from spine_dfl.io.radiograph import ImageReadError, Radiograph
+from spine_dfl.io.radiograph import ImageReadError, Radiograph, RadiographMeta
 from spine_dfl.io.read import read_image
 from spine_dfl.io.rois import ROI_COLUMNS, ROI_KEY_COLUMNS, RoiRow, RoiTable, RoiTableError, read_rois
 from spine_dfl.io.vocabulary import GENANT_GRADES, LEVELS, level_sort_key, normalize_level, sort_levels
@@ -34,6 +34,7 @@ __all__ = [
     "ImageHeader",
     "ImageReadError",
     "Radiograph",
+    "RadiographMeta",
     "RoiRow",
     "RoiTable",
     "RoiTableError",

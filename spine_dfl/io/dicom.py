@@ -45,7 +45,7 @@ from spine_dfl.io.header import (
     spacing_from_dataset,
     str_or_none,
 )
-from spine_dfl.io.radiograph import ImageReadError, Radiograph
+from spine_dfl.io.radiograph import ImageReadError, Radiograph, RadiographMeta
 
 __all__ = ["read_dicom"]
 
@@ -421,34 +421,33 @@ def _display_values(
 def _dicom_meta(
     path: Path, dataset: Any, pixels: np.ndarray, module: _ImageModule, voi: _VoiChoice, inverted: bool,
     transfer_syntax: str, notes: list[str],
-) -> tuple[dict[str, Any], tuple[float, float] | None]:
+) -> tuple[RadiographMeta, tuple[float, float] | None]:
     """(``Radiograph.meta`` of a DICOM file, spacing in mm or None)."""
     spacing, spacing_source = spacing_from_dataset(dataset)
     presentation_shape = str(dataset.get("PresentationLUTShape", "") or "").strip().upper()
-    meta: dict[str, Any] = {
-        "source": "dicom",
-        "path": str(path),
-        "rows": int(pixels.shape[0]),
-        "cols": int(pixels.shape[1]),
-        "sop_class_uid": str_or_none(dataset.get("SOPClassUID", None)),
-        "sop_instance_uid": str_or_none(dataset.get("SOPInstanceUID", None)),
-        "study_instance_uid": str_or_none(dataset.get("StudyInstanceUID", None)),
-        "series_instance_uid": str_or_none(dataset.get("SeriesInstanceUID", None)),
-        "modality": str_or_none(dataset.get("Modality", None)),
-        "photometric": module.photometric,
-        "presentation_lut_shape": presentation_shape or None,
-        "inverted": inverted,
-        "voi": voi.kind,
-        "window": voi.window,
-        "spacing_source": spacing_source,
-        "transfer_syntax": transfer_syntax,
-        "bits_stored": module.bits_stored,
-        "notes": notes,
-    }
-    for keyword, key in (("PatientID", "patient_id"), ("PatientName", "patient_name")):
-        value = str_or_none(dataset.get(keyword, None))
-        if value:
-            meta[key] = value
+    meta = RadiographMeta(
+        source="dicom",
+        path=str(path),
+        rows=int(pixels.shape[0]),
+        cols=int(pixels.shape[1]),
+        sop_class_uid=str_or_none(dataset.get("SOPClassUID", None)),
+        sop_instance_uid=str_or_none(dataset.get("SOPInstanceUID", None)),
+        study_instance_uid=str_or_none(dataset.get("StudyInstanceUID", None)),
+        series_instance_uid=str_or_none(dataset.get("SeriesInstanceUID", None)),
+        modality=str_or_none(dataset.get("Modality", None)),
+        photometric=module.photometric,
+        presentation_lut_shape=presentation_shape or None,
+        inverted=inverted,
+        voi=voi.kind,
+        window=voi.window,
+        spacing_source=spacing_source,
+        transfer_syntax=transfer_syntax,
+        bits_stored=module.bits_stored,
+        notes=notes,
+        # empty values become None, so "no patient id" has one spelling
+        patient_id=str_or_none(dataset.get("PatientID", None)) or None,
+        patient_name=str_or_none(dataset.get("PatientName", None)) or None,
+    )
     return meta, spacing
 
 

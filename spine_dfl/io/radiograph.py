@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageReadError", "PathLike", "Radiograph", "check_regular_file"]
+__all__ = ["ImageReadError", "PathLike", "Radiograph", "RadiographMeta", "check_regular_file"]
 
 PathLike = str | os.PathLike[str]
 
@@ -33,6 +32,39 @@ class ImageReadError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+@dataclass
+class RadiographMeta:
+    """What a reader learnt about one image besides its pixels (plain-Python values).
+
+    UIDs, modality, photometric interpretation and the patient fields are None for NIfTI and
+    PNG/TIFF/JPEG files, and for DICOM files whose tag is missing or empty. ``patient_id`` and
+    ``patient_name`` are kept apart so that callers can drop identifying data (samples never carry them).
+    """
+
+    source: str  # 'dicom' | 'nifti' | 'image'
+    path: str
+    rows: int = -1
+    cols: int = -1
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    modality: str | None = None
+    photometric: str | None = None
+    presentation_lut_shape: str | None = None
+    inverted: bool = False
+    voi: str | None = None  # 'window' | 'lut' | None: the VOI transform applied
+    window: tuple[float, float] | None = None  # (center, width) applied
+    spacing_source: str | None = None  # 'PixelSpacing' | 'ImagerPixelSpacing' | 'nifti' | None
+    transfer_syntax: str | None = None
+    bits_stored: int | None = None
+    notes: list[str] = field(default_factory=list)  # what the reader assumed or ignored
+    patient_id: str | None = None
+    patient_name: str | None = None
+    channels: int | None = None  # PNG/TIFF/JPEG: channels folded to gray
+    nifti_spatial_unit: str | None = None
+
+
 @dataclass(frozen=True)
 class Radiograph:
     """One grayscale radiograph.
@@ -40,20 +72,12 @@ class Radiograph:
     pixels: float32 array, shape (rows, cols); higher value = more attenuation (bone bright).
     spacing_mm: (row spacing, column spacing) in mm, i.e. the distance between the centres of
         adjacent rows and of adjacent columns; None when unknown or degenerate (0, negative).
-    meta: plain-Python values. Always: ``sop_instance_uid``, ``study_instance_uid``,
-        ``series_instance_uid``, ``modality``, ``photometric`` (None for NIfTI and PNG/TIFF/JPEG),
-        ``source`` ('dicom' | 'nifti' | 'image'), ``spacing_source`` ('PixelSpacing' |
-        'ImagerPixelSpacing' | 'nifti' | None), ``path``, ``rows``, ``cols``, ``window``
-        ((center, width) applied, else None), ``voi`` ('window' | 'lut' | None), ``inverted``,
-        ``transfer_syntax``, ``bits_stored``, ``sop_class_uid``, ``notes`` (list of str: what the
-        reader assumed or ignored).
-        DICOM only, and only when the file has a non-empty value: ``patient_id``,
-        ``patient_name`` (separate keys so that callers can drop identifying data).
+    meta: the reader's facts about the file (:class:`RadiographMeta`).
     """
 
     pixels: np.ndarray
     spacing_mm: tuple[float, float] | None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: RadiographMeta
 
 
 def check_regular_file(path: Path) -> None:

@@ -19,43 +19,26 @@ from typing import Any
 import numpy as np
 
 from spine_dfl.io.header import ImageHeader
-from spine_dfl.io.radiograph import ImageReadError, Radiograph
+from spine_dfl.io.radiograph import ImageReadError, Radiograph, RadiographMeta
 
 __all__ = ["nifti_header", "raster_header", "read_nifti", "read_ordinary_image"]
 
 _NIFTI_UNIT_TO_MM = {"mm": 1.0, "meter": 1000.0, "micron": 0.001, "unknown": 1.0}
 
 
-def empty_meta(path: Path, source: str) -> dict[str, Any]:
-    """``Radiograph.meta`` of a file without DICOM attributes: every DICOM key present and None."""
-    return {
-        "source": source,
-        "path": str(path),
-        "sop_class_uid": None,
-        "sop_instance_uid": None,
-        "study_instance_uid": None,
-        "series_instance_uid": None,
-        "modality": None,
-        "photometric": None,
-        "presentation_lut_shape": None,
-        "inverted": False,
-        "voi": None,
-        "window": None,
-        "spacing_source": None,
-        "transfer_syntax": None,
-        "bits_stored": None,
-        "notes": [],
-    }
+def empty_meta(path: Path, source: str) -> RadiographMeta:
+    """``Radiograph.meta`` of a file without DICOM attributes: every DICOM field None."""
+    return RadiographMeta(source=source, path=str(path))
 
 
-def _finish(path: Path, pixels: np.ndarray, spacing: tuple[float, float] | None, meta: dict[str, Any]) -> Radiograph:
+def _finish(path: Path, pixels: np.ndarray, spacing: tuple[float, float] | None, meta: RadiographMeta) -> Radiograph:
     with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become inf, reported below
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
     if pixels.size == 0:
         raise ImageReadError(path, f"has an empty image (shape {pixels.shape})")
     if not np.all(np.isfinite(pixels)):
         raise ImageReadError(path, "has non-finite pixel values (NaN or infinity)")
-    meta["rows"], meta["cols"] = int(pixels.shape[0]), int(pixels.shape[1])
+    meta.rows, meta.cols = int(pixels.shape[0]), int(pixels.shape[1])
     return Radiograph(pixels=pixels, spacing_mm=spacing, meta=meta)
 
 
@@ -123,8 +106,8 @@ def read_nifti(path: Path) -> Radiograph:
     meta = empty_meta(path, "nifti")
     spacing, spatial_unit = _nifti_spacing(header, axes)
     if spacing is not None:
-        meta["spacing_source"] = "nifti"
-    meta["nifti_spatial_unit"] = spatial_unit
+        meta.spacing_source = "nifti"
+    meta.nifti_spatial_unit = spatial_unit
     return _finish(path, pixels, spacing, meta)
 
 
@@ -184,8 +167,8 @@ def read_ordinary_image(path: Path) -> Radiograph:
     if data.dtype.kind not in "uifb":
         raise ImageReadError(path, f"has unsupported pixel type {data.dtype}")
     values, channels = _fold_to_gray(path, data.astype(np.float64))
-    meta["channels"] = channels
-    meta["bits_stored"] = int(data.dtype.itemsize * 8) if data.dtype.kind in "ui" else None
+    meta.channels = channels
+    meta.bits_stored = int(data.dtype.itemsize * 8) if data.dtype.kind in "ui" else None
     return _finish(path, values, None, meta)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -107,12 +106,8 @@ def load_samples(
         samples.append(LocatorSample(
             image=str(image), split=str(rows["split"].iloc[0]) if "split" in rows else "",
             tensor=tensor, to_original=to_original, boxes=boxes, points=points, levels=level_index,
-            spacing_mm=spacing, spacing_source=_spacing_source(radiograph.meta),
+            spacing_mm=spacing, spacing_source=radiograph.meta.spacing_source,
             image_shape=tuple(int(v) for v in np.shape(pixels)[-2:]), orientation=orientation.name,
         ))
     return samples
 
-
-def _spacing_source(meta: dict[str, Any]) -> str | None:
-    source = meta.get("spacing_source")
-    return None if source is None else str(source)

@@ -12,6 +12,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from spine_dfl.io.radiograph import RadiographMeta
+
 # Radiograph meta fields handed on with a sample. Nothing that identifies a patient.
 META_FIELDS: tuple[str, ...] = (
     "sop_instance_uid", "study_instance_uid", "series_instance_uid", "modality", "photometric",
@@ -19,14 +21,14 @@ META_FIELDS: tuple[str, ...] = (
 )
 
 
-def minimal_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+def minimal_meta(meta: RadiographMeta, path: str | None = None) -> dict[str, Any]:
     """The radiograph meta fields a sample carries (UIDs, modality, geometry; no patient name or id).
 
     Values are str (None -> "") or int (rows, cols), so samples collate and cache cleanly.
     """
     out: dict[str, Any] = {}
     for name in META_FIELDS:
-        value = meta.get(name)
+        value = path if name == "path" and path else getattr(meta, name)
         if name in ("rows", "cols"):
             out[name] = int(value) if value is not None else -1
         else:
@@ -88,5 +90,5 @@ class LoadRadiographd(MapTransform):
         d[key] = torch.as_tensor(radiograph.pixels, dtype=torch.float32)[None]
         spacing = radiograph.spacing_mm
         d[self.spacing_key] = torch.tensor(spacing if spacing is not None else (math.nan, math.nan), dtype=torch.float64)
-        d[self.meta_key] = minimal_meta({**radiograph.meta, "path": radiograph.meta.get("path") or str(data[key])})
+        d[self.meta_key] = minimal_meta(radiograph.meta, path=radiograph.meta.path or str(data[key]))
         return d
