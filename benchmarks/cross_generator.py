@@ -90,7 +90,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Cohorts of both generators, models trained on each, every model evaluated on both test splits."""
     from spine_dfl.engine.train import train
     from spine_dfl.locate.evaluate import evaluate_checkpoint
-    from spine_dfl.report.run import evaluate
+    from spine_dfl.workflows.evaluate import evaluate
 
     root = args.out / f"seed{seed}"
     manifests = {g: cohort(g, root / "cohorts" / g, args.patients, seed) for g in GENERATORS}

@@ -41,7 +41,7 @@ from typing import Any
 
 from spine_dfl.config import ConfigError, load_config
 from spine_dfl.engine.train import train
-from spine_dfl.report.run import evaluate
+from spine_dfl.workflows.evaluate import evaluate
 from spine_dfl.synth import STYLES, generate_cohort
 
 ARMS = ("plain", "augmented", "native")

@@ -41,7 +41,7 @@ def run_one(manifest: Path, held_out: Path | None, config: str, seed: int, overr
     (``evaluate`` with no split takes them all)."""
     from spine_dfl.config import load_config
     from spine_dfl.engine.train import train
-    from spine_dfl.report.run import evaluate
+    from spine_dfl.workflows.evaluate import evaluate
 
     result = train(manifest, load_config(config, [f"seed={seed}", *overrides]), out / "train")
     by_set = {"test_split": figures(evaluate(result.best_checkpoint, manifest, "test", out / "evaluate",

@@ -187,7 +187,7 @@ def parse_variant(variant: str) -> str:
 
 
 def _figures(rec: dict[str, Any], classes: list[str]) -> dict[str, Any]:
-    from spine_dfl.report.metrics import weighted_scores
+    from spine_dfl.metrics.scores import weighted_scores
 
     ratio = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
     auc = None

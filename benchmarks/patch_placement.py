@@ -34,7 +34,7 @@ def main() -> None:
     from spine_dfl.data.transforms import eval_transforms
     from spine_dfl.data.transforms.geometry import map_points_to_original, roi_in_input
     from spine_dfl.engine.checkpoint import load_checkpoint
-    from spine_dfl.heatmap.erf import gradient_centres
+    from spine_dfl.model.effective_field import gradient_centres
     from spine_dfl.heatmap.peaks import grid_to_input, refine_peaks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

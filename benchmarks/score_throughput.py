@@ -209,7 +209,7 @@ def _prepare_data(args: argparse.Namespace, work: Path) -> list[Path]:
     import torch
 
     from spine_dfl.data.transforms import Preprocessing
-    from spine_dfl.engine.checkpoint import save_checkpoint
+    from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload
     from spine_dfl.model import DFLNet
 
     cohort = work / "cohort"
@@ -222,8 +222,9 @@ def _prepare_data(args: argparse.Namespace, work: Path) -> list[Path]:
         torch.manual_seed(0)
         args.checkpoint = work / "model.pt"
         model = DFLNet(args.backbone, num_classes=4, filters_per_class=10)
-        save_checkpoint(args.checkpoint, model, {"benchmark": True}, ["normal", "mild", "moderate", "severe"],
-                        Preprocessing(input_size=args.input_size, use_roi=True), {})
+        atomic_torch_save(checkpoint_payload(model, {"benchmark": True}, ["normal", "mild", "moderate", "severe"],
+                                             Preprocessing(input_size=args.input_size, use_roi=True), {}),
+                          args.checkpoint)
     return sorted((cohort / "images").iterdir())
 
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from spine_dfl.report.run import evaluate
+from spine_dfl.workflows.evaluate import evaluate
 from spine_dfl.synth import STYLES, generate_cohort
 from spine_dfl.synth.style import SynthStyle
 

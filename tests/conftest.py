@@ -103,7 +103,7 @@ def located_grader_checkpoints(locator_cohort: Path, tmp_path_factory) -> dict[s
     the scoring-with-a-locator and the DICOM node tests share them)."""
     from spine_dfl.config import load_config
     from spine_dfl.data.transforms import Preprocessing
-    from spine_dfl.engine.checkpoint import save_checkpoint
+    from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload
     from spine_dfl.engine.train import train
     from spine_dfl.locate.checkpoint import embed_locator
     from spine_dfl.model import DFLNet
@@ -116,7 +116,8 @@ def located_grader_checkpoints(locator_cohort: Path, tmp_path_factory) -> dict[s
     torch.save({**raw, "threshold": 1.5}, paths["blind"])  # a sigmoid score never reaches 1.5
     torch.manual_seed(0)
     model = DFLNet("resnet18", num_classes=len(LOCATED_GRADER_CLASSES), filters_per_class=2)
-    save_checkpoint(paths["grader"], model, {"test": "roi"}, LOCATED_GRADER_CLASSES,
-                    Preprocessing(input_size=32, use_roi=True), {})
+    atomic_torch_save(checkpoint_payload(model, {"test": "roi"},
+                                         LOCATED_GRADER_CLASSES, Preprocessing(input_size=32, use_roi=True), {}),
+                      paths["grader"])
     embed_locator(paths["grader"], paths["locator"], paths["embedded"])
     return paths

@@ -23,7 +23,7 @@ from spine_dfl.engine.calibration import (
     reliability_bins,
     temperatures_from_checkpoint,
 )
-from spine_dfl.engine.checkpoint import load_checkpoint, save_checkpoint
+from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload, load_checkpoint
 from spine_dfl.engine.predict import predictions_table
 from spine_dfl.engine.shift import fit_shift
 from spine_dfl.model import DFLNet
@@ -94,8 +94,9 @@ def test_calibration_and_shift_survive_a_weights_only_round_trip(tmp_path: Path)
     shift = fit_shift(rng.normal(size=(60, 8)), rng.normal(size=(20, 8)), [f"img{i // 2}" for i in range(20)])
     model = DFLNet("resnet18", num_classes=3, filters_per_class=2)
     path = tmp_path / "calibrated.pt"
-    save_checkpoint(path, model, {"test": True}, ["a", "b", "c"], Preprocessing(input_size=32, use_roi=True),
-                    {"calibration": record, "shift": shift})
+    atomic_torch_save(checkpoint_payload(model, {"test": True}, ["a", "b", "c"], Preprocessing(input_size=32, use_roi=True),
+                                         {"calibration": record, "shift": shift}),
+                      path)
     raw = torch.load(path, weights_only=True)
     assert raw["calibration"]["temperatures"]["fused"] == pytest.approx(record["temperatures"]["fused"])
     assert raw["shift"]["whiten"].dtype == torch.float32 and raw["shift"]["whiten"].shape == (8, 8)

@@ -80,15 +80,16 @@ def test_bad_config_and_checkpoint_exit_2(small_cohort: Path, tmp_path: Path, ca
 
 
 def test_evaluate_names_the_row_of_a_label_the_checkpoint_does_not_know(small_cohort: Path, tmp_path: Path, capsys) -> None:
-    from spine_dfl.engine.checkpoint import save_checkpoint
+    from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload
     from spine_dfl.config import config_to_dict, load_config
     from spine_dfl.data.transforms import Preprocessing
     from spine_dfl.model import DFLNet
 
     model = DFLNet("resnet18", num_classes=4, filters_per_class=2)
     checkpoint = tmp_path / "model.pt"
-    save_checkpoint(checkpoint, model, config_to_dict(load_config("cpu_demo")),
-                    ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=64))
+    atomic_torch_save(checkpoint_payload(model, config_to_dict(load_config("cpu_demo")),
+                                         ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=64)),
+                      checkpoint)
     table = pd.read_csv(small_cohort / "manifest.csv")
     table["image"] = table["image"].map(lambda p: str(small_cohort / p))
     table.loc[4, "label"] = "fractured"

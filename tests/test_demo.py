@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from spine_dfl.cli import main
-from spine_dfl.report import load_predictions
+from spine_dfl.metrics import load_predictions
 from test_report import (
     CLASSES,
     REPORT_SECTIONS,

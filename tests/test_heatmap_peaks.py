@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from spine_dfl.heatmap.erf import effective_receptive_field, gradient_box_side, gradient_centres, model_patch_side
+from spine_dfl.model.effective_field import effective_receptive_field, gradient_box_side, gradient_centres, model_patch_side
 from spine_dfl.heatmap.peaks import (
     class_patches,
     grid_to_input,
@@ -88,7 +88,7 @@ def test_gradient_box_side_rejects_a_map_without_mass() -> None:
 def test_model_patch_side_is_measured_once_and_stored_value_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     model = DFLNet("resnet18", 3, filters_per_class=2).eval()
     calls = []
-    import spine_dfl.heatmap.erf as erf
+    import spine_dfl.model.effective_field as erf
 
     original = erf.measure_model_patch_side
     monkeypatch.setattr(erf, "measure_model_patch_side", lambda m, s: calls.append(s) or original(m, s))

@@ -195,13 +195,15 @@ def roi_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from spine_dfl.data.transforms import Preprocessing
-    from spine_dfl.engine.checkpoint import save_checkpoint
+    from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload
     from spine_dfl.model import DFLNet
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("gate_checkpoint") / "roi.pt"
     model = DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2)
-    save_checkpoint(path, model, {"test": "gate"}, CLASSES, Preprocessing(input_size=32, use_roi=True), {})
+    atomic_torch_save(checkpoint_payload(model, {"test": "gate"},
+                                         CLASSES, Preprocessing(input_size=32, use_roi=True), {}),
+                      path)
     return path
 
 
@@ -293,14 +295,15 @@ def test_explain_lists_refused_files_with_their_reasons(tmp_path: Path, synth_fi
     import torch
 
     from spine_dfl.data.transforms import Preprocessing
-    from spine_dfl.engine.checkpoint import save_checkpoint
+    from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload
     from spine_dfl.explain.inputs import explain_inputs
     from spine_dfl.model import DFLNet
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "whole.pt"
-    save_checkpoint(checkpoint, DFLNet("resnet18", num_classes=3, filters_per_class=2), {"test": "gate"}, CLASSES,
-                    Preprocessing(input_size=32, use_roi=False), {})
+    atomic_torch_save(checkpoint_payload(DFLNet("resnet18", num_classes=3, filters_per_class=2), {"test": "gate"},
+                                         CLASSES, Preprocessing(input_size=32, use_roi=False), {}),
+                      checkpoint)
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(synth_film[0], folder / "lateral.dcm")
@@ -317,7 +320,7 @@ def test_explain_lists_refused_files_with_their_reasons(tmp_path: Path, synth_fi
 def test_evaluate_warns_once_about_manifest_images_the_gate_would_refuse(
     tmp_path: Path, synth_film: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
-    from spine_dfl.report.run import warn_gate_refusals
+    from spine_dfl.workflows.evaluate import warn_gate_refusals
 
     ct = shutil.copy(_data_file("CT_small.dcm"), tmp_path / "ct.dcm")
     mr = shutil.copy(_data_file("MR_small.dcm"), tmp_path / "mr.dcm")

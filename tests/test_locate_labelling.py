@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from spine_dfl.locate.labelling import assign_levels, expected_steps, spine_order
+from spine_dfl.gate.column import expected_steps, spine_order
+from spine_dfl.locate.labelling import assign_levels
 
 N_LEVELS = 14  # T4 .. L5
 

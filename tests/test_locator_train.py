@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from spine_dfl.config import ConfigError, load_config
-from spine_dfl.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spine_dfl.engine.checkpoint import CheckpointError, atomic_torch_save, checkpoint_payload, load_checkpoint
 from spine_dfl.locate import train as locate_train
 from spine_dfl.locate.checkpoint import load_locator, locate_radiograph
 from spine_dfl.locate.evaluate import ImagePrediction, ImageTruth, locator_metrics
@@ -159,8 +159,9 @@ def test_a_locator_checkpoint_is_not_a_grader_and_the_reverse(trained, tmp_path)
     with pytest.raises(CheckpointError, match="locator checkpoint, not a grader checkpoint.*--locator"):
         load_checkpoint(out / "best.pt")
     grader = tmp_path / "grader.pt"
-    save_checkpoint(grader, DFLNet("resnet18", num_classes=2, filters_per_class=1, pretrained="none"),
-                    {}, ["normal", "fractured"], Preprocessing())
+    atomic_torch_save(checkpoint_payload(DFLNet("resnet18", num_classes=2, filters_per_class=1, pretrained="none"), {},
+                                         ["normal", "fractured"], Preprocessing()),
+                      grader)
     assert load_checkpoint(grader).class_names == ["normal", "fractured"]
     with pytest.raises(CheckpointError, match="grader checkpoint, not a locator checkpoint"):
         load_locator(grader)

@@ -10,8 +10,8 @@ import torch
 
 from spine_dfl.config import ModelConfig
 from spine_dfl.data.transforms import Preprocessing
-from spine_dfl.engine.checkpoint import load_checkpoint, save_checkpoint
-from spine_dfl.heatmap.erf import model_patch_side
+from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload, load_checkpoint
+from spine_dfl.model.effective_field import model_patch_side
 from spine_dfl.model import DFLNet, dfl_loss
 from spine_dfl.model.backbones import receptive_field
 
@@ -53,14 +53,29 @@ def test_g_only_is_the_plain_classifier() -> None:
     assert names == {"backbone", "backbone_no_decay", "heads", "heads_no_decay"}
 
 
-def test_checkpoint_keeps_layer_streams_and_the_effective_receptive_field(tmp_path: Path) -> None:
+def test_checkpoint_keeps_layer_and_streams_and_saving_measures_no_receptive_field(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import spine_dfl.model.effective_field as effective_field
+
     model = DFLNet("resnet18", 2, filters_per_class=2, pstream_layer="layer2").eval()
-    save_checkpoint(tmp_path / "m.pt", model, {}, ["a", "b"], Preprocessing(input_size=64))
+    measured = effective_field.measure_model_patch_side(model, 64)
+
+    def refuse(*_: object) -> float:
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(effective_field, "measure_model_patch_side", refuse)
+    payload = checkpoint_payload(model, {}, ["a", "b"], Preprocessing(input_size=64))  # saving measures nothing
+    assert "effective_receptive_field" not in payload
+    atomic_torch_save(payload, tmp_path / "m.pt")
     loaded = load_checkpoint(tmp_path / "m.pt")
     assert loaded.model.pstream_layer == "layer2" and loaded.model.stride == 8
-    stored = loaded.raw["effective_receptive_field"]
-    assert stored["input_size"] == 64 and 1 <= stored["side"] < loaded.model.receptive_field
-    assert model_patch_side(loaded.model, 64) == stored["side"]  # read, not measured again
+    monkeypatch.undo()
+    assert model_patch_side(loaded.model, 64) == measured  # measured where it is needed, from the weights alone
+    # a checkpoint that carries a measurement (as earlier ones do) is read, not measured again
+    atomic_torch_save({**payload, "effective_receptive_field": {"side": 21.0, "mass": 0.5, "input_size": 64}},
+                      tmp_path / "stored.pt")
+    monkeypatch.setattr(effective_field, "measure_model_patch_side", refuse)
+    assert model_patch_side(load_checkpoint(tmp_path / "stored.pt").model, 64) == 21.0
     plain = DFLNet("resnet18", 2, streams="g_only")
-    save_checkpoint(tmp_path / "g.pt", plain, {}, ["a", "b"], Preprocessing(input_size=64))
+    atomic_torch_save(checkpoint_payload(plain, {}, ["a", "b"], Preprocessing(input_size=64)), tmp_path / "g.pt")
     assert load_checkpoint(tmp_path / "g.pt").model.streams == "g_only"

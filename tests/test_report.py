@@ -21,9 +21,8 @@ from sklearn.metrics import (
     accuracy_score, balanced_accuracy_score, cohen_kappa_score, f1_score, recall_score, roc_auc_score,
 )
 
-from spine_dfl.report import (
-    ReportError, compute_metrics, load_predictions, per_vertebra_table, write_report,
-)
+from spine_dfl.metrics import ReportError, compute_metrics, load_predictions, per_vertebra_table
+from spine_dfl.report import write_report
 from spine_dfl.report.figures import thumbnail
 
 # The scikit-learn reference calls warn on the degenerate subsets built on purpose (absent classes).
@@ -499,7 +498,7 @@ def test_worst_error_thumbnails_from_dicom(tmp_path: Path) -> None:
 def test_per_class_scores_agree_with_sklearn() -> None:
     from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
-    from spine_dfl.report import compute_metrics
+    from spine_dfl.metrics import compute_metrics
 
     rng = np.random.default_rng(5)
     classes = ["normal", "mild", "moderate", "severe"]

@@ -22,7 +22,7 @@ import torch
 
 from dicom_factory import make_gray_dicom
 from spine_dfl.atomic import output_file_mode
-from spine_dfl.engine.checkpoint import save_checkpoint
+from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload
 from spine_dfl.data.transforms import Preprocessing, eval_transforms
 from spine_dfl.io import find_inputs
 from spine_dfl.model import DFLNet
@@ -51,7 +51,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         torch.manual_seed(0)
         model = DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2)
         paths[name] = folder / f"{name}.pt"
-        save_checkpoint(paths[name], model, {"test": name}, CLASSES, Preprocessing(input_size=32, use_roi=use_roi), {})
+        atomic_torch_save(checkpoint_payload(model, {"test": name},
+                                             CLASSES, Preprocessing(input_size=32, use_roi=use_roi), {}),
+                          paths[name])
     return paths
 
 
@@ -286,8 +288,9 @@ def test_dicom_out_sc_heatmap_is_the_predicted_class_evidence(
     torch.manual_seed(0)
     pre = Preprocessing(input_size=64, use_roi=True)  # ResNet-18 layer3: a 4 x 4 conv4 grid
     checkpoint = tmp_path / "roi64.pt"
-    save_checkpoint(checkpoint, DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2), {"test": "heat"},
-                    CLASSES, pre, {})
+    atomic_torch_save(checkpoint_payload(DFLNet("resnet18", num_classes=len(CLASSES), filters_per_class=2),
+                                         {"test": "heat"}, CLASSES, pre, {}),
+                      checkpoint)
     hot = (1, 2)  # (row, col) in the 4 x 4 grid
     forward = DFLNet.forward
     seen = {"samples": 0, "with_maps": 0}

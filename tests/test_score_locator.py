@@ -193,7 +193,8 @@ def test_evaluate_reports_located_crops_beside_manifest_crops(checkpoints, small
     grader = tmp_path / "grader4.pt"
     torch.manual_seed(0)
     atomic_torch_save(checkpoint_payload(DFLNet("resnet18", num_classes=4, filters_per_class=2), {"test": "roi"},
-                                         ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=32, use_roi=True), {}),
+                                         ["normal", "mild", "moderate", "severe"],
+                                         Preprocessing(input_size=32, use_roi=True), {}),
                       grader)
     out = tmp_path / "evaluate"
     assert main(["evaluate", str(grader), str(manifest_csv), "--out", str(out), "--locator",
@@ -230,7 +231,8 @@ def test_evaluate_with_a_locator_that_matches_nothing_says_so(checkpoints, small
 
     grader = tmp_path / "grader4.pt"
     atomic_torch_save(checkpoint_payload(DFLNet("resnet18", num_classes=4, filters_per_class=2), {"test": "roi"},
-                                         ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=32, use_roi=True), {}),
+                                         ["normal", "mild", "moderate", "severe"],
+                                         Preprocessing(input_size=32, use_roi=True), {}),
                       grader)
     assert main(["evaluate", str(grader), str(small_cohort / "manifest.csv"), "--out", str(tmp_path / "e"),
                  "--locator", str(checkpoints["blind"]), "--bootstrap", "0", "--device", "cpu"]) == 2

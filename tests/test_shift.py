@@ -224,7 +224,8 @@ def test_old_checkpoint_scores_with_empty_shift_cells(trained: Path, small_cohor
 
 
 def test_val_report_shows_calibration_and_evaluate_reports_the_shift(trained: Path, small_cohort: Path, tmp_path: Path) -> None:
-    from spine_dfl.report.run import evaluate, write_evaluation
+    from spine_dfl.report import write_evaluation
+    from spine_dfl.workflows.evaluate import evaluate
     from spine_dfl.engine.posthoc import CALIBRATION_JSON
 
     calibration = json.loads((trained / CALIBRATION_JSON).read_text())["calibration"]

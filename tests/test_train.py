@@ -259,7 +259,7 @@ def test_selection_macro_auc_is_the_reports_on_a_table_missing_a_class() -> None
     import numpy as np
 
     from spine_dfl.engine.train import selection_score
-    from spine_dfl.report.metrics import compute_metrics
+    from spine_dfl.metrics import compute_metrics
 
     classes = ["normal", "mild", "severe"]
     rng = np.random.default_rng(3)

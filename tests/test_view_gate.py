@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from spine_dfl.cli import main
-from spine_dfl.engine.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from spine_dfl.engine.checkpoint import CheckpointError, atomic_torch_save, checkpoint_payload, read_checkpoint
 from spine_dfl.gate.view import NUM_CLASSES, ViewNet, predict_view, thumbnail
 from spine_dfl.gate.view_checkpoint import embed_view, load_view, save_view, view_from_locator_payload
 from spine_dfl.gate.view_data import cohort_films
@@ -111,8 +111,9 @@ def _grader(path: Path) -> Path:
     from spine_dfl.data.transforms import Preprocessing
     from spine_dfl.model import DFLNet
 
-    save_checkpoint(path, DFLNet("resnet18", num_classes=2, filters_per_class=1), {}, ["normal", "severe"],
-                    Preprocessing(input_size=32, use_roi=True))
+    atomic_torch_save(checkpoint_payload(DFLNet("resnet18", num_classes=2, filters_per_class=1), {},
+                                         ["normal", "severe"], Preprocessing(input_size=32, use_roi=True)),
+                      path)
     return path
 
 

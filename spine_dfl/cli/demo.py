@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spine_dfl.demo import run_demo
+    from spine_dfl.workflows.demo import run_demo
 
     result = run_demo(args.out, patients=args.patients, seed=args.seed, config=args.config,
                       overrides=args.overrides, explain=not args.no_explain,

@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spine_dfl.report.run import evaluate
+    from spine_dfl.workflows.evaluate import evaluate
 
     metrics = evaluate(args.checkpoint, args.manifest, args.split, args.out, device=args.device,
                        batch_size=args.batch_size, n_bootstrap=args.bootstrap, locator=args.locator)

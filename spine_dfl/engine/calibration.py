@@ -9,7 +9,7 @@ the argmax, so calibration changes the probabilities, never a prediction.
 The expected calibration error here is the top-label ECE with ``ECE_BINS`` = 15 equal-width bins on the
 highest class probability (bin ``b`` holds confidences in [b/15, (b+1)/15), the last bin includes 1):
 ``ECE = sum_b n_b / n * |accuracy_b - confidence_b|``. (The report's table uses 10 bins; see
-``report.metrics``.)
+``metrics.scores``.)
 
 What a checkpoint stores under ``calibration`` (plain numbers and strings only, weights_only-safe):
 ``{"method": "temperature", "temperatures": {"g", "p", "side", "fused"}, "fitted_on": "val", "n": ...,

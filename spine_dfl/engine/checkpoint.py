@@ -13,6 +13,7 @@ import pickle
 import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,8 +23,8 @@ from spine_dfl.atomic import atomic_output
 from spine_dfl.data.transforms import Preprocessing
 from spine_dfl.engine.calibration import Temperatures, temperatures_from_checkpoint
 from spine_dfl.engine.shift import ShiftModel
-from spine_dfl.heatmap.erf import patch_side_record, remember_patch_side
 from spine_dfl.model import DFLNet
+from spine_dfl.model.effective_field import remember_patch_side
 
 CHECKPOINT_FORMAT = "spine-dfl-checkpoint/1"
 
@@ -82,26 +83,12 @@ def checkpoint_payload(
             "streams": net.streams,
             "pstream_region": net.pstream_region,
         },
-        # Measured once per model (heatmap.erf): the side explain, score and the SC draw patches with.
-        "effective_receptive_field": patch_side_record(net, preprocessing.input_size),
         "class_names": list(class_names),
         "preprocessing": asdict(preprocessing),
         "config": config,
         "model_state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         **(extra or {}),
     }
-
-
-def save_checkpoint(
-    path: str | Path,
-    model: torch.nn.Module,
-    config: dict[str, Any],
-    class_names: list[str],
-    preprocessing: Preprocessing,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Write a self-contained checkpoint atomically."""
-    atomic_torch_save(checkpoint_payload(model, config, class_names, preprocessing, extra), path)
 
 
 def _load_failure(exc: Exception) -> str:
@@ -138,6 +125,31 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return raw
 
 
+def check_kind(raw: dict[str, Any], path: str | Path, expected: str) -> None:
+    """CheckpointError in one line when ``raw`` is not a checkpoint of ``expected`` kind
+    ("grader", "locator", "view"): one given in place of another is a usage error, not a shape mismatch."""
+    kind = raw.get("kind", "grader")  # checkpoints from before kinds existed are graders
+    if kind != expected:
+        hint = {"locator": "give it as --locator", "grader": "give it as the grader checkpoint"}.get(kind, "")
+        raise CheckpointError(f"{path}: this is a {kind} checkpoint, not a {expected} checkpoint"
+                              + (f" ({hint})" if hint else ""))
+
+
+def embed_payload(host_path: str | Path, host_kind: str, inner_path: str | Path, inner_kind: str, key: str,
+                  load_inner: Callable[[dict[str, Any], str | Path], Any], out_path: str | Path) -> Path:
+    """Write ``out_path``: the ``host_kind`` checkpoint at ``host_path`` with the ``inner_kind`` checkpoint
+    at ``inner_path`` inside it under ``key`` (replacing one it had). Both are kind-checked and the inner
+    weights must load (``load_inner(raw, path)``) before they are embedded; the write is atomic, so
+    ``out_path`` may be ``host_path``."""
+    host = read_checkpoint(host_path, "cpu")
+    check_kind(host, host_path, host_kind)
+    inner = read_checkpoint(inner_path, "cpu")
+    check_kind(inner, inner_path, inner_kind)
+    load_inner(inner, inner_path)
+    atomic_torch_save({**host, key: inner}, out_path)
+    return Path(out_path)
+
+
 def preprocessing_from_dict(values: dict[str, Any]) -> Preprocessing:
     known = {f.name for f in fields(Preprocessing)}
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if k in known}
@@ -147,9 +159,7 @@ def preprocessing_from_dict(values: dict[str, Any]) -> Preprocessing:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model (random-init architecture, then the stored weights) in eval mode."""
     raw = read_checkpoint(path, map_location)
-    if raw.get("kind", "grader") != "grader":  # checkpoints from before kinds existed are graders
-        raise CheckpointError(f"{path}: this is a {raw['kind']} checkpoint, not a grader checkpoint"
-                              + (" (give it as --locator)" if raw["kind"] == "locator" else ""))
+    check_kind(raw, path, "grader")
     arch = raw["architecture"]
     model = DFLNet(
         backbone=arch["backbone"],
@@ -166,7 +176,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the recorded architecture: {exc}") from exc
     model.to(map_location).eval()
-    erf = raw.get("effective_receptive_field") or {}
+    erf = raw.get("effective_receptive_field") or {}  # what earlier checkpoints measured when saved
     if erf.get("side"):
         remember_patch_side(model, int(erf["input_size"]), float(erf["side"]))
     return LoadedCheckpoint(

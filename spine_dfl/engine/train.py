@@ -85,7 +85,7 @@ def selection_score(metric: str, table: Any, class_names: list[str], loss: float
     epoch chosen here is the best by the figure the report shows. Where the macro AUC is undefined
     (fewer than two classes in the validation rows) selection falls back to balanced accuracy.
     """
-    from spine_dfl.report.metrics import group_metrics
+    from spine_dfl.metrics import group_metrics
 
     if metric == "loss":
         return -loss

@@ -118,7 +118,7 @@ def explain_inputs(
     (``gate.header``, as in score; ``ignore_view_tags``: modality and SOP class only) is a failure with
     that reason, before any ROI or locator.
     """
-    from spine_dfl.score.locating import resolve_locator
+    from spine_dfl.locate.locating import resolve_locator
 
     loaded = _load(checkpoint, device)
     use_roi = bool(loaded.preprocessing.use_roi)
@@ -157,7 +157,7 @@ def located_records(files: Sequence[Mapping[str, Any]], locator: Any, failures: 
     ``locator_confidence``); files that cannot be read or where none is found go to ``failures``."""
     from spine_dfl.io import read_dicom_header, read_image
     from spine_dfl.io.discovery import is_dicom
-    from spine_dfl.score.locating import NO_VERTEBRAE, locate_film, view_of
+    from spine_dfl.locate.locating import NO_VERTEBRAE, locate_film, view_of
 
     view = view_of(locator)
     records = []

@@ -6,7 +6,7 @@ For every sample, into the output folder:
     Three panels of the region the network saw (``spine_dfl.explain.render``):
       1. the top-N distinct patches of the PREDICTED class: each of that class's k P-stream filters'
          peak, refined to a fraction of a cell and mapped back through pad / resize / crop to original
-         pixels, boxed at the model's effective receptive field (``spine_dfl.heatmap.erf``); filters
+         pixels, boxed at the model's effective receptive field (``spine_dfl.model.effective_field``); filters
          peaking at the same place are one patch (``spine_dfl.heatmap.peaks``); numbered by rank;
       2. P-stream class evidence (``spine_dfl.heatmap.class_evidence``: max over the predicted
          class's k response maps), warped to original pixels through the sample's ``to_original``;
@@ -45,7 +45,7 @@ from spine_dfl.explain.gallery import render_gallery
 from spine_dfl.explain.gradcam import GradCamRunner
 from spine_dfl.explain.render import render_sample_figure
 from spine_dfl.explain.samples import PreparedSample, batches, label_name, png_name, prepare_samples, record_roi
-from spine_dfl.heatmap.erf import gradient_centres, model_patch_side
+from spine_dfl.model.effective_field import gradient_centres, model_patch_side
 from spine_dfl.heatmap.evidence import class_evidence
 from spine_dfl.heatmap.geometry import feature_map_to_original, feature_map_to_tensor_space, tensor_map_to_original
 from spine_dfl.heatmap.peaks import class_patches, map_peak_to_original
@@ -183,7 +183,7 @@ def _run_batch(
 
 def _predicted_class_centres(model: nn.Module, images: Tensor, preds: Tensor, peak_index: Tensor) -> Tensor:
     """(B, k, 2) input (x, y) each of the predicted class's filters reads at its peak: the centroid of
-    the peak response's input gradient (``heatmap.erf.gradient_centres``), one backward pass for all."""
+    the peak response's input gradient (``model.effective_field.gradient_centres``), one backward pass for all."""
     k = int(model.filters_per_class)
     batch = images.shape[0]
     sample = torch.arange(batch, device=images.device).repeat_interleave(k)

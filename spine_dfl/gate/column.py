@@ -13,7 +13,8 @@ a lateral column, and the learned view score (``gate.view``) must agree:
 - the anterior side on the same side for (nearly) every body.
 
 :func:`column_refusal` gives the reason ("no lateral vertebral column found: ...", naming what
-was missing) or None.
+was missing) or None. :func:`spine_order` and :func:`expected_steps` (the chain along the spine
+and its gaps over the local spacing) are also the level labelling's (``locate.labelling``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from spine_dfl.locate.labelling import expected_steps, spine_order
 
 NO_COLUMN = "no lateral vertebral column found"
 MIN_VERTEBRAE = 3
@@ -38,6 +37,48 @@ MAX_KINK_DEG = 35.0  # between neighbours, without the one most tilted body from
 MAX_OFF_CURVE = 0.6  # centre distance from the fitted curve, in body depths
 MIN_SIDE_AGREEMENT = 0.8
 MIN_VIEW_PROBABILITY = 0.5
+
+
+def spine_order(centres: np.ndarray, degree: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Order of (N, 2) centres along the spine and the N-1 arc lengths between consecutive ones.
+
+    The principal axis (largest variance) gives the running coordinate t; a polynomial
+    s(t) of the perpendicular coordinate (degree at most ``degree`` and N - 2) is the spine
+    curve, and the gaps are measured along it. The axis is oriented towards +y (image down), so
+    the order is top to bottom for an upright spine whatever the input order.
+    """
+    pts = np.asarray(centres, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"centres must have shape (N, 2), got {pts.shape}")
+    n = len(pts)
+    if n < 2:
+        return np.arange(n), np.zeros(0)
+    centred = pts - pts.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    axis = vt[0] if (vt[0][1], vt[0][0]) >= (0.0, 0.0) else -vt[0]
+    normal = np.array([-axis[1], axis[0]])
+    t, s = centred @ axis, centred @ normal
+    order = np.argsort(t, kind="stable")
+    t, s = t[order], s[order]
+    deg = int(min(degree, max(n - 2, 0)))
+    coef = np.polyfit(t, s, deg) if deg > 0 else np.zeros(1)
+    dense = np.linspace(0.0, 1.0, 17)[None, :]  # samples per gap for the arc length
+    ts = t[:-1, None] + (t[1:] - t[:-1])[:, None] * dense
+    ss = np.polyval(coef, ts)
+    gaps = np.hypot(np.diff(ts, axis=1), np.diff(ss, axis=1)).sum(axis=1)
+    return order, gaps
+
+
+def expected_steps(gaps: np.ndarray, window: int = 3) -> np.ndarray:
+    """Each gap over the median of the other gaps within ``window`` on either side (1.0 if none)."""
+    gaps = np.asarray(gaps, dtype=np.float64)
+    out = np.ones_like(gaps)
+    for i in range(gaps.size):
+        others = np.concatenate([gaps[max(0, i - window): i], gaps[i + 1: i + 1 + window]])
+        others = others[others > 0]
+        if others.size:
+            out[i] = gaps[i] / float(np.median(others))
+    return out
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from spine_dfl import __version__
-from spine_dfl.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, read_checkpoint
+from spine_dfl.engine.checkpoint import (
+    CHECKPOINT_FORMAT, CheckpointError, atomic_torch_save, check_kind, embed_payload, read_checkpoint,
+)
 from spine_dfl.gate.view import LoadedView, ViewNet
 from spine_dfl.io.orientation import ORIENTATIONS
-from spine_dfl.locate.checkpoint import check_kind, embed_payload
 
 __all__ = ["EMBEDDED_KEY", "KIND", "embed_view", "load_view", "save_view", "view_from_locator_payload",
            "view_from_payload", "view_payload"]

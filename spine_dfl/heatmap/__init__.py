@@ -5,7 +5,6 @@
 - ``evidence``: THE P-stream evidence map (max of a class's filter responses) and its
   picklable ``EvidenceMap`` with geometry;
 - ``peaks``: sub-cell peak refinement and one class's distinct patches (duplicates suppressed);
-- ``erf``: the effective receptive field, the side patches are drawn with;
 - ``display``: THE display window, grey / uint8 conversions, the heatmap colour map and blend.
 
 ``display`` needs only numpy; ``geometry`` and ``evidence`` (torch) load on first use of one of
@@ -44,8 +43,6 @@ _LAZY = {
     "map_peak_to_original": "peaks",
     "refine_peaks": "peaks",
     "suppress_duplicates": "peaks",
-    "effective_receptive_field": "erf",
-    "model_patch_side": "erf",
     "EvidenceMap": "evidence",
     "class_evidence": "evidence",
     "evidence_on_source": "evidence",

@@ -58,9 +58,9 @@ class EvidenceMap:
     input_size: S (the network input is S x S).
     stride, center_offset: the feature grid's geometry in input pixels (location (row, col) is
         centred at (center_offset + stride*col, center_offset + stride*row)).
-    patch_side: the model's effective receptive field (``heatmap.erf``) for ``evidence_patches``.
+    patch_side: the model's effective receptive field (``model.effective_field``) for ``evidence_patches``.
     top_read: input (x, y) the map's strongest location reads (its input-gradient centre,
-        ``heatmap.erf.gradient_centres``), where ``explain`` draws the top patch; None: its centre.
+        ``model.effective_field.gradient_centres``), where ``explain`` draws the top patch; None: its centre.
     """
 
     values: np.ndarray

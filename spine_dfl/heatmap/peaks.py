@@ -123,7 +123,7 @@ def class_patches(
     response_maps: (M*k, H, W) one sample's filter responses; peak_index: (M*k,) their flat maxima
     (the model's max-pool indices). geometry: (stride, center_offset, patch side), input pixels.
     centres: (k, 2) input (x, y) each class filter's peak cell reads, e.g. its input-gradient centre
-    (``heatmap.erf.gradient_centres``); default the cell's theoretical centre. The class's k filters
+    (``model.effective_field.gradient_centres``); default the cell's theoretical centre. The class's k filters
     are refined (``refine_peaks``: the sub-cell shift moves the centre by stride x the shift), boxed
     with the patch side around the refined peak, and duplicates suppressed (``suppress_duplicates``). Returns up to `top_n` dicts,
     strongest first: rank, filter, filter_in_class, class, class_index, score (the filter's maximum),

@@ -21,7 +21,7 @@ from spine_dfl.lazy import lazy_attributes
 
 _LAZY: dict[str, str] = {
     "Detections": "decode", "decode": "decode",
-    "LevelAssignment": "labelling", "assign_levels": "labelling", "spine_order": "labelling",
+    "LevelAssignment": "labelling", "assign_levels": "labelling",
     **{name: "morphometry" for name in (
         "DEFORMITY_KINDS", "MORPHOMETRIC_GRADES", "POINT_COLUMNS", "POINT_NAMES", "Heights", "Morphometry",
         "genant_grade", "height_unit", "neighbour_posterior_height", "spine_morphometry", "vertebral_heights")},

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spine_dfl.io.vocabulary import LEVELS
-from spine_dfl.locate.labelling import spine_order
+from spine_dfl.gate.column import spine_order
 
 ROOM_BODY_HEIGHTS = 0.8  # film beyond the chain's end, in body heights, for that end to be the column's end
 ANCHOR_LOG_MARGIN = 2.0  # the end vertebra's own logit for the anchor level within this of its best (nats)

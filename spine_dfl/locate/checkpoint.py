@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from spine_dfl import __version__
-from spine_dfl.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
+from spine_dfl.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_kind, embed_payload, read_checkpoint
 from spine_dfl.locate.network import VertebraLocator
 from spine_dfl.locate.preprocess import letterbox
 
@@ -55,15 +55,6 @@ def locator_payload(model: torch.nn.Module, config: dict[str, Any], extra: dict[
     }
 
 
-def check_kind(raw: dict[str, Any], path: str | Path, expected: str) -> None:
-    """CheckpointError in one line when ``raw`` is not a checkpoint of ``expected`` kind."""
-    kind = raw.get("kind", "grader")  # checkpoints from before kinds existed are graders
-    if kind != expected:
-        hint = {"locator": "give it as --locator", "grader": "give it as the grader checkpoint"}.get(kind, "")
-        raise CheckpointError(f"{path}: this is a {kind} checkpoint, not a {expected} checkpoint"
-                              + (f" ({hint})" if hint else ""))
-
-
 EMBEDDED_KEY = "locator"  # a grader checkpoint's embedded locator payload (``embed_locator``)
 
 
@@ -82,23 +73,6 @@ def embed_locator(grader_path: str | Path, locator_path: str | Path, out_path: s
     """Write ``out_path``: the grader checkpoint with the locator's payload inside it, so that one file
     serves score and explain without --locator. Both are kind-checked; the write is atomic."""
     return embed_payload(grader_path, "grader", locator_path, KIND, EMBEDDED_KEY, locator_from_payload, out_path)
-
-
-def embed_payload(host_path: str | Path, host_kind: str, inner_path: str | Path, inner_kind: str, key: str,
-                  load_inner: Any, out_path: str | Path) -> Path:
-    """Write ``out_path``: the ``host_kind`` checkpoint at ``host_path`` with the ``inner_kind`` checkpoint
-    at ``inner_path`` inside it under ``key`` (replacing one it had). Both are kind-checked and the inner
-    weights must load (``load_inner(raw, path)``) before they are embedded; the write is atomic, so
-    ``out_path`` may be ``host_path``."""
-    from spine_dfl.engine.checkpoint import atomic_torch_save
-
-    host = read_checkpoint(host_path, "cpu")
-    check_kind(host, host_path, host_kind)
-    inner = read_checkpoint(inner_path, "cpu")
-    check_kind(inner, inner_path, inner_kind)
-    load_inner(inner, inner_path)
-    atomic_torch_save({**host, key: inner}, out_path)
-    return Path(out_path)
 
 
 def locator_from_payload(raw: dict[str, Any], path: str | Path, map_location: str | torch.device = "cpu") -> LoadedLocator:

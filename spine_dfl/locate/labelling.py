@@ -3,7 +3,7 @@
 Each detection has level logits (one per level, levels in anatomical order, index 0 the most
 cranial). Labelling each detection on its own gives duplicates and gaps; instead:
 
-1. Order the detections along the spine: the principal axis of the centres, with a polynomial
+1. Order the detections along the spine (``gate.column.spine_order``): the principal axis of the centres, with a polynomial
    curve fitted across it, and the arc length along that curve between consecutive detections.
 2. Dynamic programming over that sequence: levels strictly increase along it (or strictly
    decrease: the image may show the head at the top or at the bottom, so both directions are
@@ -20,6 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from spine_dfl.gate.column import expected_steps, spine_order
+
+__all__ = ["LevelAssignment", "assign_levels"]
 
 _NEG = -1e18
 
@@ -41,48 +45,6 @@ class LevelAssignment:
     margin: float
     order: np.ndarray
     head_up: bool
-
-
-def spine_order(centres: np.ndarray, degree: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Order of (N, 2) centres along the spine and the N-1 arc lengths between consecutive ones.
-
-    The principal axis (largest variance) gives the running coordinate t; a polynomial
-    s(t) of the perpendicular coordinate (degree at most ``degree`` and N - 2) is the spine
-    curve, and the gaps are measured along it. The axis is oriented towards +y (image down), so
-    the order is top to bottom for an upright spine whatever the input order.
-    """
-    pts = np.asarray(centres, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise ValueError(f"centres must have shape (N, 2), got {pts.shape}")
-    n = len(pts)
-    if n < 2:
-        return np.arange(n), np.zeros(0)
-    centred = pts - pts.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    axis = vt[0] if (vt[0][1], vt[0][0]) >= (0.0, 0.0) else -vt[0]
-    normal = np.array([-axis[1], axis[0]])
-    t, s = centred @ axis, centred @ normal
-    order = np.argsort(t, kind="stable")
-    t, s = t[order], s[order]
-    deg = int(min(degree, max(n - 2, 0)))
-    coef = np.polyfit(t, s, deg) if deg > 0 else np.zeros(1)
-    dense = np.linspace(0.0, 1.0, 17)[None, :]  # samples per gap for the arc length
-    ts = t[:-1, None] + (t[1:] - t[:-1])[:, None] * dense
-    ss = np.polyval(coef, ts)
-    gaps = np.hypot(np.diff(ts, axis=1), np.diff(ss, axis=1)).sum(axis=1)
-    return order, gaps
-
-
-def expected_steps(gaps: np.ndarray, window: int = 3) -> np.ndarray:
-    """Each gap over the median of the other gaps within ``window`` on either side (1.0 if none)."""
-    gaps = np.asarray(gaps, dtype=np.float64)
-    out = np.ones_like(gaps)
-    for i in range(gaps.size):
-        others = np.concatenate([gaps[max(0, i - window): i], gaps[i + 1: i + 1 + window]])
-        others = others[others > 0]
-        if others.size:
-            out[i] = gaps[i] / float(np.median(others))
-    return out
 
 
 def _transition_scores(steps: np.ndarray, n_levels: int, max_skip: int, skip_penalty: float,

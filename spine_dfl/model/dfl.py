@@ -126,7 +126,7 @@ class DFLNet(nn.Module):
 
     def filter_responses(self, x: Tensor) -> Tensor:
         """(B, 1, S, S) image -> (B, M*k, H, W) P-stream filter responses (trunk, then the filter bank),
-        before any pooling: what the input-gradient measurements of ``heatmap.erf`` differentiate."""
+        before any pooling: what the input-gradient measurements of ``model.effective_field`` differentiate."""
         if self.p_filters is None:
             raise ValueError("a G-stream-only model (streams='g_only') has no P-stream filters")
         return self.p_filters(self.trunk_features(x))

@@ -1,19 +1,13 @@
 """Per-vertebra evaluation report from the predictions table alone.
 
-- ``load_predictions(path) -> (table, classes)``: read and validate ``predictions.csv``.
-- ``compute_metrics(table, classes=None, n_bootstrap=1000, seed=0) -> dict``: metrics.json content.
-- ``per_vertebra_table(metrics) -> DataFrame``: per_vertebra.csv content (C1..S1, unknown, ``all``).
 - ``write_report(table_or_path, out_dir, ...) -> dict``: metrics.json, per_vertebra.csv, report.html.
-- ``ReportError(ValueError)``: invalid table; the message names what and where.
+- ``write_evaluation(table, out_dir, title, ...) -> dict``: the same, with the table as predictions.csv.
+- ``render_html(arrays, metrics, title, ...) -> str``: the page itself.
 
-Metric definitions: ``spine_dfl.report.metrics`` module docstring.
+The figures come from ``spine_dfl.metrics`` (metric definitions in ``metrics.scores``' docstring).
+The report reads a predictions table: it imports no engine, locator, gate or scorer.
 """
 
-from spine_dfl.report.document import render_html, write_report
-from spine_dfl.report.metrics import SMALL_SAMPLE, compute_metrics, per_vertebra_table
-from spine_dfl.report.table import MISSING_LEVEL, ReportError, load_predictions
+from spine_dfl.report.document import render_html, write_evaluation, write_report
 
-__all__ = [
-    "MISSING_LEVEL", "SMALL_SAMPLE", "ReportError", "compute_metrics", "load_predictions", "per_vertebra_table",
-    "render_html", "write_report",
-]
+__all__ = ["render_html", "write_evaluation", "write_report"]

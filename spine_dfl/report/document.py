@@ -1,4 +1,5 @@
-"""The self-contained ``report.html`` and ``write_report`` (metrics.json, per_vertebra.csv, report.html).
+"""The self-contained ``report.html``, ``write_report`` (metrics.json, per_vertebra.csv, report.html) and
+``write_evaluation`` (the same with the table itself as predictions.csv).
 
 The HTML has inline CSS (package data: ``static/report.css``, with the definitions in
 ``static/definitions.html``), figures as base64 PNG, no scripts and no external links, so it opens from a
@@ -11,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,14 @@ import numpy as np
 import pandas as pd
 
 from spine_dfl import __version__
-from spine_dfl.atomic import atomic_write_text
-from spine_dfl.report import figures
-from spine_dfl.report.metrics import (
+from spine_dfl.atomic import atomic_output, atomic_write_text
+from spine_dfl.metrics.scores import (
     SMALL_SAMPLE, PatientArrays, branch_differences, metrics_from_arrays, patient_level, per_vertebra_table,
     sorted_levels,
 )
+from spine_dfl.metrics.table import PredictionArrays, load_predictions, prepare
+from spine_dfl.report import figures
 from spine_dfl.report.morphometry import morphometry_section, morphometry_summary
-from spine_dfl.report.table import PredictionArrays, load_predictions, prepare
 from spine_dfl.report.trust import calibration_report, levels_html, levels_report, shift_report, trust_sections
 from spine_dfl.io.vocabulary import LEVELS
 
@@ -379,4 +381,18 @@ def write_report(
     return metrics
 
 
-__all__ = ["render_html", "write_report"]
+def write_evaluation(predictions: pd.DataFrame, out_dir: str | Path, title: str, n_bootstrap: int = 1000,
+                     calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """predictions.csv, metrics.json, per_vertebra.csv and report.html of one predictions table in ``out_dir``
+    (``calibration``: the checkpoint's calibration record, shown before / after; ``report.trust``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / "predictions.csv", "w", newline="") as handle:
+        predictions.to_csv(handle, index=False)
+    metrics = write_report(predictions, out, title=f"spine-dfl evaluation: {title}", n_bootstrap=n_bootstrap,
+                           calibration=calibration)
+    logging.getLogger("spine_dfl").info("report written to %s", out / "report.html")
+    return metrics
+
+
+__all__ = ["render_html", "write_evaluation", "write_report"]

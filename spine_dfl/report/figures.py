@@ -15,7 +15,7 @@ from matplotlib.patches import Rectangle
 from sklearn.metrics import confusion_matrix, roc_curve
 
 from spine_dfl.heatmap.display import display_window
-from spine_dfl.report.metrics import SMALL_SAMPLE, reliability_bins
+from spine_dfl.metrics.scores import SMALL_SAMPLE, reliability_bins
 
 _DPI = 96
 BRANCH_LABELS = {"g": "G-stream", "p": "P-stream", "side": "side branch", "fused": "fused"}

@@ -39,7 +39,7 @@ class FileSamples:
     ``vertebrae`` (list[str], one per sample), ``rois`` (list of 4-tuples or None), ``images``
     (float32 numpy (n, 1, S, S); (0, 1, S, S) when not ok), ``extras`` (per sample the predictions
     table's ``roi_source`` / ``locator_confidence`` / morphometry cells; [] for a whole-image model).
-    With ``locator`` (a ``score.locating.LocatorSource``) and no ``rois``, the vertebrae are the
+    With ``locator`` (a ``locate.locating.LocatorSource``) and no ``rois``, the vertebrae are the
     locator's (loaded once per process; a radiograph where it finds none fails with
     ``no vertebrae found``). A DICOM whose header the input gate refuses (``gate.header``: not a
     projection radiograph, another body part, a frontal view; the view hints not with
@@ -124,10 +124,10 @@ class FileSamples:
     def _located(self, path: Path, header: Any) -> tuple[list[tuple[str, Box | None]], list[dict[str, Any]],
                                                       list[Box], Orientation]:
         """The locator's (level, stored box) pairs of ``path``, their table cells, the boxes on the canonical
-        film and the orientation that makes it canonical (``score.locating.locate_film``); ImageReadError
+        film and the orientation that makes it canonical (``locate.locating.locate_film``); ImageReadError
         when it finds none, or when what it found is not a lateral column (``gate.column``)."""
         from spine_dfl.io import ImageReadError
-        from spine_dfl.score.locating import NO_VERTEBRAE, locate_film, view_of
+        from spine_dfl.locate.locating import NO_VERTEBRAE, locate_film, view_of
 
         if self._locator is None:
             self._locator = self.locator.load()

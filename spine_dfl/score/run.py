@@ -46,7 +46,7 @@ from spine_dfl.engine.distributed import Distributed, init_distributed
 from spine_dfl.engine.shift import UNAVAILABLE as SHIFT_UNAVAILABLE
 from spine_dfl.score.errors import NoRoiSource, ScoreError
 from spine_dfl.score.journal import PARTIAL_DIR, DoneFile, PartWriter, collect_done, merge
-from spine_dfl.score.locating import resolve_locator
+from spine_dfl.locate.locating import resolve_locator
 from spine_dfl.score.summary import PREDICTIONS, SUMMARY, ScoreSummary
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class ScoringSetup:
     class_names: list[str]
     columns: list[str]
     rois: Any
-    locator: Any  # score.locating.LocatorSource, or None
+    locator: Any  # locate.locating.LocatorSource, or None
     files: list[str] = field(default_factory=list)
     dicom_config: Any = None
     ignore_view_tags: bool = False  # the input gate ignores BodyPartExamined / ViewPosition / PatientOrientation
@@ -299,7 +299,7 @@ def _score_files(
     dicom = None
     if setup.dicom_config is not None and mine:
         model = setup.model
-        from spine_dfl.heatmap.erf import model_patch_side
+        from spine_dfl.model.effective_field import model_patch_side
 
         input_size = int(setup.preprocessing.input_size)
         geometry = {"input_size": input_size, "stride": float(model.stride),

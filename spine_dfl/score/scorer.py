@@ -166,7 +166,7 @@ class Scorer:
         """(B, 2) input (x, y) where each sample's strongest patch reads (its predicted class's strongest
         filter at its peak): the SC draws that patch where explain draws it. Needs gradients, so it
         runs outside inference mode on a copy of the batch."""
-        from spine_dfl.heatmap.erf import gradient_centres
+        from spine_dfl.model.effective_field import gradient_centres
 
         model, k = self.model, int(self.model.filters_per_class)
         rows = torch.arange(batch.shape[0], device=batch.device)

@@ -1,6 +1,6 @@
 """``evaluate --locator``: the grader on the locator's crops beside the manifest's crops, and six-point morphometry.
 
-End to end: every radiograph of the split is located (``score.locating.locate_rois``, as score
+End to end: every radiograph of the split is located (``locate.locating.locate_rois``, as score
 does); each located box is matched one-to-one to the manifest's boxes of that image at IoU >= 0.5
 (``locate.evaluate.match_boxes``) and takes the matched row's label, vertebra, patient and row
 number (the ``vertebra`` column is the manifest's level); the grader then grades the located
@@ -19,7 +19,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spine_dfl.predictions import LEVEL_COLUMNS, MORPHOMETRY_COLUMNS, ROI_SOURCE_COLUMNS
+from spine_dfl.data.dataset import manifest_records
+from spine_dfl.data.manifest import load_manifest
+from spine_dfl.engine.checkpoint import load_checkpoint
+from spine_dfl.engine.device import resolve_device
+from spine_dfl.engine.predict import predict_records
+from spine_dfl.io import read_image
+from spine_dfl.io.orientation import stored_orientation
+from spine_dfl.io.vocabulary import LEVELS, POINT_COLUMNS
+from spine_dfl.locate.evaluate import evaluate_locator, match_boxes
+from spine_dfl.locate.locating import locate_rois, resolve_locator
+from spine_dfl.locate.morphometry import UNIT_BY_SPACING_SOURCE, spine_morphometry
+from spine_dfl.locate.samples import load_samples
+from spine_dfl.predictions import LEVEL_COLUMNS, MORPHOMETRY_COLUMNS, ROI_SOURCE_COLUMNS, morphometry_cells
+
+__all__ = ["MATCH_IOU", "evaluate_located", "located_records", "locator_figures", "manifest_morphometry",
+           "with_roi_columns"]
 
 MATCH_IOU = 0.5
 
@@ -37,17 +52,11 @@ def with_roi_columns(table: pd.DataFrame, cells: Sequence[dict[str, Any]], morph
 
 
 def _radiograph(image: str) -> Any:
-    from spine_dfl.io import read_image
-
     return read_image(image)
 
 
 def manifest_morphometry(records: Sequence[dict[str, Any]], table: pd.DataFrame) -> list[dict[str, Any]]:
     """Per record, ``roi_source = manifest`` and, where the manifest row has six points, its morphometry."""
-    from spine_dfl.io.vocabulary import LEVELS, POINT_COLUMNS
-    from spine_dfl.locate.morphometry import UNIT_BY_SPACING_SOURCE, spine_morphometry
-    from spine_dfl.predictions import morphometry_cells
-
     cells: list[dict[str, Any]] = [{"roi_source": "manifest"} for _ in records]
     if not all(c in table.columns for c in POINT_COLUMNS):
         return cells
@@ -59,7 +68,7 @@ def manifest_morphometry(records: Sequence[dict[str, Any]], table: pd.DataFrame)
             by_image.setdefault(record["image"], []).append(i)
     for image, members in by_image.items():
         radiograph = _radiograph(image)
-        source = radiograph.meta.get("spacing_source")
+        source = radiograph.meta.spacing_source
         spacing = radiograph.spacing_mm if source in UNIT_BY_SPACING_SOURCE else None
         points = np.stack([by_row.loc[records[i]["row"]].to_numpy(np.float64).reshape(6, 2) for i in members])
         levels = [LEVELS.index(records[i]["vertebra"]) for i in members]
@@ -71,10 +80,6 @@ def manifest_morphometry(records: Sequence[dict[str, Any]], table: pd.DataFrame)
 
 def located_records(records: Sequence[dict[str, Any]], locator: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """(records of the matched located crops, their table cells, manifest vertebrae matched)."""
-    from spine_dfl.io.orientation import stored_orientation
-    from spine_dfl.locate.evaluate import match_boxes
-    from spine_dfl.score.locating import locate_rois
-
     by_image: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         if record.get("roi") is not None:
@@ -98,13 +103,6 @@ def located_records(records: Sequence[dict[str, Any]], locator: Any) -> tuple[li
 def evaluate_located(checkpoint: str | Path, locator_path: str | Path | None, manifest: str | Path, split: str,
                      device: str = "auto", batch_size: int = 32) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, Any]]:
     """(manifest-crop table, located-crop table or None, figures: ``coverage`` and ``locator``)."""
-    from spine_dfl.data.dataset import manifest_records
-    from spine_dfl.data.manifest import load_manifest
-    from spine_dfl.engine.checkpoint import load_checkpoint
-    from spine_dfl.engine.device import resolve_device
-    from spine_dfl.engine.predict import predict_records
-    from spine_dfl.score.locating import resolve_locator
-
     where = resolve_device(device)
     loaded = load_checkpoint(checkpoint, map_location=where)
     records = manifest_records(manifest, loaded.class_names, split, loaded.preprocessing.use_roi)
@@ -136,10 +134,6 @@ def evaluate_located(checkpoint: str | Path, locator_path: str | Path | None, ma
 
 def locator_figures(locator: Any, manifest: str | Path, split: str) -> dict[str, Any]:
     """``locate.evaluate`` figures of a loaded locator on the split (as ``evaluate_checkpoint`` gives them)."""
-    from spine_dfl.data.manifest import load_manifest
-    from spine_dfl.locate.evaluate import evaluate_locator
-    from spine_dfl.locate.samples import load_samples
-
     table = load_manifest(manifest, check_files=False, check_rois=False).table  # validated by the grader's pass
     samples = load_samples(table, locator.levels, locator.input_size, locator.percentiles, [split])
     return {"split": split, **evaluate_locator(locator.model, samples, locator.threshold)}

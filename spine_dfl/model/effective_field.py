@@ -10,7 +10,8 @@ Measurement: the |d response / d input| of the map's central location (its field
 input's border), the strongest channel there, averaged over a few fixed-seed noise inputs after
 normalising each to unit mass; the side is that of the smallest square, centred on the gradient's
 centroid, holding ``ERF_MASS`` of it. Noise inputs make the answer a property of the model alone
-(the same on every run, storable in the checkpoint).
+(the same on every run). It is measured where patches are drawn (explain, score's Secondary
+Capture), once per model and input size, not when a checkpoint is saved.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["ERF_INPUTS", "ERF_MASS", "ERF_SEED", "effective_receptive_field", "gradient_box_side", "gradient_centres",
-           "model_patch_side", "patch_side_record", "remember_patch_side"]
+           "measure_model_patch_side", "model_patch_side", "remember_patch_side"]
 
 # Share of the input-gradient mass the drawn box holds: half, the core of the roughly Gaussian
 # effective field (a square of half-side ~1 sigma; Luo et al. describe the ERF by its sigma). At 0.9
@@ -117,9 +118,9 @@ def effective_receptive_field(
 
 
 def model_patch_side(model: nn.Module, input_size: int, stored: float | None = None) -> float:
-    """The P-stream patch side of a DFLNet in input pixels: `stored` (the checkpoint's measurement)
-    when given, else measured once per model and input size (``effective_receptive_field`` of
-    trunk + filter bank on ``ERF_INPUTS`` seeded uniform-noise inputs) and remembered."""
+    """The P-stream patch side of a DFLNet in input pixels: `stored` when given, else measured once per
+    model and input size (``effective_receptive_field`` of trunk + filter bank on ``ERF_INPUTS`` seeded
+    uniform-noise inputs) and remembered."""
     if stored is not None and float(stored) > 0:
         return float(stored)
     cache = _MEASURED.setdefault(model, {})
@@ -129,16 +130,9 @@ def model_patch_side(model: nn.Module, input_size: int, stored: float | None = N
 
 
 def remember_patch_side(model: nn.Module, input_size: int, side: float) -> None:
-    """Record a stored measurement (the checkpoint's) so ``model_patch_side`` does not measure again."""
+    """Record a measurement made elsewhere (one a checkpoint carries) so ``model_patch_side`` does not
+    measure again."""
     _MEASURED.setdefault(model, {})[int(input_size)] = float(side)
-
-
-def patch_side_record(model: nn.Module, input_size: int) -> dict[str, float]:
-    """What a checkpoint stores: {"side", "mass", "input_size"}, measured now (the weights change
-    during training, so a remembered value may be stale) and remembered."""
-    side = measure_model_patch_side(model, int(input_size))
-    remember_patch_side(model, input_size, side)
-    return {"side": side, "mass": ERF_MASS, "input_size": int(input_size)}
 
 
 def measure_model_patch_side(model: nn.Module, input_size: int) -> float:

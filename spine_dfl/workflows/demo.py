@@ -10,6 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spine_dfl.config import load_config
+from spine_dfl.engine.train import train
+from spine_dfl.explain.inputs import explain_records
+from spine_dfl.gate.view_checkpoint import embed_view
+from spine_dfl.gate.view_train import one_thread, train_view
+from spine_dfl.phantom.cohort import generate_drr_cohort
+from spine_dfl.report import write_evaluation
+from spine_dfl.synth import generate_cohort
+from spine_dfl.workflows.evaluate import evaluate
+
+__all__ = ["DEMO_DRR_PATIENTS", "DemoResult", "run_demo"]
+
 
 @dataclass
 class DemoResult:
@@ -34,12 +46,6 @@ def run_demo(out: str | Path, patients: int = 64, seed: int = 0, config: str | P
     locator -> test evaluation (manifest crops, and located crops end to end) -> heatmaps; ``say``
     reports each step. ``locator_config`` None: no locator (the manifest crops only) and no view gate;
     ``view_budget_s`` None: no view gate, else about that many seconds for its training."""
-    from spine_dfl.config import load_config
-    from spine_dfl.engine.train import train
-    from spine_dfl.explain.inputs import explain_records
-    from spine_dfl.report.run import evaluate, write_evaluation
-    from spine_dfl.synth import generate_cohort
-
     started = time.monotonic()
     out = Path(out)
     cohort = out / "cohort"
@@ -80,10 +86,6 @@ DEMO_DRR_PATIENTS = 4  # the view gate's second generator: lateral films beside 
 def _view_gate(out: Path, manifest: Path, locator: Path, seed: int, budget_s: float) -> tuple[Path, dict[str, Any]]:
     """A small DRR-phantom cohort, the view classifier trained on it and the demo's films, embedded in
     the locator checkpoint (so the locator carries its gate)."""
-    from spine_dfl.gate.view_checkpoint import embed_view
-    from spine_dfl.gate.view_train import one_thread, train_view
-    from spine_dfl.phantom.cohort import generate_drr_cohort
-
     drr = out / "drr_cohort"
     with one_thread():  # small renders: two spinning threads only slow them on a shared machine
         generate_drr_cohort(drr, patients=DEMO_DRR_PATIENTS, seed=seed + 1, overwrite=True)

@@ -1,6 +1,6 @@
 """The vertebrae of a radiograph without an ROI file: the locator's boxes, levels, confidence and morphometry.
 
-Runs in the decode workers (``score.files``), on one intra-op thread per worker: the locator's
+Runs in score's decode workers (``score.files``), on one intra-op thread per worker: the locator's
 CPU inference is per radiograph, like decoding, so it scales with the workers and a locator that
 crashes its process fails one file like a decoder would.
 """
@@ -115,7 +115,7 @@ def locate_rois(loaded: Any, radiograph: Any, orientation: Orientation = CANONIC
     keep = np.flatnonzero(_area(clipped) >= 0.5 * np.maximum(_area(raw), 1e-9))
     if not keep.size:
         return LocatedRois([], [], [], [], orientation=orientation)
-    source = radiograph.meta.get("spacing_source")
+    source = radiograph.meta.spacing_source
     spacing = orientation.spacing_to_canonical(radiograph.spacing_mm) if source in UNIT_BY_SPACING_SOURCE else None
     points = found.detections.points[keep]
     refusal = column_refusal(points, clipped[keep], spacing, view_probability) or ""

@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import cohen_kappa_score, f1_score, roc_auc_score
 
-from spine_dfl.report.table import PredictionArrays, prepare
+from spine_dfl.metrics.table import PredictionArrays, prepare
 from spine_dfl.io.vocabulary import level_sort_key
 
 SMALL_SAMPLE = 10

@@ -1,7 +1,7 @@
-"""Validating the predictions table (``predictions.csv``) that the report works from.
+"""Validating the predictions table (``predictions.csv``) that the metrics are computed from.
 
 The columns and the reader are ``spine_dfl.predictions``' (one definition for evaluate, score and
-the report); this module checks what a report needs on top: labels, predictions and probabilities
+the report); this module checks what metrics need on top: labels, predictions and probabilities
 on every row, and turns the table into arrays.
 """
 

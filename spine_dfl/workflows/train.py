@@ -1,0 +1,37 @@
+"""``spine-dfl train``: load the config, train, and write the validation split's report."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spine_dfl.config import load_config
+from spine_dfl.engine.train import train
+from spine_dfl.report import write_evaluation
+
+__all__ = ["TrainRun", "train_and_report"]
+
+
+@dataclass
+class TrainRun:
+    """A training run: the engine's result, the selection metric's name, and whether this is rank 0."""
+
+    result: Any
+    select_metric: str
+    is_main_process: bool
+
+
+def train_and_report(manifest: str | Path, config: str | Path, overrides: list[str], out_dir: str | Path,
+                     resume: bool = False, report: bool = True) -> TrainRun:
+    """Load the config (+ ``key=value`` overrides), train, and (rank 0) write the validation split's
+    report into ``out_dir/val_report``."""
+    run_config = load_config(config, overrides)
+    result = train(manifest, run_config, out_dir, resume=resume)
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process and report and result.val_predictions is not None:
+        calibration = (result.calibration or {}).get("calibration")
+        write_evaluation(result.val_predictions, Path(out_dir) / "val_report", "validation split",
+                         calibration=calibration)
+    return TrainRun(result, run_config.train.select_metric, main_process)
