@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import skimage.io
 import torch
-from monai.transforms import Randomizable
 
 import spine_dfl.io
 from dicom_factory import make_gray_dicom
@@ -27,7 +26,6 @@ from spine_dfl.data.transforms import (
     map_boxes_to_original,
     map_points_to_original,
     roi_crop_box,
-    train_transforms,
 )
 from spine_dfl.heatmap import clip_boxes
 
@@ -166,23 +164,13 @@ def test_percentile_normalisation_maps_high_bit_depths_to_unit_range(tmp_path: P
     assert 0.3 < float(image.mean()) < 0.7  # a uniform texture stays mid-grey: the window follows the data
 
 
-def test_eval_is_deterministic_and_train_is_seeded(tmp_path: Path) -> None:
+def test_eval_is_deterministic(tmp_path: Path) -> None:
     path = write_tiff(tmp_path / "img.tif", textured(90, 120, 4096))
-    pre, aug = Preprocessing(input_size=48), AugmentConfig(prob=1.0)
+    pre = Preprocessing(input_size=48)
     item = {"image": str(path), "roi": (20.0, 20.0, 80.0, 60.0)}
     a, b = eval_transforms(pre)(dict(item)), eval_transforms(pre)(dict(item))
+    assert a["image"].shape == (1, 48, 48)
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["to_original"], b["to_original"])
-    t1, t2, t3 = train_transforms(pre, aug, seed=5), train_transforms(pre, aug, seed=5), train_transforms(pre, aug, seed=6)
-    x1, x2, x3 = t1(dict(item)), t2(dict(item)), t3(dict(item))
-    assert x1["image"].shape == (1, 48, 48)
-    assert torch.equal(x1["image"], x2["image"]) and torch.equal(x1["to_original"], x2["to_original"])
-    assert not torch.equal(x1["image"], x3["image"])
-    assert not torch.equal(x1["image"], a["image"])
-    # a second call of the same pipeline draws new parameters
-    assert not torch.equal(t1(dict(item))["image"], x1["image"])
-    # MONAI's CacheDataset caches up to the first Randomizable: exactly the eval part
-    first_random = next(i for i, t in enumerate(t1.transforms) if isinstance(t, Randomizable))
-    assert first_random == len(eval_transforms(pre).transforms)
 
 
 @pytest.mark.parametrize("angle, zoom, shift", [(5.0, 1.08, (2.0, -3.0)), (-4.0, 0.93, (-1.5, 2.5)), (0.0, 1.0, (0.0, 0.0))])

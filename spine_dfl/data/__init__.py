@@ -18,7 +18,6 @@ _LAZY = {
     "Preprocessing": "transforms",
     "AugmentConfig": "transforms",
     "eval_transforms": "transforms",
-    "train_transforms": "transforms",
     "map_points_to_original": "transforms",
     "map_boxes_to_original": "transforms",
     "records_from_table": "dataset",

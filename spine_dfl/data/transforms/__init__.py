@@ -9,7 +9,7 @@
 
 The settings are imported eagerly; everything else (torch, MONAI) on first use of its name.
 
-Pipeline (``eval_transforms``; training appends the random part of ``train_transforms``)::
+Pipeline (``eval_transforms``; training appends ``augment_transforms``)::
 
     LoadRadiographd        path -> (1, H, W) float32, bone bright; "spacing_mm", minimal "meta"
     Orientd                a sample's "orientation" (stored -> canonical film), composed into to_original
@@ -72,8 +72,7 @@ _LAZY = {
     "augment_transforms": "compose",
     "deterministic_transforms": "compose",
     "eval_transforms": "compose",
-    "train_transforms": "compose",
-    **dict.fromkeys(("AcquisitionAugment", "RandomBatchAcquisition", "RandRoiJitterd", "RandRoiReframed",
+    **dict.fromkeys(("AcquisitionAugment", "RandomBatchAcquisition", "RandRoiReframed",
                     "TorchioAcquisitiond"), "acquisition"),
 }
 

@@ -1,38 +1,24 @@
 """Acquisition augmentation: what changes when the radiographs come from another site.
 
-Heel effect and scatter (a smooth multiplicative bias field), detector pitch and resampling,
-quantum noise, the console's processing (gamma, window and level, unsharp-mask edge
-enhancement) and collimation (a band at a border blanked with the fill value).  Every one of
-them is intensity-only: no pixel moves, so ``to_original`` (and every box mapped through it)
-stays exact.  The ROI margin and jitter are ROI-level: :class:`RandRoiJitterd` changes the ROI
-*before* :class:`~spine_dfl.data.transforms.crop.RoiCropd`, which then computes ``to_original``
-for the box it actually cropped; :class:`RandRoiReframed` does the same to the cached crop (zoom
-and shift composed into ``to_original``), the one training uses.
+Every part is intensity-only (no pixel moves, so ``to_original`` stays exact), except the
+ROI-level part, which composes its zoom and shift into ``to_original``.  Options:
+:class:`AcquisitionAugment` (torch-free, in ``acquisition_options``, so configs can hold it).
 
-Each part runs in one place only, with the options of :class:`AcquisitionAugment` (torch-free in
-``acquisition_options`` so configs can hold it):
-
-- :class:`TorchioAcquisitiond`, per sample after the cached crop (``compose.augment_transforms``):
-  TorchIO's ``RandomBiasField``, ``RandomAnisotropy``, ``RandomNoise`` and ``RandomGamma``, the
-  parts TorchIO has (the anisotropy's resampling in torch, :func:`resample_axis`).  It draws its
-  seed from the dataset's per-sample generator like the other random transforms, so the config
-  seed reproduces it.
-- :class:`RandomBatchAcquisition`, in the training loop on whole batches ``(B, 1, H, W)`` on their
-  device: window and level, unsharp-mask edge enhancement and collimation, which TorchIO does
-  not have.  Parameters are sampled per sample from a ``torch.Generator``
-  (:meth:`RandomBatchAcquisition.sample`), then the deterministic :func:`apply_processing` does
-  the work, TorchIO's pattern: one seed reproduces the batch bit for bit.
+- :class:`TorchioAcquisitiond`, per sample after the cached crop: TorchIO's bias field, noise and
+  gamma, and the detector pitch; seeded from the dataset's per-sample generator.
+- :class:`RandomBatchAcquisition`, on whole training batches on their device: window and level,
+  unsharp mask and collimation, which TorchIO does not have.
+- :class:`RandRoiReframed`, another site's ROI convention on the cached crop (the crop cut afresh
+  from the radiograph is :class:`~spine_dfl.data.transforms.crop.RandRoiRecropd`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
@@ -44,9 +30,9 @@ from spine_dfl.data.transforms.augment import AffineResampled
 from spine_dfl.data.transforms.crop import draw_roi_reframe, grown_roi
 
 __all__ = [
-    "AcquisitionAugment", "ProcessingParams", "RandomBatchAcquisition", "RandRoiJitterd", "RandRoiReframed",
+    "AcquisitionAugment", "ProcessingParams", "RandomBatchAcquisition", "RandRoiReframed",
     "TorchioAcquisition", "TorchioAcquisitiond",
-    "apply_processing", "bias_field", "collimate", "gaussian_blur", "resample_axis", "unsharp_mask", "window_level",
+    "apply_processing", "collimate", "gaussian_blur", "resample_axis", "unsharp_mask", "window_level",
 ]
 
 
@@ -130,8 +116,8 @@ class RandomBatchAcquisition:
     """The batch part of the acquisition augmentation (window and level, unsharp mask, collimation)
     on whole batches ``(B, 1, H, W)`` in [0, 1], on their device.
 
-    Batch-wise because these are plain tensor maps that cost ~1 ms for a whole 32 x 96 px batch,
-    where TorchIO (which has none of them) would work one sample at a time.  ``sample`` draws every
+    Batch-wise because these are plain tensor maps, cheap on a whole batch, that TorchIO does not
+    have.  ``sample`` draws every
     parameter from the given ``torch.Generator`` in a fixed order (all parts are drawn even when
     switched off, so switching one part leaves the others' draws alone); ``apply_processing`` does
     the work.  Usage::
@@ -186,9 +172,8 @@ def resample_axis(volume: torch.Tensor, axis: int, factor: float) -> torch.Tenso
     hold the outermost coarse sample).  Pixel centres stay where they are: a linear ramp comes back
     within half a pixel's step, with no shift on average.  ``factor`` 1 = identity.
 
-    TorchIO's own ``RandomAnisotropy`` does the same through two SimpleITK images: 2.1 ms against
-    0.2 ms per 96 px sample, parameter draw included (``benchmarks/acquisition_speed.py``), the
-    difference between training below and above 0.8 of model-only speed.
+    Ours because TorchIO's ``RandomAnisotropy`` goes through two SimpleITK images, ~35x slower on
+    every training sample; tests compare the two on random volumes.
     """
     size = volume.shape[axis]
     coarse_size = max(1, math.floor(size / factor))
@@ -212,90 +197,35 @@ def resample_axis(volume: torch.Tensor, axis: int, factor: float) -> torch.Tenso
     return lower + weight * (upper - lower)
 
 
-@functools.lru_cache(maxsize=8)
-def _bias_field_terms(shape: tuple[int, ...], order: int) -> tuple[tuple[np.ndarray, ...] | None, ...]:
-    """The powers of TorchIO's normalised meshes for each polynomial term of ``order``, in TorchIO's
-    order of the coefficients; ``None`` for a term that is zero everywhere (a ``z`` power of a
-    one-slice volume, whose mesh is 0)."""
-    half_shape = np.array(shape) / 2
-    meshes = np.asarray(np.meshgrid(*[np.arange(-n, n) + 0.5 for n in half_shape]))
-    for mesh in meshes:
-        mesh_max = mesh.max()
-        if mesh_max > 0:
-            mesh /= mesh_max
-    x_mesh, y_mesh, z_mesh = meshes
-    terms = []
-    for x_order in range(order + 1):
-        for y_order in range(order + 1 - x_order):
-            for z_order in range(order + 1 - (x_order + y_order)):
-                z_power = z_mesh**z_order
-                terms.append(None if not z_power.any() else (x_mesh**x_order, y_mesh**y_order, z_power))
-    return tuple(terms)
-
-
-def bias_field(shape: tuple[int, ...], order: int, coefficients: Sequence[float]) -> np.ndarray:
-    """TorchIO's ``BiasField.generate_bias_field`` for a ``(W, H, D)`` volume, bit for bit, with its
-    meshes and their powers computed once per shape: ``exp(sum_k c_k P_k)`` as float32.
-
-    TorchIO rebuilds the meshes on every call: 0.77 ms of a 96 px sample's 1.3 ms of TorchIO with
-    every part firing (0.39 ms here); at prob 1 training ran at 0.78 of model-only speed with
-    TorchIO's and 0.83 with this one (``benchmarks/train_loop_speed.py``).
-    """
-    field = np.zeros(shape)
-    for coefficient, term in zip(coefficients, _bias_field_terms(tuple(int(n) for n in shape), int(order))):
-        if term is not None:  # TorchIO adds c * 0 there: +-0 leaves every sum as it is
-            x_power, y_power, z_power = term
-            field += np.transpose(coefficient * x_power * y_power * z_power, (1, 0, 2))
-    return np.exp(field).astype(np.float32)
-
-
 class TorchioAcquisition:
-    """TorchIO's bias field, anisotropy, noise and gamma on one ``(C, W, H, 1)`` tensor, in the order
-    of image formation: beam (bias field: heel effect, scatter), detector (pitch: one random in-plane
-    axis, as TorchIO does; noise), the console's response curve (gamma).  Each part fires with
-    probability ``prob``.  Draws from torch's global CPU generator, as TorchIO does.
+    """TorchIO's random bias field, noise and gamma, and the detector pitch, on one ``(C, W, H, 1)``
+    tensor in the order of image formation (beam, detector, console); each part fires with
+    probability ``prob``, drawing from torch's global CPU generator as TorchIO does.
 
-    TorchIO's random transforms sample every parameter (``get_params``) and TorchIO's own
-    operations apply them: ``get_noise`` and the gamma ``power``; the bias field's coefficients
-    come from ``RandomBiasField.get_params`` and :func:`bias_field` (TorchIO's field bit for bit,
-    its meshes kept) applies them; the anisotropy's axis and factor come from
-    ``RandomAnisotropy.get_params`` and :func:`resample_axis` applies them.  Calling the point
-    operations directly rather than through ``tio.Compose`` skips TorchIO's per-call machinery
-    (subject parsing, history, a deep copy per transform, and a ``torch.manual_seed`` per noise
-    draw that formats a stack trace for lazy CUDA seeding): 0.87 against 8.3 ms per 96 px sample
-    at prob 1 (``benchmarks/acquisition_speed.py --prob 1``), which keeps training above 0.8 of
-    model-only speed (``benchmarks/train_loop_speed.py``).
+    The pitch draws its axis and factor from TorchIO's ``RandomAnisotropy`` and applies them with
+    :func:`resample_axis`: TorchIO resamples through SimpleITK, ~35x slower per 96 px sample.
     """
 
     def __init__(self, options: AcquisitionAugment) -> None:
         import torchio as tio
 
         o = self.options = options
-        self.bias = tio.RandomBiasField(coefficients=o.bias_coefficient, order=o.bias_order) if o.bias_field else None
+        common = {"p": o.prob, "copy": False}  # the input tensor is never changed in place
+        self.bias = (tio.RandomBiasField(coefficients=o.bias_coefficient, order=o.bias_order, **common)
+                     if o.bias_field else None)
         self.anisotropy = (tio.RandomAnisotropy(axes=(0, 1), downsampling=o.pitch_factor)
                            if o.pitch and o.pitch_factor[1] > 1.0 else None)
-        self.noise = tio.RandomNoise(std=o.noise_std) if o.noise else None
-        self.gamma = tio.RandomGamma(log_gamma=o.log_gamma) if o.gamma else None
-
-    def _fires(self) -> bool:
-        return float(torch.rand(1)) < self.options.prob  # TorchIO's own test of ``p``
+        self.noise = tio.RandomNoise(std=o.noise_std, **common) if o.noise else None
+        self.gamma = tio.RandomGamma(log_gamma=o.log_gamma, **common) if o.gamma else None
 
     def __call__(self, volume: torch.Tensor) -> torch.Tensor:
-        from torchio.transforms.augmentation.intensity.random_gamma import power
-        from torchio.transforms.augmentation.intensity.random_noise import get_noise
-
-        out = volume
-        if self.bias is not None and self._fires():
-            coefficients = self.bias.get_params(self.bias.order, self.bias.coefficients_range)
-            out = out * torch.as_tensor(bias_field(tuple(out.shape[1:]), self.bias.order, coefficients))
-        if self.anisotropy is not None and self._fires():
+        out = volume if self.bias is None else self.bias(volume)
+        if self.anisotropy is not None and float(torch.rand(1)) <= self.options.prob:  # TorchIO's test of ``p``
             axis, factor = self.anisotropy.get_params(self.anisotropy.axes, self.anisotropy.downsampling_range)
             out = resample_axis(out, 1 + int(axis), float(factor))  # TorchIO's axis 0 is dim 1 of (C, W, H, 1)
-        if self.noise is not None and self._fires():
-            mean, std, _ = self.noise.get_params(self.noise.mean_range, self.noise.std_range)
-            out = out + get_noise(out, mean, std)
-        if self.gamma is not None and self._fires():
-            out = power(out, self.gamma.get_params(self.gamma.log_gamma_range))
+        for transform in (self.noise, self.gamma):
+            if transform is not None:
+                out = transform(out)
         return out
 
 
@@ -322,9 +252,10 @@ class TorchioAcquisitiond(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
         d = dict(data)
-        with torch.random.fork_rng(devices=[]), single_thread():
-            # the CPU generator only (TorchIO draws there): torch.manual_seed would also queue a
-            # lazy CUDA seeding with a formatted stack trace, ~0.5 ms a sample on a CPU machine
+        # TorchIO's noise seeds every device through torch.manual_seed: fork CUDA's state too once
+        # CUDA runs (never initialising it here: this runs in data-loader workers)
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=devices), single_thread():
             torch.default_generator.manual_seed(self._seed)
             for key in self.key_iterator(d):
                 # TorchIO's (C, W, H, D) layout: a radiograph is (C, W, H, 1)
@@ -334,48 +265,10 @@ class TorchioAcquisitiond(Randomizable, MapTransform):
         return d
 
 
-class RandRoiJitterd(Randomizable, MapTransform):
-    """ROI margin and jitter, before the crop: ``data[roi_key]`` (x_min, y_min, x_max, y_max) grows
-    by a margin per side in ``roi_margin`` and each side moves by +-``roi_shift`` (fractions of
-    the ROI's larger side).  The ROI crop that follows computes ``to_original`` for the box it
-    crops, so the mapping stays exact.  A missing ROI (whole image) passes unchanged.
-    """
-
-    def __init__(self, keys: KeysCollection = "image", options: AcquisitionAugment = AcquisitionAugment(),
-                 roi_key: str = "roi") -> None:
-        MapTransform.__init__(self, keys, allow_missing_keys=True)
-        self.options, self.roi_key = options, roi_key
-        self._offsets = (0.0, 0.0, 0.0, 0.0)
-
-    def randomize(self, data: Any = None) -> None:
-        o = self.options
-        fires = self.R.random_sample() < o.prob
-        margin = self.R.uniform(o.roi_margin[0], o.roi_margin[1])
-        shifts = self.R.uniform(-o.roi_shift, o.roi_shift, size=4)
-        self._offsets = (0.0, 0.0, 0.0, 0.0) if not fires else (
-            -margin + shifts[0], -margin + shifts[1], margin + shifts[2], margin + shifts[3])
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        self.randomize()
-        d = dict(data)
-        roi = d.get(self.roi_key)
-        if roi is None:
-            return d
-        x0, y0, x1, y1 = (float(v) for v in roi)
-        side = max(x1 - x0, y1 - y0)
-        new = [x0 + self._offsets[0] * side, y0 + self._offsets[1] * side,
-               x1 + self._offsets[2] * side, y1 + self._offsets[3] * side]
-        # never inverted: keep at least half of the ROI's own extent on each axis
-        if new[2] - new[0] < 0.5 * (x1 - x0) or new[3] - new[1] < 0.5 * (y1 - y0):
-            return d
-        d[self.roi_key] = tuple(new)
-        return d
-
-
 class RandRoiReframed(Randomizable, MapTransform):
     """Another site's ROI convention *after* the cached crop: the crop is zoomed and shifted as if
     the ROI had grown by a margin per side uniform in ``roi_margin`` and its centre had moved by
-    +-``roi_shift`` per axis (fractions of the ROI's larger side, as :class:`RandRoiJitterd`).
+    +-``roi_shift`` per axis (fractions of the ROI's larger side).
 
     The crop was cut with ``crop_margin`` (the preprocessing's ``roi_margin``) on every side, so
     its side is ``L (1 + 2 crop_margin)`` for an ROI of larger side ``L``; a margin ``m`` more

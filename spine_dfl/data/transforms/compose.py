@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from monai.transforms import (
     Compose,
@@ -17,7 +16,7 @@ from monai.transforms import (
 from spine_dfl.data.transforms.acquisition import RandRoiReframed, TorchioAcquisitiond
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.augment import RandRadiographAffined
-from spine_dfl.data.transforms.crop import RandRoiRecropd, ResizePadd, RoiCropd, window_margin
+from spine_dfl.data.transforms.crop import RandRoiRecropd, ResizePadd, RoiCropd, percentile_window_args, window_margin
 from spine_dfl.data.transforms.load import LoadRadiographd
 from spine_dfl.data.transforms.orient import Orientd
 from spine_dfl.data.transforms.settings import AugmentConfig, Preprocessing
@@ -26,13 +25,11 @@ from spine_dfl.data.transforms.settings import AugmentConfig, Preprocessing
 def deterministic_transforms(pre: Preprocessing, keys: str = "image", lru_size: int = 2) -> list[Transform]:
     """The cacheable part: load, turn to canonical (a sample's ``orientation``, when given), ROI crop,
     percentile normalisation, resize + pad, plain tensor."""
-    low, high = pre.intensity_percentiles
     return [
         LoadRadiographd(keys, lru_size=lru_size),
         Orientd(keys),
         RoiCropd(keys, margin=pre.roi_margin, use_roi=pre.use_roi),
-        ScaleIntensityRangePercentilesd(keys, lower=float(low), upper=float(high), b_min=0.0, b_max=1.0,
-                                        clip=True, dtype=np.float32),
+        ScaleIntensityRangePercentilesd(keys, **percentile_window_args(pre)),
         ResizePadd(keys, size=pre.input_size, fill=0.0),
         EnsureTyped(keys, data_type="tensor", dtype=torch.float32, track_meta=False),
     ]
@@ -82,8 +79,7 @@ def augment_transforms(aug: AugmentConfig, keys: str = "image", acquisition: Acq
         reframe = [RandRoiReframed(keys, acquisition, crop_margin=crop_margin)]
     if acquisition is not None and acquisition.enabled:
         if acquisition.bias_field or acquisition.pitch or acquisition.noise or acquisition.gamma:
-            # Per sample on the cached crop (96 px in the CPU demo), not the original radiograph:
-            # ~1.3 ms a sample there at prob 0.5 (benchmarks/acquisition_speed.py).
+            # per sample on the cached crop, not the original radiograph: far fewer pixels
             site = [TorchioAcquisitiond(keys, acquisition)]
     return [
         *reframe,
@@ -100,13 +96,3 @@ def augment_transforms(aug: AugmentConfig, keys: str = "image", acquisition: Acq
 def eval_transforms(pre: Preprocessing) -> Compose:
     """Deterministic pipeline: {"image": path, "roi": ROI | None, ...} -> sample dict (see module doc)."""
     return Compose(deterministic_transforms(pre))
-
-
-def train_transforms(pre: Preprocessing, aug: AugmentConfig, seed: int = 0) -> Compose:
-    """Eval pipeline followed by the random augmentation, seeded with ``Compose.set_random_state(seed)``.
-
-    MONAI's CacheDataset caches up to the first Randomizable, i.e. exactly the eval part.
-    """
-    compose = Compose([*deterministic_transforms(pre), *augment_transforms(aug)])
-    compose.set_random_state(seed=int(seed))
-    return compose
