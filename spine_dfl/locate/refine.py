@@ -41,10 +41,8 @@ from scipy import ndimage
 class RefineSettings:
     """Fractions of the vertebra's mean six-point height, and pixels where said."""
 
-    # Half-length of the profile along the axis: a severely wedged or crushed body's points sit up to
-    # ~0.4 of the locator's (normal-looking) height off; the nearest edge of the same polarity, the
-    # neighbour's same endplate, is ~1.2 heights away (on a seed-23 synth cohort 0.25 -> 0.45 took
-    # the refined share from 0.85 to 0.97 and the Genant kappa from 0.69 to 0.89, two passes each).
+    # Half-length of the profile along the axis: long enough for a crushed body's points (up to ~0.4
+    # of the locator's height off), short of the neighbour's same endplate (~1.2 heights away).
     window: float = 0.45
     strip: float = 0.08  # half-width of the strip averaged along the endplate
     step: float = 0.25  # profile sampling step, pixels

@@ -10,48 +10,18 @@ from dataclasses import dataclass, fields
 
 @dataclass(frozen=True)
 class AcquisitionAugment:
-    """Acquisition augmentation: a switch per part and its ranges; each part fires per sample
-    with probability ``prob``.  Intensities are those of the network input, in [0, 1].
+    """Acquisition augmentation: what another site's beam, detector, console and localiser change.
 
-    Per sample, by TorchIO (after the cached crop):
-
-    bias_field: multiplicative ``exp(sum c_k P_k(x, y))`` over the polynomials up to
-        ``bias_order`` (heel effect, scatter; the constant term is a global exposure change),
-        ``c_k`` uniform in [-bias_coefficient, +bias_coefficient] (TorchIO ``RandomBiasField``).
-    pitch: one random in-plane axis sampled (nearest) onto a grid a factor uniform in
-        ``pitch_factor`` coarser and resampled back linearly (detector pitch, resampling;
-        TorchIO ``RandomAnisotropy`` samples axis and factor, ``resample_axis`` applies them).
-    noise: additive Gaussian noise, std uniform in ``noise_std`` (TorchIO ``RandomNoise``).
-    gamma: ``x ** exp(g)``, g uniform in ``log_gamma`` (TorchIO ``RandomGamma``).
-
-    On whole batches, in the training loop (TorchIO has none of these):
-
-    window: a new window, level ``0.5 +- window_level_shift``, width in ``window_width``
-        (1 = unchanged), clipped to [0, 1].
-    unsharp: ``x + gain * (x - blur_sigma(x))``, sigma in ``unsharp_sigma`` px, gain in
-        ``unsharp_gain`` (negative gains soften).
-    collimation: a band of width ``collimation_width`` (fraction of the side) at one random
-        border set to ``fill``.
-
-    Per sample, ROI-level (:class:`RandRoiReframed` on the cached crop):
-
-    roi_jitter: margin per side uniform in ``roi_margin`` and shift per side in +-``roi_shift``,
-        both fractions of the ROI's larger side.
-    roi_follows_reframe: the ROI itself (the box a ``pstream_region: roi`` P-stream searches)
-        grows and moves with the reframed crop, as another site's box would; off, the true box
-        stays.  Off by default and in the CPU demo; on, in half of the reframed samples
-        (``roi_follows_prob``), in ``spine_dfl/configs/cpu_multisite.yaml``, which halves the cross-site
-        drop of macro AUC at the cost of wedge fractures' patches on two seeds of three (README
-        "Moving to another site").
-    roi_follows_prob: with ``roi_follows_reframe``, the fraction of reframed samples whose ROI
-        follows; the rest keep the true box inside the reframed crop (1 = all).
-    reframe_from_radiograph: the ROI-level part cuts each reframed crop afresh from a cached window
-        of the radiograph around the ROI (``crop.RandRoiRecropd``: anatomy where a looser ROI shows
-        more, the new crop's percentile window, as at another site) instead of zooming the cached
-        crop (``RandRoiReframed``: ``fill`` where the anatomy would be).  The cache then holds the
-        larger windows (``crop.window_margin``); evaluation is unchanged.  Off by default and in the
-        CPU demo, on in ``spine_dfl/configs/cpu_multisite.yaml`` (README "Moving to another site").
-    fill: the value of "no signal" in the input (0 after the percentile normalisation).
+    A switch per part and its range; each part fires per sample with probability ``prob``, on
+    network inputs in [0, 1].  TorchIO per sample: ``bias_field`` (``bias_coefficient``,
+    ``bias_order``), ``pitch`` (``pitch_factor``), ``noise`` (``noise_std``), ``gamma``
+    (``log_gamma``).  Per batch: ``window`` (level ``0.5 +- window_level_shift``,
+    ``window_width``), ``unsharp`` (``unsharp_sigma`` px, ``unsharp_gain``), ``collimation``
+    (``collimation_width`` of a side, set to ``fill``).  ROI-level: ``roi_jitter`` (``roi_margin``
+    per side, ``roi_shift``, fractions of the ROI's larger side); ``roi_follows_reframe`` hands the
+    P-stream the grown box too (in ``roi_follows_prob`` of the samples); ``reframe_from_radiograph``
+    cuts the crop afresh from a cached window instead of zooming the cached crop.  ``fill`` is "no
+    signal" (0 after the percentile window).  See ``docs/moving-sites.md`` for what each buys.
     """
 
     enabled: bool = False
