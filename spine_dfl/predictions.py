@@ -56,7 +56,6 @@ BRANCHES = ("g", "p", "side")
 BRANCH_PROB_PREFIXES: dict[str, str] = {b: f"{b}_{PROB_PREFIX}" for b in BRANCHES}
 BRANCH_PRED_COLUMNS: dict[str, str] = {b: f"{PRED_COLUMN}_{b}" for b in BRANCHES}
 ROI_SOURCE_COLUMNS = ("roi_source", "locator_confidence")
-ROI_SOURCES = ("file", "manifest", "locator")
 SHIFT_COLUMNS = ("shift_score", "in_distribution")
 ORIENTATION_COLUMN = "orientation"  # how the stored film was turned to canonical (``io.orientation`` names)
 LEVEL_COLUMNS = ("level_confidence", "level_anchored", "transitional")

@@ -318,13 +318,14 @@ def test_patient_split_fractions() -> None:
         patient_split(table, seed=0, fractions=(0.5, 0.5))  # type: ignore[arg-type]
 
 
-def test_with_split_and_summary(tmp_path: Path) -> None:
+def test_summary(tmp_path: Path) -> None:
     table = cohort_table(15, vertebrae=3)
     table.to_csv(tmp_path / "m.csv", index=False)
     m = load_manifest(tmp_path / "m.csv", check_files=False)
     assert not m.has_split
-    split_m = m.with_split(seed=0)
-    assert split_m.has_split and "split" not in m.table.columns
+    table.assign(split=patient_split(table, seed=0)).to_csv(tmp_path / "split.csv", index=False)
+    split_m = load_manifest(tmp_path / "split.csv", check_files=False)
+    assert split_m.has_split
     summary = summarize(split_m)
     assert summary["rows"] == 45 and summary["patients"] == 15 and summary["images"] == 15
     assert sum(summary["splits"][s]["patients"] for s in ("train", "val", "test")) == 15

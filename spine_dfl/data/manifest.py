@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from spine_dfl.data import landmarks
-from spine_dfl.data.splits import SPLITS, patient_keys, patient_split
+from spine_dfl.data.splits import SPLITS, patient_keys
 from spine_dfl.data.summary import format_summary, summarize
 from spine_dfl.io import GENANT_GRADES, ROI_COLUMNS, normalize_level
 
@@ -90,15 +90,6 @@ class Manifest:
     has_vertebra: bool = False
     has_patient_id: bool = False
     extra_columns: list[str] = field(default_factory=list)
-
-    def with_split(self, seed: int = 0, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Manifest:
-        """This manifest with a ``split`` column; a patient-level split by ``seed`` when it has none."""
-        if self.has_split:
-            return self
-        table = self.table.copy()
-        table["split"] = patient_split(table, seed=seed, fractions=fractions)
-        return Manifest(table, list(self.class_names), self.has_roi, True, self.path,
-                        self.has_vertebra, self.has_patient_id, list(self.extra_columns))
 
 
 # --------------------------------------------------------------------------- helpers

@@ -48,14 +48,6 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 OWN_SERIES_NUMBERS = (SR_SERIES_NUMBER, SC_SERIES_NUMBER)
 
 
-class SpoolError(ValueError):
-    """An instance that cannot be spooled; ``status`` is the C-STORE status to answer."""
-
-    def __init__(self, reason: str, status: int) -> None:
-        super().__init__(reason)
-        self.reason, self.status = reason, status
-
-
 def valid_uid(value: object) -> str:
     """The UID as a string, or ValueError when it could name anything but one spool entry."""
     text = str(value or "").strip().rstrip("\0")
