@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from spine_dfl.config import ConfigError, config_to_dict, load_config, shipped_config_names
+from spine_dfl.config import ConfigError, DataConfig, config_to_dict, load_config, shipped_config_names
+from spine_dfl.data.transforms.settings import Preprocessing
 
 
 @pytest.mark.parametrize("name", shipped_config_names())
-def test_shipped_configs_validate(name: str) -> None:
+def test_shipped_configs_reload_from_what_a_checkpoint_stores(name: str) -> None:
     config = load_config(name)
-    assert config.model.filters_per_class >= 1
-    assert config.data.input_size >= 32
+    assert type(config).model_validate(config_to_dict(config)) == config
+
+
+def test_the_data_sections_defaults_and_percentile_rule_are_the_transforms() -> None:
+    data, pre = DataConfig(), Preprocessing()
+    assert (data.input_size, data.roi_margin, data.intensity_percentiles) == (
+        pre.input_size, pre.roi_margin, pre.intensity_percentiles)
+    for bad in ((99.0, 1.0), (5.0, 5.0), (-1.0, 50.0), (50.0, 101.0)):
+        with pytest.raises(ValueError, match="0 <= low < high <= 100"):
+            Preprocessing(intensity_percentiles=bad)
+        with pytest.raises(ValueError, match="0 <= low < high <= 100"):
+            DataConfig(intensity_percentiles=bad)
 
 
 def test_shipped_configs_cover_the_paper_and_cpu_settings() -> None:

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from spine_dfl.config.base import Strict
 from spine_dfl.config.locator import LocatorAugment, LocatorConfig
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
-from spine_dfl.data.transforms.settings import AugmentConfig
+from spine_dfl.data.transforms.settings import AugmentConfig, Preprocessing, check_intensity_percentiles
 from spine_dfl.model.defaults import BACKBONES, DEFAULT_BRANCH_WEIGHTS, PSTREAM_LAYERS
 
 __all__ = [
@@ -90,10 +90,13 @@ class ModelConfig(Strict):
         return value
 
 
+_PRE = Preprocessing()  # the transforms' defaults: one source
+
+
 class DataConfig(Strict):
-    input_size: int = Field(160, ge=32, description="network input is 1 x S x S pixels")
-    roi_margin: float = Field(0.15, ge=0.0, description="fraction of the ROI's larger side added on every side")
-    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    input_size: int = Field(_PRE.input_size, ge=32, description="network input is 1 x S x S pixels")
+    roi_margin: float = Field(_PRE.roi_margin, ge=0.0, description="fraction of the ROI's larger side added on every side")
+    intensity_percentiles: tuple[float, float] = _PRE.intensity_percentiles
     use_roi: Literal["auto", "yes", "no"] = "auto"
     cache: Literal["none", "memory", "disk"] = "memory"
     cache_dir: str | None = None
@@ -108,10 +111,7 @@ class DataConfig(Strict):
     @field_validator("intensity_percentiles")
     @classmethod
     def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError("need 0 <= low < high <= 100")
-        return value
+        return check_intensity_percentiles(value)
 
 
 class TrainConfig(Strict):

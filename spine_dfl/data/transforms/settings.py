@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def check_intensity_percentiles(value: tuple[float, float]) -> tuple[float, float]:
+    """``value`` when it is a (low, high) pair with 0 <= low < high <= 100; else a ValueError."""
+    low, high = value
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"intensity_percentiles need 0 <= low < high <= 100, got {tuple(value)}")
+    return value
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Deterministic preprocessing; stored in every checkpoint (``dataclasses.asdict``).
@@ -25,9 +33,7 @@ class Preprocessing:
             raise ValueError(f"input_size must be positive, got {self.input_size}")
         if self.roi_margin < 0:
             raise ValueError(f"roi_margin must be >= 0, got {self.roi_margin}")
-        low, high = self.intensity_percentiles
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError(f"intensity_percentiles need 0 <= low < high <= 100, got {self.intensity_percentiles}")
+        check_intensity_percentiles(self.intensity_percentiles)
 
 
 @dataclass(frozen=True)
