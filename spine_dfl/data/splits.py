@@ -1,7 +1,7 @@
 """Patient-level splitting: THE one patient splitter (manifests without a split column, synthetic cohorts).
 
-A patient is ``patient_id`` when given, else the image (each image its own patient); no patient
-is ever in two splits.
+A patient is ``io.patients.patient_key`` (``patient_id``, else the image); no patient is ever in
+two splits.
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from spine_dfl.io.patients import patient_keys
+from spine_dfl.io.errors import InputError
+
+__all__ = ["SPLITS", "patient_keys", "patient_split"]
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-
-
-def patient_keys(table: pd.DataFrame) -> pd.Series:
-    """Patient of every row: ``patient_id`` when given, else the image path (each image its own patient)."""
-    image = table["image"].astype(str)
-    if "patient_id" not in table.columns:
-        return "image:" + image
-    pid = table["patient_id"].fillna("").astype(str)
-    return pid.where(pid != "", "image:" + image)
 
 
 def patient_split(
@@ -46,7 +42,7 @@ def patient_split(
     """
     fr = np.asarray(fractions, dtype=np.float64)
     if fr.shape != (3,) or (fr < 0).any() or fr.sum() <= 0:
-        raise ValueError(f"split fractions must be three non-negative numbers with a positive sum, got {fractions}")
+        raise InputError(f"split fractions must be three non-negative numbers with a positive sum, got {fractions}")
     keys = patient_keys(table).to_numpy()
     labels = table["label"].fillna("").astype(str).to_numpy() if "label" in table.columns else np.full(len(table), "")
     patient_classes: dict[str, set[str]] = defaultdict(set)

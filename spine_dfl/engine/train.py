@@ -85,14 +85,15 @@ def selection_score(metric: str, table: Any, class_names: list[str], loss: float
     epoch chosen here is the best by the figure the report shows. Where the macro AUC is undefined
     (fewer than two classes in the validation rows) selection falls back to balanced accuracy.
     """
+    from spine_dfl.io.patients import patient_keys
     from spine_dfl.metrics import group_metrics
 
     if metric == "loss":
         return -loss
     y_true = table["label"].map({c: i for i, c in enumerate(class_names)}).to_numpy()
     probs = table[prob_columns(class_names)].to_numpy(dtype=np.float64)
-    patients = table["patient_id"].to_numpy() if "patient_id" in table else table["image"].to_numpy()
-    scores = group_metrics(y_true, probs.argmax(axis=1), probs, patients.astype(object), class_names,
+    patients = patient_keys(table).to_numpy(dtype=object)
+    scores = group_metrics(y_true, probs.argmax(axis=1), probs, patients, class_names,
                            n_bootstrap=0, seed=0)
     if metric == "macro_auc" and scores["macro_auc"] is None:
         return float(scores["balanced_accuracy"])

@@ -36,6 +36,8 @@ from spine_dfl.gate.view import DEFAULT_PERCENTILES, DEFAULT_SIZE, thumbnail
 from spine_dfl.gate.view_negatives import PHANTOM_LATERAL, extremity_negatives, phantom_images, synthetic_negative
 from spine_dfl.io import ImageReadError, read_dicom_header, read_image
 from spine_dfl.io.orientation import CANONICAL, Orientation, orientation_from_header
+from spine_dfl.io.patients import patient_key
+from spine_dfl.io.errors import InputError
 
 __all__ = ["CohortFilm", "ViewSamples", "build_view_samples", "cohort_films", "cut_film", "generated_images",
            "stored_orientation"]
@@ -114,7 +116,7 @@ def _manifest_images(manifest: Path) -> tuple[dict[str, list[list[float]]], dict
             image = row.get("image", "")
             if not image:
                 continue
-            patients.setdefault(image, row.get("patient_id") or image)
+            patients.setdefault(image, patient_key(row.get("patient_id"), image, 0))
             cells = [row.get(c, "") for c in ("x_min", "y_min", "x_max", "y_max")]
             boxes[image]  # every image gets an entry, ROIs or not
             if all(cells):
@@ -135,7 +137,7 @@ def cohort_films(manifest: str | Path, side: int = WORKING_SIDE) -> list[CohortF
     """The lateral films of a manifest (canonical) and, for a DRR cohort, its AP films (as stored)."""
     manifest = Path(manifest)
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: manifest not found")
+        raise InputError(f"{manifest}: manifest not found")
     folder = manifest.parent
     boxes, patients = _manifest_images(manifest)
     films = []
@@ -155,7 +157,7 @@ def cohort_films(manifest: str | Path, side: int = WORKING_SIDE) -> list[CohortF
         pixels, _ = _reduce(read_image(folder / image).pixels, np.zeros((0, 4)), side)
         films.append(CohortFilm(pixels, False, f"{folder.name}/{patient}", folder.name))
     if not any(f.lateral for f in films):
-        raise ValueError(f"{manifest}: no images listed")
+        raise InputError(f"{manifest}: no images listed")
     return films
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from spine_dfl.io import ROI_COLUMNS, normalize_level
+from spine_dfl.io.patients import patient_keys
 from spine_dfl.predictions import (
     BRANCH_PRED_COLUMNS,
     BRANCH_PROB_PREFIXES,
@@ -155,16 +156,7 @@ def prepare(table: pd.DataFrame, classes: list[str] | None = None, source: str =
 
     image = (table["image"].fillna("").astype(str).str.strip().to_numpy(dtype=object)
              if "image" in table.columns else np.full(n, "", dtype=object))
-    if "patient_id" in table.columns:
-        patient_text = table["patient_id"].where(~pd.Series(_is_blank(table["patient_id"])), "")
-        patient_text = patient_text.astype(str).str.strip().to_numpy(dtype=object)
-    else:
-        patient_text = np.full(n, "", dtype=object)
-    # Rows without a patient are their own patient per image (all levels of one image belong together).
-    patient = np.array(
-        [p if p else (f"image:{img}" if img else f"row:{i}") for i, (p, img) in enumerate(zip(patient_text, image))],
-        dtype=object,
-    )
+    patient = patient_keys(table).to_numpy(dtype=object)
     if "vertebra" in table.columns:
         blank = _is_blank(table["vertebra"])
         level = np.array(
