@@ -140,7 +140,7 @@ def test_train_collectives_go_through_the_helper_on_its_device(
     small_cohort: Path, tmp_path: Path, monkeypatch, single_process_group
 ) -> None:
     """Every tensor train hands to a collective is made by engine.distributed on the device the backend
-    needs (NCCL takes CUDA tensors only; the old loop broadcast a CPU tensor)."""
+    needs (NCCL takes CUDA tensors only)."""
     import inspect
 
     import torch.distributed as dist
@@ -208,7 +208,7 @@ def test_flag_broadcast_works_on_nccl(tmp_path: Path) -> None:
         helper = Distributed(world_size=2, backend="nccl", device=collective_device("nccl", device))
         assert helper.broadcast_code(2) == 2
         with pytest.raises(Exception):
-            dist.broadcast(torch.zeros(1), src=0)  # what the old loop did
+            dist.broadcast(torch.zeros(1), src=0)  # a CPU tensor: NCCL refuses it
     finally:
         dist.destroy_process_group()
 
@@ -255,7 +255,7 @@ def test_nan_validation_loss_in_the_first_epoch_says_so(small_cohort: Path, tmp_
 
 def test_selection_macro_auc_is_the_reports_on_a_table_missing_a_class() -> None:
     """One definition of macro AUC: selection must agree with the report, also when the validation
-    rows lack a class (the old selection renormalised the probabilities over the present classes)."""
+    rows lack a class (the probabilities are not renormalised over the present classes)."""
     import numpy as np
 
     from spine_dfl.engine.train import selection_score
