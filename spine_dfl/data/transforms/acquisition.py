@@ -27,7 +27,7 @@ from monai.transforms import MapTransform, Randomizable
 from spine_dfl.data.threads import single_thread
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.augment import AffineResampled
-from spine_dfl.data.transforms.crop import draw_roi_reframe, grown_roi
+from spine_dfl.data.transforms.crop import RoiReframeDraw, grown_roi
 
 __all__ = [
     "AcquisitionAugment", "ProcessingParams", "RandomBatchAcquisition", "RandRoiReframed",
@@ -265,7 +265,7 @@ class TorchioAcquisitiond(Randomizable, MapTransform):
         return d
 
 
-class RandRoiReframed(Randomizable, MapTransform):
+class RandRoiReframed(RoiReframeDraw, MapTransform):
     """Another site's ROI convention *after* the cached crop: the crop is zoomed and shifted as if
     the ROI had grown by a margin per side uniform in ``roi_margin`` and its centre had moved by
     +-``roi_shift`` per axis (fractions of the ROI's larger side).
@@ -293,10 +293,6 @@ class RandRoiReframed(Randomizable, MapTransform):
         self.options, self.crop_margin, self.affine_key = options, float(crop_margin), affine_key
         self.roi_key = roi_key
         self.fill = float(options.fill if fill is None else fill)
-        self._params: tuple[bool, float, float, float, bool] = (False, 0.0, 0.0, 0.0, False)
-
-    def randomize(self, data: Any = None) -> None:
-        self._params = draw_roi_reframe(self.R, self.options)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()

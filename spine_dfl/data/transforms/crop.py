@@ -118,6 +118,17 @@ def draw_roi_reframe(random_state: np.random.RandomState,
     return fires, margin, shift_x, shift_y, follows
 
 
+class RoiReframeDraw(Randomizable):
+    """The ROI-level part's draw (:func:`draw_roi_reframe`) for the transforms that reframe a crop;
+    ``_params`` holds the last one."""
+
+    options: AcquisitionAugment
+    _params: tuple[bool, float, float, float, bool] = (False, 0.0, 0.0, 0.0, False)
+
+    def randomize(self, data: Any = None) -> None:
+        self._params = draw_roi_reframe(self.R, self.options)
+
+
 def grown_roi(roi: Sequence[float], margin: float, shift: tuple[float, float]) -> tuple[float, float, float, float]:
     """``roi`` (x_min, y_min, x_max, y_max) grown by ``margin`` x its larger side on every side
     (a negative margin shrinks it, never past half of either side) and its centre moved by
@@ -201,7 +212,7 @@ class RoiRecropd(MapTransform):
         return self.crop_to(data, data.get(self.roi_key))
 
 
-class RandRoiRecropd(Randomizable, MapTransform):
+class RandRoiRecropd(RoiReframeDraw, MapTransform):
     """Another site's ROI convention cut from the radiograph: with probability ``options.prob`` the
     ROI grows by a margin per side uniform in ``options.roi_margin`` and its centre moves by
     +-``options.roi_shift`` per axis (fractions of its larger side, the parameters and draws of
@@ -219,10 +230,6 @@ class RandRoiRecropd(Randomizable, MapTransform):
         MapTransform.__init__(self, keys)
         self.options, self.roi_key = options, roi_key
         self.recrop = RoiRecropd(keys, pre, roi_key, affine_key)
-        self._params: tuple[bool, float, float, float, bool] = (False, 0.0, 0.0, 0.0, False)
-
-    def randomize(self, data: Any = None) -> None:
-        self._params = draw_roi_reframe(self.R, self.options)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         self.randomize()
