@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from spine_dfl.io.errors import InputError
 from spine_dfl.io.rois import ROI_COLUMNS
 
 IMAGE_COLUMN = "image"
@@ -65,7 +66,7 @@ MORPHOMETRY_TEXT_COLUMNS = ("height_unit", "morph_grade", "morph_kind")
 NUMERIC_EXTRA_COLUMNS = ("locator_confidence", "level_confidence", "shift_score", *(c for c in MORPHOMETRY_COLUMNS if c not in MORPHOMETRY_TEXT_COLUMNS))
 
 
-class PredictionsError(ValueError):
+class PredictionsError(InputError):
     """A predictions file cannot be read; the message names the file, column and rows."""
 
 

@@ -20,6 +20,7 @@ from spine_dfl.config.base import Strict
 from spine_dfl.config.locator import LocatorAugment, LocatorConfig
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.settings import AugmentConfig, Preprocessing, check_intensity_percentiles
+from spine_dfl.io.errors import ConfigError
 from spine_dfl.model.defaults import BACKBONES, DEFAULT_BRANCH_WEIGHTS, PSTREAM_LAYERS
 
 __all__ = [
@@ -39,10 +40,6 @@ def shipped_config_names() -> list[str]:
         return []
     return sorted(entry.name.removesuffix(".yaml") for entry in SHIPPED_CONFIGS.iterdir()
                   if entry.name.endswith(".yaml") and entry.is_file())
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the file/key and the problem."""
 
 
 class BranchWeights(Strict):
@@ -145,7 +142,8 @@ SELECT_METRICS: dict[str, tuple[str, ...]] = {
 class RunConfig(Strict):
     task: Literal["grader", "locator"] = Field("grader", description="grader: DFL-CNN; locator: vertebra locator")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto (CUDA when present), cpu, cuda or cuda:N")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()

@@ -56,6 +56,7 @@ from spine_dfl.data.transforms.compose import (
 from spine_dfl.data.transforms.crop import RoiRecropd, window_margin
 from spine_dfl.data.transforms.geometry import roi_in_input
 from spine_dfl.io import ROI_COLUMNS
+from spine_dfl.io.errors import InputError
 
 CacheMode = Literal["none", "memory", "disk"]
 # Bump when the cached sample format or the deterministic pipeline changes.
@@ -91,7 +92,7 @@ def records_from_table(table: pd.DataFrame, class_names: Sequence[str] | None = 
     unknown = [(row, label) for row, label in zip(rows, labels) if label and label not in lookup]
     if unknown:
         shown = ", ".join(f"row {r}: {lab!r}" for r, lab in unknown[:10])
-        raise ValueError(f"labels not among the classes {names}: {shown}")
+        raise InputError(f"labels not among the classes {names}: {shown}")
     extras = {name: column(name) for name in ("split", "sop_instance_uid") if name in table.columns}
     images, vertebrae, patients = column("image"), column("vertebra"), column("patient_id")
     records = []
@@ -133,9 +134,9 @@ def manifest_records(
     if split is not None and manifest.has_split:
         table = table[table["split"] == split]
         if table.empty:
-            raise ValueError(f"{manifest_path}: no rows in split {split!r}")
+            raise InputError(f"{manifest_path}: no rows in split {split!r}")
     if use_roi and not manifest.has_roi:
-        raise ValueError(f"{manifest_path}: the model was trained on vertebra ROIs but the manifest has no ROI columns")
+        raise InputError(f"{manifest_path}: the model was trained on vertebra ROIs but the manifest has no ROI columns")
     return records_from_table(table, list(class_names))
 
 

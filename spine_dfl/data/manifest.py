@@ -43,6 +43,7 @@ from spine_dfl.data import landmarks
 from spine_dfl.data.splits import SPLITS, patient_keys
 from spine_dfl.data.summary import format_summary, summarize
 from spine_dfl.io import GENANT_GRADES, ROI_COLUMNS, normalize_level
+from spine_dfl.io.errors import InputError
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("image", "label")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("vertebra", "patient_id", "split")
@@ -55,7 +56,7 @@ __all__ = [
 ]
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     """A manifest has one or more problems; ``errors`` lists every one of them.
 
     Each message names the manifest file, the row (1-based data row and file line) and

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from spine_dfl.io.errors import InputError
 
 if TYPE_CHECKING:  # torch-free at import: the writer processes start quickly
     from spine_dfl.heatmap.evidence import EvidenceMap
@@ -13,7 +14,7 @@ if TYPE_CHECKING:  # torch-free at import: the writer processes start quickly
 __all__ = ["DicomOutputError", "DicomResultFiles", "VertebraFinding"]
 
 
-class DicomOutputError(ValueError):
+class DicomOutputError(InputError):
     """A result object could not be built or written for a source image (message says why)."""
 
 

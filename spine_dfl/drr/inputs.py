@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from spine_dfl.drr.dicom import DrrIdentity
+from spine_dfl.io.errors import InputError
 from spine_dfl.io.verse import VERSE_LABELS, VerseFormatError, level_label, read_centroids
 from spine_dfl.io.vocabulary import GENANT_GRADES
 
@@ -29,7 +30,7 @@ _SIDECAR_KEYS = ("PatientID", "PatientName", "StudyInstanceUID", "StudyDate")
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 
-class DrrInputError(ValueError):
+class DrrInputError(InputError):
     """An input of ``drr_study`` that cannot be used; the message names the file and the problem."""
 
 

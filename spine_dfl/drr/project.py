@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from spine_dfl.drr.geometry import DrrGeometry, project_points, projection_matrix, sub_geometry
+from spine_dfl.io.errors import InputError
 from spine_dfl.io.vocabulary import POINT_NAMES
 
 __all__ = [
@@ -38,7 +39,7 @@ ANATOMICAL_ORDER: tuple[int, ...] = (*range(1, 20), 28, *range(20, 28))
 _RANK = {label: rank for rank, label in enumerate(ANATOMICAL_ORDER)}
 
 
-class BodyMaskError(ValueError):
+class BodyMaskError(InputError):
     """A vertebra whose body cannot be found in its mask (the centroid lies outside it)."""
 
 

@@ -23,14 +23,11 @@ from spine_dfl.atomic import atomic_output
 from spine_dfl.data.transforms import Preprocessing
 from spine_dfl.engine.calibration import Temperatures, temperatures_from_checkpoint
 from spine_dfl.engine.shift import ShiftModel
+from spine_dfl.io.errors import CheckpointError
 from spine_dfl.model import DFLNet
 from spine_dfl.model.effective_field import remember_patch_side
 
 CHECKPOINT_FORMAT = "spine-dfl-checkpoint/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or not a spine-dfl checkpoint."""
 
 
 @dataclass

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from spine_dfl.io.errors import UnavailableError
 
 
-class DeviceUnavailable(ValueError):
+class DeviceUnavailable(UnavailableError, ValueError):
     """A CUDA device was asked for on a machine without one."""
 
 

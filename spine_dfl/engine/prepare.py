@@ -25,6 +25,7 @@ from spine_dfl.data.transforms import Preprocessing
 from spine_dfl.engine.checkpoint import CheckpointError, read_checkpoint
 from spine_dfl.engine.distributed import Distributed
 from spine_dfl.engine.predict import collate_samples
+from spine_dfl.io.errors import InputError
 from spine_dfl.model import DFLNet, init_filter_bank
 
 log = logging.getLogger("spine_dfl.train")
@@ -73,7 +74,7 @@ def seed_everything(seed: int) -> None:
 def preprocessing_for(config: RunConfig, manifest: Manifest) -> Preprocessing:
     use_roi = {"auto": manifest.has_roi, "yes": True, "no": False}[config.data.use_roi]
     if use_roi and not manifest.has_roi:
-        raise ValueError(f"{manifest.path}: config asks for ROI crops (data.use_roi=yes) but the manifest has no ROI columns")
+        raise InputError(f"{manifest.path}: config asks for ROI crops (data.use_roi=yes) but the manifest has no ROI columns")
     return Preprocessing(
         input_size=config.data.input_size,
         roi_margin=config.data.roi_margin,
@@ -113,7 +114,7 @@ def prepare_manifest(manifest_path: str | Path, config: RunConfig) -> Manifest:
         manifest.has_split = True
     for needed in ("train", "val"):
         if not (manifest.table["split"] == needed).any():
-            raise ValueError(f"{manifest.path}: no rows in split {needed!r}; training needs train and val rows")
+            raise InputError(f"{manifest.path}: no rows in split {needed!r}; training needs train and val rows")
     return manifest
 
 
@@ -128,7 +129,7 @@ def prepare_data(manifest_path: str | Path, config: RunConfig, out_dir: Path, di
     train_labels = np.array([r["label"] for r in train_records])
     missing = [c for i, c in enumerate(class_names) if not (train_labels == i).any()]
     if missing:
-        raise ValueError(f"{manifest.path}: classes without training rows: {', '.join(missing)}")
+        raise InputError(f"{manifest.path}: classes without training rows: {', '.join(missing)}")
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = config.data.cache_dir or str(out_dir / "cache")

@@ -46,6 +46,7 @@ from spine_dfl.engine.prepare import (
     resume_state,
     seed_everything,
 )
+from spine_dfl.io.errors import SpineDflError
 from spine_dfl.model import DFLNet, branch_loss, dfl_loss
 from spine_dfl.predictions import prob_columns
 
@@ -57,7 +58,7 @@ LAST_NAME = "last.pt"
 GO_ON, STOP, DIVERGED = 0, 1, 2
 
 
-class TrainingDiverged(ValueError):
+class TrainingDiverged(SpineDflError):
     """The validation loss stopped being a number: the weights diverged; later epochs are worthless."""
 
 

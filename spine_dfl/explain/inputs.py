@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spine_dfl.explain.run import explain
+from spine_dfl.io.errors import CheckpointError, InputError
 
 log = logging.getLogger("spine_dfl.explain")
 
@@ -34,7 +35,7 @@ class ExplainRun:
         return self.out_dir / "index.html"
 
 
-class ExplainInputError(ValueError):
+class ExplainInputError(InputError):
     """The input of an explain run cannot be used (message names the file and why)."""
 
 

@@ -45,6 +45,7 @@ from spine_dfl.explain.gallery import render_gallery
 from spine_dfl.explain.gradcam import GradCamRunner
 from spine_dfl.explain.render import render_sample_figure
 from spine_dfl.explain.samples import PreparedSample, batches, label_name, png_name, prepare_samples, record_roi
+from spine_dfl.io.errors import InputError, InputsFailed
 from spine_dfl.model.effective_field import gradient_centres, model_patch_side
 from spine_dfl.heatmap.evidence import class_evidence
 from spine_dfl.heatmap.geometry import feature_map_to_original, feature_map_to_tensor_space, tensor_map_to_original
@@ -55,7 +56,7 @@ log = logging.getLogger("spine_dfl.explain")
 __all__ = ["NoSampleExplained", "explain"]
 
 
-class NoSampleExplained(ValueError):
+class NoSampleExplained(InputsFailed, ValueError):
     """Not a single sample of an explain run could be explained (every one failed; the message counts them)."""
 
 
@@ -115,7 +116,7 @@ def explain(
     loaded = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else load_checkpoint(checkpoint, map_location=run_device)
     model = loaded.model.to(run_device).eval()
     if getattr(model, "p_filters", None) is None:
-        raise ValueError("this checkpoint is a G-stream-only model (model.streams: g_only): it has no P-stream "
+        raise InputError("this checkpoint is a G-stream-only model (model.streams: g_only): it has no P-stream "
                          "patches to explain")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from spine_dfl.atomic import atomic_write_text
 from spine_dfl.gate.view import DEFAULT_PERCENTILES, DEFAULT_SIZE, NOT_LATERAL, ViewNet, predict_thumbnails
 from spine_dfl.gate.view_checkpoint import save_view
 from spine_dfl.gate.view_data import ViewSamples, build_view_samples
+from spine_dfl.io.errors import InputError
 from spine_dfl.io.orientation import ORIENTATIONS
 
 __all__ = ["ViewTrainResult", "one_thread", "oriented", "train_view", "train_view_samples", "view_metrics"]
@@ -187,7 +188,7 @@ def train_view_samples(samples: ViewSamples, out: str | Path, *, epochs: int = 1
     torch.manual_seed(int(seed))
     train, val = split_by_group(samples, val_fraction, seed)
     if not train.lateral.any() or train.lateral.all():
-        raise ValueError("the view classifier needs lateral films and other images in its training split")
+        raise InputError("the view classifier needs lateral films and other images in its training split")
     model = ViewNet(size=size)
     say(f"view classifier: {len(train)} training thumbnails ({int(train.lateral.sum())} lateral), "
         f"{len(val)} validation ({int(val.lateral.sum())} lateral)")

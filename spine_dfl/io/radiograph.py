@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from spine_dfl.io.errors import InputError
 
 __all__ = ["ImageReadError", "PathLike", "Radiograph", "RadiographMeta", "check_regular_file"]
 
 PathLike = str | os.PathLike[str]
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """A file is not a readable single-frame grayscale image.
 
     ``str(error)`` is ``"<path>: <reason in words>"``; ``error.path`` and ``error.reason`` hold the

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from spine_dfl.io.errors import InputError
 from spine_dfl.io.radiograph import PathLike
 
 __all__ = ["ROI_COLUMNS", "ROI_KEY_COLUMNS", "RoiRow", "RoiTable", "RoiTableError", "read_rois"]
@@ -42,7 +43,7 @@ Box = tuple[float, float, float, float]
 _SHOWN_PROBLEMS = 5
 
 
-class RoiTableError(ValueError):
+class RoiTableError(InputError):
     """A ROI table cannot be used. ``str(error)`` names the file and the bad rows; ``problems`` lists every one."""
 
     def __init__(self, path: PathLike, message: str, problems: Sequence[str] = ()) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from spine_dfl.io.errors import InputError
 
 __all__ = ["VERSE_LABELS", "VerseFormatError", "level_label", "read_centroids", "voxel_to_world", "write_centroids"]
 
@@ -28,7 +29,7 @@ VERSE_LABELS: dict[int, str] = {
 _LABEL_OF_LEVEL = {name: label for label, name in VERSE_LABELS.items()}
 
 
-class VerseFormatError(ValueError):
+class VerseFormatError(InputError):
     """A centroid file that is not VerSe's format, or whose centroids do not fit the image."""
 
 

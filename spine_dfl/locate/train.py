@@ -29,6 +29,7 @@ from spine_dfl.engine.distributed import Distributed, init_distributed
 from spine_dfl.engine.prepare import prepare_manifest, seed_everything
 from spine_dfl.engine.train import (BEST_NAME, DIVERGED, GO_ON, LAST_NAME, STOP, TrainingDiverged, TrainResult,
                                     _write_metrics_row, _yaml_dump, epoch_seed)
+from spine_dfl.io.errors import InputError
 from spine_dfl.locate.augment import LocatorAcquisition, augment_sample
 from spine_dfl.locate.checkpoint import check_kind, locator_payload
 from spine_dfl.locate.evaluate import evaluate_locator
@@ -106,7 +107,7 @@ def _resume(run: _Run, path: Path) -> None:
     raw = read_checkpoint(path, map_location=run.device)
     check_kind(raw, path, "locator")
     if list(raw["levels"]) != run.levels:
-        raise ValueError(f"{path}: levels {raw['levels']} differ from the manifest's {run.levels}; cannot resume")
+        raise InputError(f"{path}: levels {raw['levels']} differ from the manifest's {run.levels}; cannot resume")
     run.model.load_state_dict(raw["model_state"])
     run.optimizer.load_state_dict(raw["optimizer_state"])
     run.scheduler.load_state_dict(raw["scheduler_state"])

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from spine_dfl.io import ROI_COLUMNS, normalize_level
+from spine_dfl.io.errors import InputError
 from spine_dfl.io.patients import patient_keys
 from spine_dfl.predictions import (
     BRANCH_PRED_COLUMNS,
@@ -30,7 +31,7 @@ MISSING_LEVEL = "(missing)"
 PROB_SUM_TOLERANCE = 1e-2
 
 
-class ReportError(ValueError):
+class ReportError(InputError):
     """The predictions table cannot be evaluated; the message names what is wrong and where."""
 
 

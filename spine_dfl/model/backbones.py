@@ -24,6 +24,7 @@ from torch import nn
 from torchvision import models
 
 from .defaults import BACKBONES, PSTREAM_LAYERS
+from spine_dfl.io.errors import InputError, UnavailableError
 
 __all__ = [
     "BACKBONES",
@@ -46,7 +47,7 @@ GRAY_MEAN = sum(IMAGENET_MEAN_RGB) / 3
 GRAY_STD = sum(IMAGENET_STD_RGB) / 3
 
 
-class PretrainedWeightsMissing(FileNotFoundError):
+class PretrainedWeightsMissing(UnavailableError, FileNotFoundError):
     """The ImageNet weight file is not in the local torch hub cache (and is never downloaded)."""
 
 
@@ -235,12 +236,12 @@ def _imagenet_file(name: str) -> Path:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: pretrained weight file not found")
+        raise InputError(f"{path}: pretrained weight file not found")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict of tensors (a torchvision model's state_dict())")
+        raise InputError(f"{path}: not a state dict of tensors (a torchvision model's state_dict())")
     # DataParallel / DDP checkpoints prefix every key with "module.".
     return {k.removeprefix("module."): v for k, v in state.items()}
 
@@ -254,7 +255,7 @@ def _load_weights(name: str, network: nn.Module, state: dict[str, torch.Tensor],
     try:
         result = network.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatches raise even when strict=False
-        raise ValueError(f"{source}: state dict does not fit torchvision's {name}: {error}") from None
+        raise InputError(f"{source}: state dict does not fit torchvision's {name}: {error}") from None
     missing = [k for k in result.missing_keys if not k.startswith(spec.classifier_prefix)]
     if missing or result.unexpected_keys:
         raise ValueError(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from spine_dfl.io.errors import InputError
 from spine_dfl.synth.anatomy import DEFAULT_GRADE_PROBABILITIES, HEIGHT_LOSS_RANGES, SHAPES
 
 __all__ = ["MEASURE_XI", "TRANSITIONAL_KINDS", "PhantomError", "PhantomPatient", "Vertebra", "draw_patient", "endplate_drops",
@@ -36,7 +37,7 @@ _DIMENSIONS = {"C6": (13.0, 15.0, 22.0), "C7": (14.0, 16.0, 25.0), "T1": (15.5, 
 _DISC = {"C": 5.0, "T": 5.0, "L": 10.0}
 
 
-class PhantomError(ValueError):
+class PhantomError(InputError):
     """A bad phantom parameter (seed, index, transitional kind, voxel size, patient id); the message names it."""
 
 

@@ -33,6 +33,7 @@ from spine_dfl.drr.geometry import (
 )
 from spine_dfl.drr.project import IN_FILM, body_on_film, roi_of
 from spine_dfl.drr.render import Exposure, expose, hu_to_mu, line_integrals
+from spine_dfl.io.errors import InputError
 from spine_dfl.io.vocabulary import GENANT_GRADES, POINT_NAMES
 from spine_dfl.phantom.anatomy import PHANTOM_VERSION, heights_mm
 from spine_dfl.phantom.anatomy import draw_patient
@@ -216,9 +217,9 @@ def generate_drr_cohort(out_dir: str | Path, patients: int = 40, seed: int = 0, 
     the same bytes.  An existing cohort in ``out_dir`` needs ``overwrite``.
     """
     if isinstance(patients, bool) or not isinstance(patients, (int, np.integer)) or patients < 1:
-        raise ValueError(f"patients must be a positive integer, got {patients!r}")
+        raise InputError(f"patients must be a positive integer, got {patients!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     out = Path(out_dir)
     names = ("manifest.csv", "rois.csv", "vertebrae.csv", "films.csv", "projections.json", "cohort.json")
     if any((out / n).exists() for n in names) and not overwrite:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from spine_dfl.io.errors import InputError
 
 
-class ScoreError(ValueError):
+class ScoreError(InputError):
     """Bad arguments, inputs or checkpoint for a scoring run (the CLI exits with status 2)."""
 
 

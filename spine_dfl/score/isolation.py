@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from spine_dfl.io.errors import InputError
 from spine_dfl.score.errors import DECODER_CRASHED
 from spine_dfl.score.files import FileSamples, failed_item
 
@@ -117,7 +118,7 @@ class DecodePool:
 
     def __init__(self, dataset: FileSamples, workers: int, files_per_task: int = 4) -> None:
         if workers < 1:
-            raise ValueError(f"a decode pool needs at least one worker, got {workers}")
+            raise InputError(f"a decode pool needs at least one worker, got {workers}")
         self.dataset = dataset
         self.size = workers
         self.files_per_task = max(1, files_per_task)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spine_dfl.io.errors import InputError, UnavailableError
 from spine_dfl.serve.queue import QUEUE_FILE, Claim, WorkQueue
 from spine_dfl.serve.scp import build_ae, start_scp
 from spine_dfl.serve.sender import Destination, RetryPolicy, SendError, send_files
@@ -64,7 +65,7 @@ class ScoreOutcome:
 ScoreStudy = Callable[[str, list[str], str], "Sequence[str | Path] | ScoreOutcome"]
 
 
-class NodeError(RuntimeError):
+class NodeError(UnavailableError, RuntimeError):
     """The node cannot start (spool in use, port taken, bad settings)."""
 
 
@@ -88,9 +89,9 @@ class Node:
         poll_interval: float = 0.5,
     ) -> None:
         if not 1 <= len(ae_title) <= 16:
-            raise ValueError("the AE title must have 1 to 16 characters")
+            raise InputError("the AE title must have 1 to 16 characters")
         if stable_age < 0 or workers < 1 or lease_seconds <= 0:
-            raise ValueError("need stable_age >= 0, workers >= 1 and lease_seconds > 0")
+            raise InputError("need stable_age >= 0, workers >= 1 and lease_seconds > 0")
         self.spool_dir = Path(spool_dir)
         self.score_study = score_study
         self.destination = send_to if isinstance(send_to, Destination) else Destination.parse(send_to)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from spine_dfl.io.errors import CheckpointError, InputError
 from spine_dfl.serve.node import Node
 from spine_dfl.serve.sender import Destination, RetryPolicy
 
@@ -43,7 +44,7 @@ def run_node(
 
     destination = Destination.parse(send_to)  # cheap checks first: the model takes seconds to load
     if not 0 < port < 65536:
-        raise ValueError(f"port {port} is not a TCP port (1-65535)")
+        raise InputError(f"port {port} is not a TCP port (1-65535)")
     scorer = StudyScorer(checkpoint, locator=locator, device=device, batch_size=batch_size,
                          decode_workers=decode_workers, ignore_view_tags=ignore_view_tags)
     described = scorer.describe()

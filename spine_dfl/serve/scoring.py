@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spine_dfl import __version__
+from spine_dfl.io.errors import CheckpointError, InputError
 from spine_dfl.serve.node import NodeError, ScoreOutcome, result_uid_seed
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class StudyScorer:
         from spine_dfl.score.run import prepare_scoring
 
         if batch_size < 1 or decode_workers < 0:
-            raise ValueError("need batch_size >= 1 and decode_workers >= 0")
+            raise InputError("need batch_size >= 1 and decode_workers >= 0")
         checkpoint = Path(checkpoint)
         if not checkpoint.is_file():
             raise NodeError(f"{checkpoint}: no such checkpoint file")

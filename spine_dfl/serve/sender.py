@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pydicom
 from pynetdicom import AE
+from spine_dfl.io.errors import InputError, UnavailableError
 
 _DESTINATION = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>[0-9]{1,5})$")
 
 
-class SendError(RuntimeError):
+class SendError(UnavailableError, RuntimeError):
     """A result could not be delivered; the message is the reason kept in the queue."""
 
 
@@ -28,7 +29,7 @@ class Destination:
         """``AET@HOST:PORT``, e.g. ``ORTHANC@pacs.example.org:4242``."""
         match = _DESTINATION.match(text.strip())
         if match is None or not 0 < int(match["port"]) < 65536:
-            raise ValueError(f"destination {text!r} is not AET@HOST:PORT (AE title up to 16 characters)")
+            raise InputError(f"destination {text!r} is not AET@HOST:PORT (AE title up to 16 characters)")
         return cls(match["aet"], match["host"], int(match["port"]))
 
     def __str__(self) -> str:
@@ -48,7 +49,7 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.base_delay < 0 or self.max_delay < self.base_delay:
-            raise ValueError("retry policy: need max_attempts >= 1 and 0 <= base_delay <= max_delay")
+            raise InputError("retry policy: need max_attempts >= 1 and 0 <= base_delay <= max_delay")
 
     def delay_after(self, failed_attempts: int) -> float | None:
         """Seconds to wait after ``failed_attempts`` failures, or None when it is time to give up."""

@@ -16,6 +16,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from spine_dfl.io.errors import InputError
 from spine_dfl.serve.queue import QUEUE_FILE, STATES
 
 WAITING_STATES = ("received", "ready", "scoring", "sending")
@@ -64,7 +65,7 @@ def status(spool_dir: str | Path, *, errors: int = 10, now: float | None = None)
     """
     path = Path(spool_dir) / QUEUE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{spool_dir}: no node queue here ({QUEUE_FILE} missing)")
+        raise InputError(f"{spool_dir}: no node queue here ({QUEUE_FILE} missing)")
     now = time.time() if now is None else now
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:

@@ -19,6 +19,7 @@ from pydicom.uid import UID, generate_uid
 
 from spine_dfl.atomic import atomic_output
 from spine_dfl.data.splits import deal_by_burden
+from spine_dfl.io.errors import InputError
 from spine_dfl.synth.anatomy import CLASS_NAMES, SYNTH_VERSION, normalise_probabilities
 from spine_dfl.synth.dicom import NATIVE_SYNTAX_CYCLE, SYNTAX_CYCLE, Acquisition, build_dataset, encode, quantise
 from spine_dfl.synth.records import CohortSummary, PatientRecord
@@ -72,15 +73,15 @@ def generate_cohort(
         ground truth) and the cohort.json content.
     """
     if isinstance(patients, bool) or not isinstance(patients, (int, np.integer)) or patients < 1:
-        raise ValueError(f"patients must be a positive integer, got {patients!r}")
+        raise InputError(f"patients must be a positive integer, got {patients!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     rows = int(rows)
     cols = int(cols) if cols is not None else max(64, int(round(rows * 9 / 16 / 8)) * 8)
     check_image_size(rows, cols)
     fractions = tuple(float(f) for f in split_fractions)
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"split_fractions must be three non-negative numbers, got {split_fractions!r}")
+        raise InputError(f"split_fractions must be three non-negative numbers, got {split_fractions!r}")
     probs = normalise_probabilities(grade_probabilities)
     patients, seed = int(patients), int(seed)
     style = synth_style(style)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
+from spine_dfl.io.errors import InputError
 
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 
@@ -119,4 +120,4 @@ def synth_style(style: str | SynthStyle) -> SynthStyle:
     try:
         return STYLES[style]
     except KeyError:
-        raise ValueError(f"unknown synth style {style!r}; choose one of {', '.join(STYLES)}") from None
+        raise InputError(f"unknown synth style {style!r}; choose one of {', '.join(STYLES)}") from None

@@ -25,6 +25,7 @@ from spine_dfl.engine.checkpoint import load_checkpoint
 from spine_dfl.engine.device import resolve_device
 from spine_dfl.engine.predict import predict_records
 from spine_dfl.io import read_image
+from spine_dfl.io.errors import InputError
 from spine_dfl.io.orientation import stored_orientation
 from spine_dfl.io.vocabulary import LEVELS, POINT_COLUMNS
 from spine_dfl.locate.evaluate import evaluate_locator, match_boxes
@@ -114,7 +115,7 @@ def evaluate_located(checkpoint: str | Path, locator_path: str | Path | None, ma
 
     if not loaded.preprocessing.use_roi:  # a whole-image model: no ROIs, no landmarks, nothing to locate
         if locator_path is not None:
-            raise ValueError(f"{checkpoint}: a whole-image model has no use for --locator")
+            raise InputError(f"{checkpoint}: a whole-image model has no use for --locator")
         return grade(records), None, {}
     manifest_cells = manifest_morphometry(records, table)
     by_manifest = with_roi_columns(grade(records), manifest_cells, any("hp" in c for c in manifest_cells))
@@ -124,7 +125,7 @@ def evaluate_located(checkpoint: str | Path, locator_path: str | Path | None, ma
     locator = source.load()
     rows, cells, matched = located_records(records, locator)
     if not rows:
-        raise ValueError(f"{manifest}: the locator matched none of the split's {len(records)} vertebrae at IoU >= 0.5")
+        raise InputError(f"{manifest}: the locator matched none of the split's {len(records)} vertebrae at IoU >= 0.5")
     by_locator = with_roi_columns(grade(rows), cells, morphometry=True)
     figures = {"coverage": {"matched": matched, "manifest_vertebrae": sum(r.get("roi") is not None for r in records),
                             "min_iou": MATCH_IOU},
