@@ -55,6 +55,7 @@ def test_synth_then_validate(tmp_path: Path, capsys) -> None:
     summary = capsys.readouterr().out
     assert "train" in summary and "normal" in summary
     assert main(["synth", str(out), "--patients", "8", "--seed", "1"]) == 2  # refuses to overwrite silently
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_validate_reports_rows_and_exits_nonzero(small_cohort: Path, tmp_path: Path, capsys) -> None:
@@ -64,7 +65,7 @@ def test_validate_reports_rows_and_exits_nonzero(small_cohort: Path, tmp_path: P
     table.loc[2, "x_max"] = table.loc[2, "x_min"] - 5
     bad = tmp_path / "bad.csv"
     table.to_csv(bad, index=False)
-    assert main(["validate", str(bad)]) == 1
+    assert main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "row 2" in err and "holdout" in err
     assert "row 3" in err and "x_max" in err
@@ -117,7 +118,7 @@ def test_manifest_errors_are_printed_once(command: str, small_cohort: Path, tmp_
     bad = _bad_manifest(small_cohort, tmp_path)
     argv = [str(bad)] if command == "validate" else [str(bad), "--out", str(tmp_path / "run")]
     done = subprocess.run([sys.executable, "-m", "spine_dfl", command, *argv], capture_output=True, text=True)
-    assert done.returncode in (1, 2), done.stderr
+    assert done.returncode == 2, done.stderr
     lines = [line.strip() for line in done.stderr.splitlines() if "row " in line]
     assert any("holdout" in line for line in lines) and any("empty label" in line for line in lines), done.stderr
     assert len(lines) == len(set(lines)), done.stderr

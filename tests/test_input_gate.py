@@ -341,7 +341,7 @@ def test_evaluate_warns_once_about_manifest_images_the_gate_would_refuse(
 # --------------------------------------------------------------------------- the command line
 @pytest.mark.parametrize("argv", [
     ["score", "model.pt", "folder"],
-    ["serve", "model.pt", "--spool", "spool", "--send-to", "PACS@host:104"],
+    ["serve", "start", "model.pt", "--spool", "spool", "--send-to", "PACS@host:104"],
     ["explain", "model.pt", "folder"],
 ])
 def test_ignore_view_tags_parses_on_score_serve_and_explain(argv: list[str]) -> None:

@@ -124,7 +124,7 @@ def test_checkpoint_kinds_are_never_mixed_up(checkpoints, images, tmp_path):
 def test_cli_reports_a_locator_given_as_the_grader_in_one_line(checkpoints, images, tmp_path, capsys):
     from spine_dfl.cli import main
 
-    assert main(["score", str(checkpoints["locator"]), str(images), "--out", str(tmp_path), "--no-progress"]) == 2
+    assert main(["score", str(checkpoints["locator"]), str(images), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "locator checkpoint, not a grader checkpoint" in err and "Traceback" not in err and "\n" not in err
 

@@ -1,4 +1,4 @@
-"""``spine-dfl serve`` as a user runs it: it starts, answers C-ECHO, ``--status`` prints the queue,
+"""``spine-dfl serve`` as a user runs it: it starts, answers C-ECHO, ``serve status`` prints the queue,
 SIGTERM stops it with exit status 0; bad arguments are one line and exit status 2."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def running_node(located_grader_checkpoints, tmp_path_factory):
     """``spine-dfl serve`` with the grader and a separate locator, listening on a free port."""
     folder = tmp_path_factory.mktemp("serve_cli")
     spool, port, log = folder / "spool", free_port(), folder / "serve.log"
-    command = [sys.executable, "-m", "spine_dfl", "serve", str(located_grader_checkpoints["grader"]),
+    command = [sys.executable, "-m", "spine_dfl", "serve", "start", str(located_grader_checkpoints["grader"]),
                "--locator", str(located_grader_checkpoints["locator"]), "--spool", str(spool),
                "--port", str(port), "--host", "127.0.0.1", "--send-to", "PACS@127.0.0.1:1", "--allow", CALLER,
                "--stable-age", "1", "--device", "cpu"]
@@ -54,7 +54,7 @@ def running_node(located_grader_checkpoints, tmp_path_factory):
 
 def test_serve_answers_echo_reports_status_and_stops_on_sigterm(running_node, located_grader_checkpoints, capsys):
     spool = running_node["spool"]
-    assert main(["serve", "--status", "--spool", str(spool)]) == 0
+    assert main(["serve", "status", "--spool", str(spool)]) == 0
     printed = capsys.readouterr().out
     assert "studies: received 0  ready 0  scoring 0  sending 0  done 0  failed 0" in printed
     assert "instances: 0 received, 0 failed" in printed and "oldest waiting study: none" in printed
@@ -63,7 +63,7 @@ def test_serve_answers_echo_reports_status_and_stops_on_sigterm(running_node, lo
         (["--spool", str(spool), "--port", str(free_port())], "another node is using this spool"),
         (["--spool", str(spool.parent / "other"), "--port", str(running_node["port"])], "port in use"),
     ]:
-        code = main(["serve", str(located_grader_checkpoints["embedded"]), *argv, "--host", "127.0.0.1",
+        code = main(["serve", "start", str(located_grader_checkpoints["embedded"]), *argv, "--host", "127.0.0.1",
                      "--send-to", "PACS@127.0.0.1:1", "--device", "cpu"])
         assert code == 2 and expected in capsys.readouterr().err
     process = running_node["process"]
@@ -75,15 +75,15 @@ def test_serve_answers_echo_reports_status_and_stops_on_sigterm(running_node, lo
 def test_a_checkpoint_that_cannot_serve_is_one_line_and_exit_2(located_grader_checkpoints, tmp_path, capsys):
     common = ["--spool", str(tmp_path / "spool"), "--port", str(free_port()), "--send-to", "PACS@127.0.0.1:1",
               "--device", "cpu"]
-    assert main(["serve", str(located_grader_checkpoints["grader"]), *common]) == 2
+    assert main(["serve", "start", str(located_grader_checkpoints["grader"]), *common]) == 2
     assert "needs the vertebra locator" in capsys.readouterr().err
-    assert main(["serve", str(located_grader_checkpoints["locator"]), *common]) == 2
+    assert main(["serve", "start", str(located_grader_checkpoints["locator"]), *common]) == 2
     assert "locator" in capsys.readouterr().err
-    assert main(["serve", str(located_grader_checkpoints["embedded"]), "--spool", str(tmp_path / "s"),
+    assert main(["serve", "start", str(located_grader_checkpoints["embedded"]), "--spool", str(tmp_path / "s"),
                  "--send-to", "nonsense"]) == 2
     assert "AET@HOST:PORT" in capsys.readouterr().err
-    assert main(["serve", "--spool", str(tmp_path / "s")]) == 2
-    assert "needs CHECKPOINT and --send-to" in capsys.readouterr().err
-    assert main(["serve", "--status", "--spool", str(tmp_path / "nowhere")]) == 2
+    assert main(["serve", "start", "--spool", str(tmp_path / "s")]) == 2
+    assert "required: checkpoint, --send-to" in capsys.readouterr().err
+    assert main(["serve", "status", "--spool", str(tmp_path / "nowhere")]) == 2
     assert "no node queue here" in capsys.readouterr().err
     assert not (tmp_path / "spool").exists() or not list((tmp_path / "spool").rglob("*.dcm"))

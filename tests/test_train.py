@@ -95,7 +95,8 @@ def test_bad_manifest_fails_before_training_with_row_and_reason(small_cohort: Pa
         train(bad, load_config("cpu_demo", QUICK), tmp_path / "run")
     assert "missing.dcm" in str(info.value.errors) and "row 4" in " ".join(info.value.errors)
     assert not (tmp_path / "run" / "last.pt").exists()
-    assert main(["train", str(bad), "--out", str(tmp_path / "cli"), *sum((["--set", s] for s in QUICK), [])]) == 2
+    assert main(["train", str(bad), "--config", "cpu_demo", "--out", str(tmp_path / "cli"),
+                 *sum((["--set", s] for s in QUICK), [])]) == 2
 
 
 def test_ddp_two_processes_gloo_cpu(small_cohort: Path, tmp_path: Path) -> None:
@@ -103,7 +104,7 @@ def test_ddp_two_processes_gloo_cpu(small_cohort: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "spine_dfl", "train", str(small_cohort / "manifest.csv"), "--out", str(out), "--no-report",
-           "--set", "device=cpu", *sum((["--set", s] for s in QUICK), [])]
+           "--config", "cpu_demo", "--device", "cpu", *sum((["--set", s] for s in QUICK), [])]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "best.pt").exists()

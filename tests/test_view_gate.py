@@ -160,7 +160,7 @@ def test_cli_trains_and_embeds(tmp_path: Path, small_cohort: Path, capsys: pytes
     assert view_from_locator_payload(read_checkpoint(tmp_path / "both.pt")) is not None
     capsys.readouterr()
     assert main(["embed-locator", str(locator), str(tmp_path / "only_two.pt")]) == 2
-    assert main(["view-train", str(out), "--manifest", str(tmp_path / "missing.csv")]) == 2
+    assert main(["view-train", str(tmp_path / "view2"), "--manifest", str(tmp_path / "missing.csv")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 1 and "manifest not found" in err  # the one line of each refused command
 

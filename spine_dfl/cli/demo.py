@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spine_dfl.cli.common import EXIT_OK, fmt
+from spine_dfl.cli.common import EXIT_OK, add_device, add_out_options, fmt, prepare_out
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,16 +26,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--view-budget-s", type=float, default=55.0, metavar="S",
                    help="seconds for training the view gate embedded in the locator (default 55)")
     p.add_argument("--no-view", action="store_true", help="skip the view gate (lateral view and orientation classifier)")
+    add_device(p, default=None, what="the grader and the locator train and run")
+    add_out_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from spine_dfl.workflows.demo import run_demo
 
+    prepare_out(args.out, "demo", overwrite=args.overwrite)
+    device = [f"device={args.device}"] if args.device else []
     result = run_demo(args.out, patients=args.patients, seed=args.seed, config=args.config,
-                      overrides=args.overrides, explain=not args.no_explain,
+                      overrides=[*device, *args.overrides], explain=not args.no_explain,
                       locator_config=None if args.no_locator else "locator_cpu",
-                      locator_overrides=args.locator_overrides, view_budget_s=None if args.no_view else args.view_budget_s)
+                      locator_overrides=[*device, *args.locator_overrides], view_budget_s=None if args.no_view else args.view_budget_s)
     overall = result.metrics["overall"]
     per_class = {name: block["auc_ovr"] for name, block in overall.get("per_class", {}).items()}
     print()

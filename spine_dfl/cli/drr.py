@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from spine_dfl.cli.common import EXIT_OK, EXIT_USAGE
+from spine_dfl.cli.common import EXIT_OK, add_out_options, prepare_out
 
 _DESCRIPTION = """\
 Cone-beam digitally reconstructed radiographs of a CT in HU (NIfTI with a usable affine: the phantom's,
@@ -57,21 +56,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rotation", type=float, default=0.0, metavar="DEG",
                    help="source and detector turned about the patient's long axis through the isocentre (default 0)")
     p.add_argument("--seed", type=int, default=0, help="quantum noise seed; the same seed writes the same bytes (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    add_out_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from spine_dfl.drr.study import DrrInputError, drr_study
+    from spine_dfl.drr.study import drr_study
 
     views = ("lateral", "ap") if args.view == "both" else (args.view,)
-    try:
-        result = drr_study(args.ct, args.out, centroids=args.centroids, mask=args.mask, grades=args.grades, views=views,
-                           sid_mm=args.sid, sod_mm=args.sod, pixel_mm=args.pixel,
-                           fov_mm=tuple(args.fov) if args.fov else None, source_side=args.source_side,
-                           rotation_deg=args.rotation, seed=args.seed, overwrite=args.overwrite)
-    except DrrInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    # drr_study replaces OUT itself, atomically and only once its inputs proved good: check the rule only.
+    prepare_out(args.out, "drr", overwrite=args.overwrite, replace=False)
+    result = drr_study(args.ct, args.out, centroids=args.centroids, mask=args.mask, grades=args.grades, views=views,
+                       sid_mm=args.sid, sod_mm=args.sod, pixel_mm=args.pixel,
+                       fov_mm=tuple(args.fov) if args.fov else None, source_side=args.source_side,
+                       rotation_deg=args.rotation, seed=args.seed, overwrite=args.overwrite)
     print(json.dumps(result.summary, indent=2))
     return EXIT_OK

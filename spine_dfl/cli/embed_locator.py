@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from spine_dfl.cli.common import EXIT_OK
+from spine_dfl.io.errors import InputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     paths = list(args.paths)
     if len(paths) != 3 and not (args.view is not None and len(paths) == 2):
-        raise ValueError("embed-locator takes GRADER LOCATOR OUT, or --view VIEW LOCATOR OUT")
+        raise InputError("embed-locator takes GRADER LOCATOR OUT, or --view VIEW LOCATOR OUT")
     if args.view is None:
         print(f"grader with its locator -> {embed_locator(*paths)}")
         return EXIT_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spine_dfl.cli.common import EXIT_OK, fmt
+from spine_dfl.cli.common import EXIT_OK, add_batch_size, add_device, add_out_options, fmt, prepare_out
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,12 +16,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest", type=Path, help="manifest CSV")
     p.add_argument("--split", default="test",
                    help="split to evaluate (default test; all rows when the manifest has no split column)")
-    p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder")
+    p.add_argument("--out", type=Path, default=Path("runs/evaluate"), help="output folder (default runs/evaluate)")
+    add_out_options(p)
     p.add_argument("--locator", type=Path, default=None,
                    help="locator checkpoint: also grade the located crops (end to end, in OUT/located) and "
                         "report the locator's figures (default: the one embedded in the checkpoint, if any)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    add_batch_size(p)
+    add_device(p)
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (patients) for the 95%% intervals")
     p.set_defaults(func=run)
 
@@ -29,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from spine_dfl.workflows.evaluate import evaluate
 
+    prepare_out(args.out, "evaluate", overwrite=args.overwrite)
     metrics = evaluate(args.checkpoint, args.manifest, args.split, args.out, device=args.device,
                        batch_size=args.batch_size, n_bootstrap=args.bootstrap, locator=args.locator)
     overall = metrics["overall"]

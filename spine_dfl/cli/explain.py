@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from spine_dfl.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from spine_dfl.cli.common import (
+    EXIT_INPUTS_FAILED,
+    EXIT_OK,
+    EXPLAIN_BATCH_SIZE,
+    add_batch_size,
+    add_device,
+    add_out_options,
+    prepare_out,
+)
+from spine_dfl.io.errors import InputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a manifest CSV, or DICOM files / folders (then --rois, unless the model is whole-image)")
     p.add_argument("--out", type=Path, default=Path("runs/explain"),
                    help="output folder: one PNG per sample, patches.json, index.html (default runs/explain)")
+    add_out_options(p)
     p.add_argument("--top", type=int, default=5, help="patches drawn per sample, strongest first (default 5)")
     p.add_argument("--split", default=None, help="manifest split to explain (default: every row)")
     p.add_argument("--rois", type=Path, default=None,
@@ -26,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--locator", type=Path, default=None,
                    help="locator checkpoint: without --rois it finds each file's vertebrae (and draws their six points); "
                         "default: the one embedded in the checkpoint, if any")
-    p.add_argument("--batch-size", type=int, default=8, help="images per model batch (default 8)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    add_batch_size(p, EXPLAIN_BATCH_SIZE)
+    add_device(p)
     p.add_argument("--ignore-view-tags", action="store_true",
                    help="for image files: refuse DICOMs by modality / SOP class only, not by BodyPartExamined, "
                         "ViewPosition or PatientOrientation (for a site whose tags are wrong)")
@@ -43,27 +52,20 @@ def _is_manifest(inputs: list[Path]) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 all explained, 1 some samples failed (or all), 2 bad usage or input."""
+    """0 all explained; 3 some or all samples failed (listed in the gallery); 2 bad usage or input."""
     from spine_dfl.explain.inputs import explain_inputs, explain_records
-    from spine_dfl.explain.run import NoSampleExplained
 
     if args.top < 1:
-        print("--top must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
+        raise InputError("--top must be at least 1")
+    prepare_out(args.out, "explain", overwrite=args.overwrite)
     options = {"top_n": args.top, "device": args.device, "batch_size": args.batch_size}
-    try:
-        if _is_manifest(args.inputs):
-            explained = explain_records(args.checkpoint, args.inputs[0], args.out, split=args.split, **options)
-        else:
-            explained = explain_inputs(args.checkpoint, args.inputs, args.rois, args.out, locator=args.locator,
-                                       ignore_view_tags=args.ignore_view_tags, **options)
-    except NoSampleExplained as exc:
-        print(f"spine-dfl explain: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except ValueError as exc:  # a bad checkpoint, manifest, ROI table or input path
-        print(f"spine-dfl explain: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    # NoSampleExplained (every sample failed) is an InputsFailed: exit 3 through cli.main, as below.
+    if _is_manifest(args.inputs):
+        explained = explain_records(args.checkpoint, args.inputs[0], args.out, split=args.split, **options)
+    else:
+        explained = explain_inputs(args.checkpoint, args.inputs, args.rois, args.out, locator=args.locator,
+                                   ignore_view_tags=args.ignore_view_tags, **options)
     failed = len(explained.failures)
     print(f"{len(explained.entries)} sample(s) explained -> {explained.index_html}"
           + (f"; {failed} could not be explained (listed in the gallery)" if failed else ""))
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_INPUTS_FAILED if failed else EXIT_OK

@@ -6,10 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
+from spine_dfl.cli.common import EXIT_INPUTS_FAILED, EXIT_OK, add_batch_size, add_device, add_out_options, prepare_out
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="batch-score folders of PACS-exported DICOM (optionally results back as DICOM)",
-                       description="Score every file under the inputs; every file ends as scored or failed with a reason.")
+                       description="Score every file under the inputs; every file ends as scored or failed with a "
+                                   "reason. Exit 3 when any file failed (the others are scored), as explain.")
     p.add_argument("checkpoint", type=Path, help="checkpoint written by `spine-dfl train`")
     p.add_argument("inputs", nargs="+", help="files and folders (recursive; DICOM by content, DICOMDIR followed)")
     p.add_argument("--rois", type=Path, default=None,
@@ -18,11 +21,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="locator checkpoint (spine-dfl train, task: locator): without --rois it finds, labels and "
                         "measures each radiograph's vertebrae (default: the one embedded in the checkpoint, if any)")
     p.add_argument("--out", type=Path, default=Path("runs/score"), help="output folder (default runs/score)")
-    p.add_argument("--batch-size", type=int, default=16, help="samples per model batch (default 16)")
+    add_batch_size(p)
     p.add_argument("--workers", type=int, default=2, help="decode worker processes (default 2; 0 decodes in the scoring process, without crash isolation)")
-    p.add_argument("--device", default="auto", help="auto (GPU when present), cpu, cuda, cuda:N")
-    p.add_argument("--resume", action="store_true", help="keep earlier results in --out and score only missing files")
-    p.add_argument("--strict", action="store_true", help="exit 1 when any file failed")
+    add_device(p)
+    add_out_options(p, resume="keep earlier results in --out and score only missing files")
     p.add_argument("--keep-ids", action="store_true",
                    help="add a patient_id column (patient IDs are omitted by default)")
     p.add_argument("--dicom-out", type=Path, default=None,
@@ -38,11 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """0 done, 1 --strict with failed files; bad arguments or checkpoint: error, 2 (see cli.main)."""
+    """0 every file scored, 3 some failed (each with its reason); bad arguments or checkpoint: 2 (cli.main)."""
     from spine_dfl.score.run import score
 
+    prepare_out(args.out, "score", overwrite=args.overwrite, resume=args.resume, can_resume=True)
     summary = score(args.checkpoint, args.inputs, args.out, rois_csv=args.rois, batch_size=args.batch_size,
-                    workers=args.workers, device=args.device, resume=args.resume, strict=args.strict,
+                    workers=args.workers, device=args.device, resume=args.resume, strict=True,
                     keep_ids=args.keep_ids, dicom_out=args.dicom_out, progress=not args.no_progress,
                     locator=args.locator, ignore_view_tags=args.ignore_view_tags,
                     refuse_shifted=args.refuse_shifted)
@@ -54,4 +57,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"{summary.shifted} image(s) unlike the training images (in_distribution = no)")
         else:
             print(f"shift check {summary.shift_check}")
-    return summary.exit_status()
+    return EXIT_INPUTS_FAILED if summary.failed else EXIT_OK

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from spine_dfl.cli.common import EXIT_OK, EXIT_USAGE, plain
+from spine_dfl.cli.common import EXIT_OK, add_out_options, plain, prepare_out
+from spine_dfl.io.errors import InputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic lateral-spine DICOM cohort (images, manifest.csv, rois.csv)",
                        description="Generate a synthetic cohort of lateral thoracolumbar radiographs as DICOM, "
                                    "with a per-vertebra manifest (Genant grades) and a label-free rois.csv.")
-    p.add_argument("out", type=Path, help="output folder (created)")
+    p.add_argument("out", type=Path, help="output folder (created; a non-empty one needs --overwrite)")
     p.add_argument("--patients", type=int, default=40, help="number of patients, one radiograph each (default 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same bytes (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace a cohort already in OUT")
+    add_out_options(p)
     p.add_argument("--generator", choices=("synth", "drr"), default="synth",
                    help="synth: the 2D drawing generator (default); drr: a 3D phantom CT per patient projected by the "
                         "cone-beam DRR renderer, a lateral and an AP film each, cut as clinics cut them (whole "
@@ -31,24 +31,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.generator == "drr":
-            if args.style != "default":
-                raise ValueError("--style belongs to the 2D generator; the drr generator varies its acquisition itself")
-            from spine_dfl.phantom.cohort import generate_drr_cohort
+    if args.generator == "drr" and args.style != "default":
+        raise InputError("--style belongs to the 2D generator; the drr generator varies its acquisition itself")
+    # The generators replace their own files, after checking their arguments: check the rule only.
+    prepare_out(args.out, "synth", overwrite=args.overwrite, replace=False)
+    if args.generator == "drr":
+        from spine_dfl.phantom.cohort import generate_drr_cohort
 
-            summary = generate_drr_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite)
-        else:
-            from spine_dfl.synth import generate_cohort
+        summary = generate_drr_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite)
+    else:
+        from spine_dfl.synth import generate_cohort
 
-            summary = generate_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite,
-                                      style=args.style).summary
-    except FileExistsError as exc:
-        print(f"error: {args.out} already holds a synthetic cohort; use --overwrite to replace it ({exc})",
-              file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        summary = generate_cohort(args.out, patients=args.patients, seed=args.seed, overwrite=args.overwrite,
+                                  style=args.style).summary
     print(json.dumps(plain(summary), indent=2))
     return EXIT_OK

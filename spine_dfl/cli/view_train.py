@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spine_dfl.cli.common import EXIT_OK, fmt
+from spine_dfl.cli.common import EXIT_OK, add_out_options, fmt, prepare_out
+from spine_dfl.io.errors import InputError
 
 _DESCRIPTION = """\
 Trains the view classifier (spine_dfl.gate.view) from scratch on the CPU: a small CNN on a 128 x 128
@@ -33,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget-s", type=float, default=None, metavar="S",
                    help="stop after about S seconds, samples included (the schedule is fitted to it)")
     p.add_argument("--cuts-per-film", type=int, default=6, help="cuts of each lateral film (default 6)")
+    add_out_options(p)
     p.set_defaults(func=run)
 
 
@@ -40,9 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from spine_dfl.gate.view_train import train_view
 
     if args.epochs < 1 or args.cuts_per_film < 1:
-        raise ValueError("--epochs and --cuts-per-film must be at least 1")
+        raise InputError("--epochs and --cuts-per-film must be at least 1")
     if args.time_budget_s is not None and args.time_budget_s <= 0:
-        raise ValueError("--time-budget-s must be positive")
+        raise InputError("--time-budget-s must be positive")
+    prepare_out(args.out, "view-train", overwrite=args.overwrite)
     result = train_view(args.manifest, args.out, epochs=args.epochs, seed=args.seed, time_budget_s=args.time_budget_s,
                         say=print, cuts_per_film=args.cuts_per_film)
     val = result.metrics.get("validation") or {}
