@@ -9,7 +9,9 @@ and writes one Secondary Capture built with highdicom from the first decodable i
 study, referencing every decoded source image, with UIDs derived from ``result_uid_seed``.
 
     python tests/serve_node.py --spool DIR --port P --send-to AET@HOST:PORT [--checkpoint CKPT]
-        [--stable-age S] [--score-delay S] [--workers N] [--allow AET ...]
+        [--stable-age S] [--score-delay S] [--workers N] [--allow AET ...] [--hold-after N]
+
+``--hold-after N`` stops reception for good after N instances, so a kill lands while receiving.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -92,6 +95,23 @@ def _delayed(scorer, delay: float):
     return score_study if delay > 0 else scorer
 
 
+def _hold_after(count: int) -> None:
+    """Every C-STORE after the first ``count`` waits for good: a kill then lands while receiving."""
+    from spine_dfl.serve.spool import Spool
+
+    real, calls, lock = Spool.store, [0], threading.Lock()
+
+    def store(self, *args):
+        with lock:
+            calls[0] += 1
+            hold = calls[0] > count
+        if hold:
+            threading.Event().wait()
+        return real(self, *args)
+
+    Spool.store = store
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--spool", required=True)
@@ -102,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-delay", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--allow", nargs="*", default=["ORTHANC", TEST_SCU_AET])
+    parser.add_argument("--hold-after", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.hold_after is not None:
+        _hold_after(args.hold_after)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if args.checkpoint:

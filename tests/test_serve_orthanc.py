@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 from pathlib import Path
 
@@ -85,13 +84,15 @@ class NodeProcess:
         self.spool, self.port, self.orthanc = spool, port, orthanc
         self.process: subprocess.Popen | None = None
 
-    def start(self, checkpoint: Path | None, *, stable_age: float = 1.0, score_delay: float = 0.0) -> None:
+    def start(self, checkpoint: Path | None, *, stable_age: float = 1.0, score_delay: float = 0.0,
+              hold_after: int | None = None) -> None:
         """With ``checkpoint`` the real scorer, else the script's thumbnail scorer (reception tests)."""
         command = [
             sys.executable, str(TESTS / "serve_node.py"), "--spool", str(self.spool), "--port", str(self.port),
             "--send-to", f"{ORTHANC_AET}@127.0.0.1:{self.orthanc.dicom_port}",
             "--stable-age", str(stable_age), "--score-delay", str(score_delay),
         ] + (["--checkpoint", str(checkpoint)] if checkpoint is not None else [])
+        command += ["--hold-after", str(hold_after)] if hold_after is not None else []
         self.spool.mkdir(parents=True, exist_ok=True)
         with open(self.spool.parent / "node.log", "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=TESTS)
@@ -123,10 +124,10 @@ class NodeProcess:
                 self.process.kill()
                 self.process.wait()
 
-    def query(self, sql: str) -> list[tuple]:
+    def query(self, sql: str, parameters: tuple = ()) -> list[tuple]:
         db = sqlite3.connect(f"file:{self.spool / 'queue.sqlite'}?mode=ro", uri=True, timeout=10)
         try:
-            return db.execute(sql).fetchall()
+            return db.execute(sql, parameters).fetchall()
         finally:
             db.close()
 
@@ -156,12 +157,17 @@ def fetch(orthanc: Orthanc, orthanc_id: str) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{orthanc_id}/file")))
 
 
-def wait_for_results(orthanc: Orthanc, study_uid: str, count: int = 1, kinds: tuple[str, ...] = (SR_SERIES, SC_SERIES),
+def study_done(node: NodeProcess, study_uid: str) -> bool:
+    """The node has sent every result of the study (Orthanc acknowledged each before it is marked)."""
+    return node.query("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)) == [("done",)]
+
+
+def wait_for_results(orthanc: Orthanc, node: NodeProcess, study_uid: str, count: int = 1,
+                     kinds: tuple[str, ...] = (SR_SERIES, SC_SERIES),
                      timeout: float = 180.0) -> dict[str, list[pydicom.Dataset]]:
-    """Wait for ``count`` results of each kind in the study, check no more follow, return them by kind."""
-    wait_for(lambda: all(len(result_ids(orthanc, study_uid, kind)) >= count for kind in kinds), timeout,
-             what=f"{count} result(s) of each kind in the source study")
-    time.sleep(1.5)
+    """Wait until the node has sent every result of the study, check there are ``count`` of each
+    kind in Orthanc, return them by kind."""
+    wait_for(lambda: study_done(node, study_uid), timeout, what="the node to send the study's results")
     found = {kind: result_ids(orthanc, study_uid, kind) for kind in kinds}
     assert {kind: len(ids) for kind, ids in found.items()} == {kind: count for kind in kinds}
     return {kind: [fetch(orthanc, orthanc_id) for orthanc_id in ids] for kind, ids in found.items()}
@@ -269,7 +275,7 @@ def test_happy_path_one_sr_and_one_sc_per_study_with_the_grades_of_spine_dfl_sco
     assert len(list((tmp_path / "batch_dicom").glob("*_SR.dcm"))) == 2
     sha = checkpoint_sha256(checkpoint)
     for study_uid, (_, sop_uid) in sources.items():
-        results = wait_for_results(orthanc, study_uid)
+        results = wait_for_results(orthanc, node, study_uid)
         (sr,), (sc,) = results[SR_SERIES], results[SC_SERIES]
         for result in (sr, sc):
             assert result.StudyInstanceUID == study_uid and referenced(result) == {sop_uid}
@@ -283,8 +289,10 @@ def test_happy_path_one_sr_and_one_sc_per_study_with_the_grades_of_spine_dfl_sco
     # a PACS routing the results back, and the same study sent again: nothing new is made
     first_study = next(iter(sources))
     routed_back = result_ids(orthanc, first_study, SR_SERIES) + result_ids(orthanc, first_study, SC_SERIES)
+    # the store is synchronous and the node decides on each instance before it answers: once it
+    # returns, a study left done at generation 0 has nothing more to score or send
     orthanc.store_to_node(routed_back + [sources[first_study][0]])
-    time.sleep(2.5)
+    assert node.query("SELECT state, generation FROM studies WHERE study_uid = ?", (first_study,)) == [("done", 0)]
     assert len(result_ids(orthanc, first_study, SR_SERIES)) == len(result_ids(orthanc, first_study)) == 1
     summary = status(node.spool)
     assert summary["states"]["done"] == 2 and summary["instances"] == 2
@@ -299,7 +307,7 @@ def test_a_study_split_over_two_associations_is_scored_once_and_a_late_instance_
     answers = upload_all(orthanc, encoded)
     orthanc.store_to_node([answers[0]["ID"]])
     orthanc.store_to_node([answers[1]["ID"]])
-    results = wait_for_results(orthanc, study_uid, count=2)
+    results = wait_for_results(orthanc, node, study_uid, count=2)
     assert {frozenset(referenced(r)) for r in results[SC_SERIES]} == {frozenset([sop]) for sop in sop_uids[:2]}
     assert set().union(*(referenced(r) for r in results[SR_SERIES])) == set(sop_uids[:2])
     assert node.query("SELECT generation, COUNT(*) FROM results GROUP BY generation") == [(0, 4)]
@@ -326,7 +334,7 @@ def test_a_jpeg2000_instance_is_accepted(orthanc, node, checkpoint, radiographs,
     dataset = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{instance['ID']}/file")))
     assert dataset.file_meta.TransferSyntaxUID == JPEG2000Lossless
     orthanc.store_to_node([instance["ID"]])
-    results = wait_for_results(orthanc, str(dataset.StudyInstanceUID))
+    results = wait_for_results(orthanc, node, str(dataset.StudyInstanceUID))
     assert referenced(results[SR_SERIES][0]) == referenced(results[SC_SERIES][0]) == {str(dataset.SOPInstanceUID)}
     (spooled,) = node.spool.glob(f"instances/*/{dataset.SOPInstanceUID}.dcm")
     assert pydicom.dcmread(spooled, stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEG2000Lossless
@@ -342,7 +350,7 @@ def test_a_corrupt_instance_fails_alone_with_its_reason(orthanc, node, checkpoin
     encoded[1] = buffer.getvalue()
     upload_all(orthanc, encoded)
     orthanc.store_to_node([orthanc.study_id(study_uid)])
-    results = wait_for_results(orthanc, study_uid, count=2)
+    results = wait_for_results(orthanc, node, study_uid, count=2)
     good = {sop_uids[0], sop_uids[2]}
     assert set().union(*(referenced(r) for r in results[SC_SERIES])) == good
     assert set().union(*(referenced(r) for r in results[SR_SERIES])) == good
@@ -353,22 +361,30 @@ def test_a_corrupt_instance_fails_alone_with_its_reason(orthanc, node, checkpoin
 
 
 def test_kill9_while_receiving_then_restart_loses_nothing(orthanc, node, tmp_path):
-    node.start(None, stable_age=5.0)  # reception alone: the thumbnail scorer
+    node.start(None, stable_age=5.0, hold_after=10)  # reception alone: the thumbnail scorer
     paths = make_study(tmp_path / "big", 150, size=256)
     upload_all(orthanc, paths)
     study_uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
     job = orthanc.store_to_node([orthanc.study_id(study_uid)], asynchronous=True)
     spooled = lambda: len(list(node.spool.glob("instances/*/*.dcm")))  # noqa: E731
-    wait_for(lambda: spooled() >= 10, 60, interval=0.02, what="the first instances to arrive")
-    node.kill9()
-    assert spooled() < len(paths), "the kill must land while receiving"
-    wait_for(lambda: orthanc.get(f"/jobs/{job['ID']}")["State"] == "Failure", 60, what="Orthanc's job to fail")
+    received = "SELECT COUNT(*) FROM instances"
+    wait_for(lambda: node.query(received) == [(10,)], 60, interval=0.02, what="ten instances, then the node holds")
+    node.kill9()  # the 11th C-STORE is under way
+    assert spooled() == 10
+    job_state = lambda: orthanc.get(f"/jobs/{job['ID']}")["State"]  # noqa: E731
+    wait_for(lambda: job_state() == "Failure", 60, what="Orthanc's job to fail")
     node.start(None, stable_age=5.0)
     orthanc.post(f"/jobs/{job['ID']}/resubmit", {})  # what a PACS does with a failed transfer
-    (result,) = wait_for_results(orthanc, study_uid, kinds=(SC_SERIES,))[SC_SERIES]
-    assert len(referenced(result)) == len(paths)
-    assert node.query("SELECT COUNT(*) FROM instances") == [(len(paths),)]
+    wait_for(lambda: job_state() == "Success", 120, what="Orthanc's resubmitted job to finish")
+    wait_for(lambda: study_done(node, study_uid), 180, what="the node to send the study's results")
+    assert node.query(received) == [(len(paths),)]
     assert spooled() == len(paths) and not list(node.spool.glob("instances/*/.*.tmp"))
+    # the ten may have been scored before the rest came back (the restart outlasts the stable age):
+    # one result per generation, the last of them of every instance
+    ((generation,),) = node.query("SELECT generation FROM studies")
+    results = [fetch(orthanc, orthanc_id) for orthanc_id in result_ids(orthanc, study_uid, SC_SERIES)]
+    assert len(results) == generation + 1
+    assert max(len(referenced(result)) for result in results) == len(paths)
 
 
 def test_kill9_while_scoring_then_restart_sends_one_result(orthanc, node, checkpoint, radiographs, tmp_path):
@@ -379,7 +395,7 @@ def test_kill9_while_scoring_then_restart_sends_one_result(orthanc, node, checkp
     wait_for(lambda: node.query("SELECT state FROM studies") == [("scoring",)], 60, what="scoring to start")
     node.kill9()
     node.start(checkpoint)
-    results = wait_for_results(orthanc, study_uid, count=2)
+    results = wait_for_results(orthanc, node, study_uid, count=2)
     for kind in (SR_SERIES, SC_SERIES):
         assert set().union(*(referenced(r) for r in results[kind])) == set(sop_uids)
     assert node.query("SELECT state, generation FROM studies") == [("done", 0)]
@@ -396,7 +412,7 @@ def test_results_arrive_when_orthanc_comes_back(orthanc, node, checkpoint, radio
         wait_for(lambda: node.query(failed_sending), 60, what="a failed sending attempt")
     finally:
         orthanc.start()
-    results = wait_for_results(orthanc, study_uid)
+    results = wait_for_results(orthanc, node, study_uid)
     assert referenced(results[SR_SERIES][0]) == referenced(results[SC_SERIES][0]) == set(sop_uids)
     assert node.query("SELECT state FROM studies") == [("done",)]
 
