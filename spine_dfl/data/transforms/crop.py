@@ -22,6 +22,8 @@ from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.geometry import compose_to_original, crop_with_fill, resize_pad, roi_crop_box, translation
 from spine_dfl.data.transforms.settings import Preprocessing
 
+_PRE = Preprocessing()  # the defaults, from one place
+
 
 class RoiCrop(Transform):
     """Array transform: (C, H, W) + ROI -> ROI + margin crop (C, h, w) and its output->input matrix.
@@ -30,7 +32,7 @@ class RoiCrop(Transform):
     ``use_roi=False``) keeps the whole image.
     """
 
-    def __init__(self, margin: float = 0.15, use_roi: bool = True) -> None:
+    def __init__(self, margin: float = _PRE.roi_margin, use_roi: bool = True) -> None:
         self.margin, self.use_roi = float(margin), bool(use_roi)
 
     def __call__(self, image: torch.Tensor, roi: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +58,7 @@ class ResizePad(Transform):
 class RoiCropd(MapTransform):
     """Dict twin of :class:`RoiCrop`: crops ``data[key]`` around ``data[roi_key]``; updates ``data[affine_key]``."""
 
-    def __init__(self, keys: KeysCollection = "image", roi_key: str = "roi", margin: float = 0.15,
+    def __init__(self, keys: KeysCollection = "image", roi_key: str = "roi", margin: float = _PRE.roi_margin,
                  use_roi: bool = True, affine_key: str = "to_original") -> None:
         super().__init__(keys)
         self.roi_key, self.affine_key = roi_key, affine_key
@@ -76,7 +78,7 @@ class RoiCropd(MapTransform):
 class ResizePadd(MapTransform):
     """Dict twin of :class:`ResizePad`; updates ``data[affine_key]``."""
 
-    def __init__(self, keys: KeysCollection = "image", size: int = 160, fill: float = 0.0,
+    def __init__(self, keys: KeysCollection = "image", size: int = _PRE.input_size, fill: float = 0.0,
                  affine_key: str = "to_original") -> None:
         super().__init__(keys)
         self.affine_key = affine_key
@@ -192,7 +194,7 @@ class RoiRecropd(MapTransform):
     window into the sample the deterministic pipeline gives (training samples without the random
     reframing, e.g. for the filter bank's initialisation)."""
 
-    def __init__(self, keys: KeysCollection = "image", pre: Preprocessing = Preprocessing(), roi_key: str = "roi",
+    def __init__(self, keys: KeysCollection = "image", pre: Preprocessing = _PRE, roi_key: str = "roi",
                  affine_key: str = "to_original") -> None:
         super().__init__(keys)
         self.roi_key, self.affine_key = roi_key, affine_key
@@ -226,7 +228,7 @@ class RandRoiRecropd(RoiReframeDraw, MapTransform):
     """
 
     def __init__(self, keys: KeysCollection = "image", options: AcquisitionAugment = AcquisitionAugment(),
-                 pre: Preprocessing = Preprocessing(), roi_key: str = "roi", affine_key: str = "to_original") -> None:
+                 pre: Preprocessing = _PRE, roi_key: str = "roi", affine_key: str = "to_original") -> None:
         MapTransform.__init__(self, keys)
         self.options, self.roi_key = options, roi_key
         self.recrop = RoiRecropd(keys, pre, roi_key, affine_key)
