@@ -15,9 +15,12 @@ DEFAULT_CPU_CONFIG, DEFAULT_GPU_CONFIG = "train_cpu", "dfl_resnet50_448"
 
 
 def _shipped() -> str:
-    from spine_dfl.config import shipped_config_names
+    """The shipped configs' names, read from the package data (not spine_dfl.config: --help stays light)."""
+    from importlib import resources
 
-    return ", ".join(shipped_config_names()) or "none found"
+    folder = resources.files("spine_dfl").joinpath("configs")
+    names = sorted(e.name.removesuffix(".yaml") for e in folder.iterdir() if e.name.endswith(".yaml"))
+    return ", ".join(names) or "none found"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
