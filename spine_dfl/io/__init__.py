@@ -14,6 +14,8 @@ Pillow are imported when first used).
 - :mod:`~spine_dfl.io.read`: :func:`read_image`, the one entry point for pixels.
 - :mod:`~spine_dfl.io.rois`: :data:`ROI_COLUMNS` and :func:`read_rois`, the one ROI-table reader.
 - :mod:`~spine_dfl.io.vocabulary`: vertebral :data:`LEVELS` and :data:`GENANT_GRADES`.
+- :mod:`~spine_dfl.io.errors`: the project's error model (:class:`SpineDflError` and its kinds) and
+  the exit statuses; here, at the bottom, so every package can raise them.
 """
 
 from __future__ import annotations
