@@ -58,18 +58,32 @@ def test_without_verbose_it_is_off() -> None:
     assert build_parser().parse_args(["validate", "m.csv"]).verbose is False
 
 
+@pytest.mark.parametrize("verbose", [[], ["-v"]], ids=["quiet", "verbose"])
 @pytest.mark.parametrize("error", [RuntimeError("boom"), KeyError("column"), FileNotFoundError("internal.tmp")])
-def test_an_internal_error_is_a_bug_with_a_traceback_and_exit_1(error: Exception, tmp_path: Path, monkeypatch,
-                                                                capsys) -> None:
+def test_an_internal_error_is_a_bug_with_a_traceback_and_exit_1(error: Exception, verbose: list[str], tmp_path: Path,
+                                                                monkeypatch, capsys) -> None:
     from spine_dfl.data import manifest
 
     def broken(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(manifest, "validate_manifest", broken)
-    assert main(["validate", str(tmp_path / "m.csv")]) == 1
+    assert main([*verbose, "validate", str(tmp_path / "m.csv")]) == 1
     err = capsys.readouterr().err
-    assert "Traceback" in err and type(error).__name__ in err and "please report" in err
+    assert "Traceback (most recent call last)" in err and f"{type(error).__name__}: {error}" in err
+    assert "in broken" in err  # the traceback reaches the raising function
+    assert err.strip().splitlines()[-1].endswith("please report it with the traceback above")
+    assert not err.startswith("error: ")
+
+
+def test_a_user_error_has_its_traceback_only_with_verbose(tmp_path: Path, capsys) -> None:
+    argv = ["serve", "status", "--spool", str(tmp_path / "nowhere")]
+    assert main(argv) == 2
+    quiet = capsys.readouterr().err
+    assert main([*argv, "-v"]) == 2
+    verbose = capsys.readouterr().err
+    assert "Traceback" not in quiet and len(quiet.strip().splitlines()) == 1
+    assert "Traceback (most recent call last)" in verbose and verbose.strip().splitlines()[-1] == quiet.strip()
 
 
 def test_a_usage_error_is_one_line_and_exit_2(capsys) -> None:
@@ -95,6 +109,38 @@ def test_help_documents_the_exit_statuses(capsys) -> None:
 
 
 # --------------------------------------------------------------------------- one meaning per option
+def _subcommands(parser=None, prefix: str = ""):
+    """Every (sub)command's name ("serve start") and parser, nested ones included."""
+    import argparse
+
+    for action in (parser or build_parser())._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}".strip(), sub
+                yield from _subcommands(sub, f"{prefix} {name}".strip())
+
+
+def _options(sub) -> dict:
+    return {action.dest: action for action in sub._actions}
+
+
+def test_the_shared_options_are_where_they_belong_and_mean_one_thing() -> None:
+    from spine_dfl.cli.common import device_name
+
+    commands = dict(_subcommands())
+    with_device = {name for name, sub in commands.items() if "device" in _options(sub)}
+    assert with_device == set(MODEL_COMMANDS)  # a new model command is added to MODEL_COMMANDS, and tested
+    assert all(_options(commands[name])["device"].type is device_name for name in with_device)
+    with_workers = {name for name, sub in commands.items() if "workers" in _options(sub)}
+    assert with_workers == {"score", "serve start"}
+    assert all("decode" in _options(commands[name])["workers"].help for name in with_workers)
+    batch = {name: _options(sub)["batch_size"].default for name, sub in commands.items() if "batch_size" in _options(sub)}
+    assert batch == {"evaluate": INFERENCE_BATCH_SIZE, "score": INFERENCE_BATCH_SIZE,
+                     "serve start": INFERENCE_BATCH_SIZE, "explain": EXPLAIN_BATCH_SIZE}
+    with_out = {name for name, sub in commands.items() if "out" in _options(sub)}
+    assert with_out == set(_folder_commands(Path("x")))  # each is tested by the output-folder rule below
+
+
 def test_workers_means_decode_processes_and_serve_has_concurrent_studies() -> None:
     parser = build_parser()
     score = parser.parse_args(["score", "c.pt", "f", "--workers", "3"])
@@ -140,40 +186,65 @@ def test_train_passes_its_device_to_the_config(small_cohort: Path, tmp_path: Pat
 
 
 # --------------------------------------------------------------------------- one bad input, one code
-def _bad_manifest(small_cohort: Path, tmp_path: Path) -> Path:
+def _absolute_images(small_cohort: Path) -> pd.DataFrame:
     table = pd.read_csv(small_cohort / "manifest.csv")
     table["image"] = table["image"].map(lambda p: str(small_cohort / p))
+    return table
+
+
+def _missing_column(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    return table.drop(columns=["label"]), ["header (line 1)", "column 'label'", "missing required column"]
+
+
+def _missing_image(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    table.loc[2, "image"] = str(Path(table.loc[2, "image"]).with_name("nowhere.dcm"))
+    return table, ["row 3 (line 4)", "column 'image'", "file not found", "nowhere.dcm"]
+
+
+def _unknown_split(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     table.loc[1, "split"] = "holdout"
-    bad = tmp_path / "bad.csv"
-    table.to_csv(bad, index=False)
-    return bad
+    return table, ["row 2 (line 3)", "column 'split'", "holdout"]
 
 
-def _checkpoint(tmp_path: Path) -> Path:
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
     from spine_dfl.config import config_to_dict, load_config
     from spine_dfl.data.transforms import Preprocessing
     from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload
     from spine_dfl.model import DFLNet
 
     model = DFLNet("resnet18", num_classes=4, filters_per_class=2)
-    checkpoint = tmp_path / "model.pt"
+    checkpoint = tmp_path_factory.mktemp("checkpoint") / "model.pt"
     atomic_torch_save(checkpoint_payload(model, config_to_dict(load_config("cpu_demo")),
                                          ["normal", "mild", "moderate", "severe"], Preprocessing(input_size=64)),
                       checkpoint)
     return checkpoint
 
 
-def test_one_bad_manifest_exits_2_from_validate_train_and_evaluate(small_cohort: Path, tmp_path: Path, capsys) -> None:
-    bad = _bad_manifest(small_cohort, tmp_path)
+@pytest.mark.parametrize("defect", [_missing_column, _missing_image, _unknown_split], ids=lambda f: f.__name__[1:])
+def test_one_bad_manifest_gives_the_same_error_from_validate_train_and_evaluate(
+        defect, small_cohort: Path, tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    table, expected = defect(_absolute_images(small_cohort))
+    bad = tmp_path / "bad.csv"
+    table.to_csv(bad, index=False)
     commands = {
         "validate": ["validate", str(bad)],
         "train": ["train", str(bad), "--config", "cpu_demo", "--out", str(tmp_path / "t")],
-        "evaluate": ["evaluate", str(_checkpoint(tmp_path)), str(bad), "--out", str(tmp_path / "e")],
+        "evaluate": ["evaluate", str(tiny_checkpoint), str(bad), "--out", str(tmp_path / "e")],
     }
+    printed = {}
     for name, argv in commands.items():
         assert main(argv) == 2, name
-        err = capsys.readouterr().err
-        assert "holdout" in err and "Traceback" not in err, (name, err)
+        printed[name] = capsys.readouterr().err
+    for name, err in printed.items():
+        lines = err.strip().splitlines()
+        # One 'error:' line naming the file, then one line per problem (here one), naming the file and row.
+        assert lines[0] == f"error: 1 error(s) in manifest {bad}:", (name, err)
+        assert len(lines) == 2 and lines[1].strip().startswith(f"{bad}: "), (name, err)
+        assert all(part in lines[1] for part in expected), (name, err)
+        assert "Traceback" not in err, (name, err)
+    assert printed["train"] == printed["validate"] == printed["evaluate"]
+    assert not (tmp_path / "e" / "metrics.json").exists()
 
 
 # --------------------------------------------------------------------------- partial failures: exit 3
