@@ -281,11 +281,11 @@ def test_explain_with_the_locator_draws_each_vertebra_and_its_six_points(checkpo
 
     from PIL import Image
 
-    from spine_dfl.cli import main
+    from spine_dfl.cli import EXIT_INPUTS_FAILED, EXIT_OK, main
 
     out = tmp_path / "explain"
     assert main(["explain", str(checkpoints["grader"]), str(images), "--out", str(out), "--locator",
-                 str(checkpoints["locator"]), "--top", "2", "--device", "cpu"]) == 0
+                 str(checkpoints["locator"]), "--top", "2", "--device", "cpu"]) == EXIT_OK
     entries = json.loads((out / "patches.json").read_text())
     scored = {r["image"]: r for r in _rows_of_score(checkpoints, images, tmp_path)}
     assert entries and {e["roi_source"] for e in entries} == {"locator"}
@@ -296,8 +296,10 @@ def test_explain_with_the_locator_draws_each_vertebra_and_its_six_points(checkpo
     assert ((png == [0, 255, 255]).all(axis=-1)).sum() > 10  # the superior endplate, cyan
     capsys.readouterr()
     assert main(["explain", str(checkpoints["grader"]), str(images), "--out", str(tmp_path / "blind"), "--locator",
-                 str(checkpoints["blind"]), "--device", "cpu"]) == 1
-    assert "(3 failed: no vertebrae found)" in capsys.readouterr().err
+                 str(checkpoints["blind"]), "--device", "cpu"]) == EXIT_INPUTS_FAILED
+    # Every input failed: still "finished, some inputs gave no result" (docs/commands.md, exit 3), one line.
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        "error: no sample could be explained (3 failed: no vertebrae found)"
 
 
 def _rows_of_score(checkpoints, images, tmp_path):

@@ -181,15 +181,19 @@ def test_score_flags_inverted_films_and_refuses_them_on_request(
     plain = pydicom.dcmread(tmp_path / "dicom" / f"{yes_stem}_SC.dcm").pixel_array
     assert abs((plain[:band, :, 0].astype(int) - plain[:band, :, 1]).mean()) < 5  # no banner: grey there
 
-    from spine_dfl.cli import main
+    from spine_dfl.cli import EXIT_INPUTS_FAILED, main
 
+    # --refuse-shifted: the inverted films end as failed files, so the run finished with some inputs
+    # failed (exit 3, docs/commands.md), each counted in summary.json with its reason.
     assert main(["score", str(trained / "best.pt"), str(originals), str(inverted), "--rois", str(rois), "--workers", "0",
-                 "--no-progress", "--out", str(tmp_path / "refuse"), "--refuse-shifted"]) == 0
+                 "--no-progress", "--out", str(tmp_path / "refuse"), "--refuse-shifted"]) == EXIT_INPUTS_FAILED
     refused = json.loads((tmp_path / "refuse" / "summary.json").read_text())
     rows = _first_rows(tmp_path / "refuse")
     failed = rows[rows["status"] == "error"]
     assert set(failed.index) == set(first.index[first["in_distribution"] == "no"])
     assert all(e.startswith("unlike the training images (shift score ") and e.endswith("): not graded") for e in failed["error"])
+    assert refused["failed"] == len(failed) > 0
+    assert refused["scored"] == refused["found"] - len(failed)
     assert refused["failed_by_reason"] == {"unlike the training images": len(failed)}
     assert refused["shifted"] == len(failed) and refused["shift_check"] == "available"
     assert reason_category(failed["error"].iloc[0]) == "unlike the training images"
