@@ -1,6 +1,6 @@
 """Benchmark: end-to-end training images/s over model-only images/s, with the acquisition augmentation on.
 
-End to end is the engine's own epoch (``spine_dfl.engine.train._train_epoch``: sampler, cached
+End to end is the engine's own epoch (``spine_dfl.engine.loop.train_epoch`` on the grader's task: sampler, cached
 crops, per-sample augmentation with, in the augmented arm, TorchIO's bias field, anisotropy, noise
 and gamma, collate, the batch part of the acquisition augmentation (window, unsharp mask,
 collimation), forward, loss, backward, clipping, optimiser and schedule), capped at ``--steps`` batches by
@@ -28,8 +28,8 @@ import torch
 from spine_dfl.config import RunConfig, load_config
 from spine_dfl.engine.device import resolve_device
 from spine_dfl.engine.distributed import Distributed
-from spine_dfl.engine.prepare import TrainData, build_model, build_optimisation, prepare_data, seed_everything
-from spine_dfl.engine.train import _train_epoch
+from spine_dfl.engine.loop import RunContext, build_optimisation, seed_everything, train_epoch
+from spine_dfl.engine.train import GraderTask
 from spine_dfl.model import dfl_loss
 
 
@@ -46,11 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _end_to_end(model: torch.nn.Module, data: TrainData, config: RunConfig, device: torch.device, epoch: int) -> float:
+def _end_to_end(task: GraderTask, epoch: int) -> float:
     """Images/s of one engine epoch (its own ``images_per_s``, timed around data and step alike)."""
-    dist = Distributed()
-    opt = build_optimisation(model, config, data, dist, device)
-    return float(_train_epoch(model, data, opt, config, epoch, dist, device, progress=False)["images_per_s"])
+    opt = build_optimisation(task, task.context)
+    return float(train_epoch(task, task.model, opt, task.context, epoch)["images_per_s"])
 
 
 def _model_only(model: torch.nn.Module, config: RunConfig, classes: int, device: torch.device, steps: int) -> float:
@@ -88,15 +87,15 @@ def main(argv: list[str] | None = None) -> int:
                for arm in ("augmented", "plain")}
     device = resolve_device(configs["augmented"].device)
     seed_everything(configs["augmented"].seed)
-    datas = {arm: prepare_data(manifest, config, args.out / f"run_{arm}", Distributed())
+    tasks = {arm: GraderTask(RunContext(manifest, config, args.out / f"run_{arm}", Distributed(), device))
              for arm, config in configs.items()}
-    classes = len(datas["augmented"].class_names)
-    model = build_model(configs["augmented"], datas["augmented"].class_names, device).train()
+    model = tasks["plain"].model = tasks["augmented"].model  # one model, both arms
+    classes = len(tasks["augmented"].data.class_names)
     best = {"augmented": 0.0, "plain": 0.0, "model_only": 0.0}
-    _end_to_end(model, datas["augmented"], configs["augmented"], device, epoch=0)  # warm-up
+    _end_to_end(tasks["augmented"], epoch=0)  # warm-up
     for round_index in range(args.rounds):
         for arm in ("augmented", "plain"):
-            best[arm] = max(best[arm], _end_to_end(model, datas[arm], configs[arm], device, epoch=1 + round_index))
+            best[arm] = max(best[arm], _end_to_end(tasks[arm], epoch=1 + round_index))
         best["model_only"] = max(best["model_only"], _model_only(model, configs["plain"], classes, device, args.steps))
     options = configs["augmented"].data.acquisition
     print(json.dumps({

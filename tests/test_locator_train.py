@@ -64,16 +64,16 @@ def test_training_batches_get_the_acquisition_augmentation_and_validation_never(
             events.append("augment")
             return super().__call__(images, rng)
 
-    real_validate = locate_train._validate
+    real_validate = locate_train.LocatorTask.validate
 
-    def validate(run):
+    def validate(self):
         events.append("validate")
-        result = real_validate(run)
+        result = real_validate(self)
         events.append("validated")
         return result
 
     monkeypatch.setattr(locate_train, "LocatorAcquisition", Recording)
-    monkeypatch.setattr(locate_train, "_validate", validate)
+    monkeypatch.setattr(locate_train.LocatorTask, "validate", validate)
     config = tiny_config(1)
     assert config.locator.acquisition.enabled and not config.locator.acquisition.collimation
     locate_train.train_locator(small_cohort / "manifest.csv", config, tmp_path, progress=False)
@@ -87,8 +87,8 @@ def test_training_batches_get_the_acquisition_augmentation_and_validation_never(
 # ----------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def trained(small_cohort, tmp_path_factory):
-    """Three epochs on the small synthetic cohort, through the engine's train entry (task dispatch)."""
-    from spine_dfl.engine.train import train
+    """Three epochs on the small synthetic cohort, through the workflow's task registry (``task: locator``)."""
+    from spine_dfl.workflows.train import train
 
     out = tmp_path_factory.mktemp("locator")
     result = train(small_cohort / "manifest.csv", tiny_config(3), out, progress=False)
@@ -114,18 +114,20 @@ def test_training_writes_self_contained_checkpoints_and_metrics(trained, small_c
 
 def test_resume_continues_a_killed_run_exactly(trained, small_cohort, tmp_path, monkeypatch):
     out, _ = trained
-    real_epoch = locate_train._train_epoch
+    import spine_dfl.engine.loop as loop
 
-    def killed_at_third(run, net, epoch):
+    real_epoch = loop.train_epoch
+
+    def killed_at_third(task, net, opt, context, epoch, progress=False):
         if epoch == 2:
             raise KeyboardInterrupt("killed")
-        return real_epoch(run, net, epoch)
+        return real_epoch(task, net, opt, context, epoch, progress)
 
-    monkeypatch.setattr(locate_train, "_train_epoch", killed_at_third)
+    monkeypatch.setattr(loop, "train_epoch", killed_at_third)
     with pytest.raises(KeyboardInterrupt):
         locate_train.train_locator(small_cohort / "manifest.csv", tiny_config(3), tmp_path, progress=False)
     assert len(_rows(tmp_path / "metrics.csv")) == 2
-    monkeypatch.setattr(locate_train, "_train_epoch", real_epoch)
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
     result = locate_train.train_locator(small_cohort / "manifest.csv", tiny_config(3), tmp_path, resume=True,
                                         progress=False)
     assert result.epochs_run == 3 and [r["epoch"] for r in _rows(tmp_path / "metrics.csv")] == ["1", "2", "3"]

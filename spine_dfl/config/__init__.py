@@ -118,14 +118,15 @@ class TrainConfig(Strict):
     lr_heads: float = Field(1e-2, gt=0, description="learning rate of the new heads (classifiers, filter bank)")
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(1.0, ge=0)
+    final_lr_fraction: float = Field(0.0, ge=0, lt=1, description="the cosine schedule ends at this fraction of "
+                                     "each learning rate (the locator's default: 0.01)")
     grad_clip: float = Field(5.0, ge=0, description="max gradient norm; 0 disables")
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = Field(True, description="channels-last memory format on CUDA")
-    class_weighted_loss: bool = False
+    class_weighted_loss: bool = Field(False, description="weight the grader's loss by inverse class frequency")
     select_metric: Literal["macro_auc", "balanced_accuracy", "macro_f1", "accuracy", "loss",
                            "identification_rate"] = "macro_auc"
     early_stop_patience: int = Field(10, ge=0, description="epochs without improvement; 0 disables")
-    eval_every: int = Field(1, ge=1)
     tensorboard: bool = False
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap for quick runs")
     time_budget_s: float | None = Field(None, gt=0, description="stop after the epoch that passes this wall time")
@@ -150,13 +151,22 @@ class RunConfig(Strict):
     locator: LocatorConfig = LocatorConfig()
 
     @model_validator(mode="after")
-    def _metric_fits_task(self) -> RunConfig:
+    def _fits_task(self) -> RunConfig:
+        """The task's own defaults where the config is silent; settings that do not apply are errors."""
+        train, given = self.train, self.train.model_fields_set
         allowed = SELECT_METRICS[self.task]
-        if "select_metric" not in self.train.model_fields_set:  # the task's own default
-            self.train.select_metric = allowed[0]
-        if self.train.select_metric not in allowed:
-            raise ValueError(f"train.select_metric {self.train.select_metric!r} does not apply to task "
+        if "select_metric" not in given:
+            train.select_metric = allowed[0]
+        if train.select_metric not in allowed:
+            raise ValueError(f"train.select_metric {train.select_metric!r} does not apply to task "
                              f"{self.task!r} (choose from {', '.join(allowed)})")
+        if self.task == "locator":
+            if train.class_weighted_loss:
+                raise ValueError("train.class_weighted_loss applies to the grader only (the locator has no classes)")
+            if "lr_heads" not in given:  # a random-init trunk: one rate for trunk and heads
+                train.lr_heads = train.lr_backbone
+            if "final_lr_fraction" not in given:
+                train.final_lr_fraction = 0.01
         return self
 
 

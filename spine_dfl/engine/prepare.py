@@ -1,14 +1,12 @@
-"""What a training run sets up before its first epoch: samples, model, optimisation, and either the
-state of an interrupted run (``--resume``) or the filter-bank init. Used by `spine_dfl.engine.train`.
+"""What the grader's training sets up before its first epoch: the manifest and its split, samples,
+the model, and the filter-bank init of a fresh run. Used by `spine_dfl.engine.train`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ from spine_dfl.data.manifest import Manifest, load_manifest
 from spine_dfl.data.samplers import class_balanced_weights
 from spine_dfl.data.splits import patient_split
 from spine_dfl.data.transforms import Preprocessing
-from spine_dfl.engine.checkpoint import CheckpointError, read_checkpoint
 from spine_dfl.engine.distributed import Distributed
 from spine_dfl.engine.predict import collate_samples
 from spine_dfl.io.errors import InputError
@@ -45,32 +42,6 @@ class TrainData:
     val_set: Any
 
 
-@dataclass
-class Optimisation:
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    steps_per_epoch: int
-    class_weight: torch.Tensor | None  # (M,) loss weight of each class, or None
-
-
-@dataclass
-class Progress:
-    """Where the run stands; stored in every checkpoint so that ``--resume`` carries on."""
-
-    start_epoch: int = 0
-    best_score: float = -math.inf
-    best_epoch: int = -1  # 0-based; -1 before the first validation
-    stale: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def preprocessing_for(config: RunConfig, manifest: Manifest) -> Preprocessing:
     use_roi = {"auto": manifest.has_roi, "yes": True, "no": False}[config.data.use_roi]
     if use_roi and not manifest.has_roi:
@@ -81,14 +52,6 @@ def preprocessing_for(config: RunConfig, manifest: Manifest) -> Preprocessing:
         use_roi=use_roi,
         intensity_percentiles=tuple(config.data.intensity_percentiles),
     )
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to 0 at ``total_steps``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _filter_init_loader(
@@ -151,52 +114,7 @@ def build_model(config: RunConfig, class_names: list[str], device: torch.device)
         streams=config.model.streams,
         pstream_region=config.model.pstream_region,
     ).to(device)
-    if device.type == "cuda" and config.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def build_optimisation(
-    model: DFLNet, config: RunConfig, data: TrainData, dist: Distributed, device: torch.device
-) -> Optimisation:
-    """AdamW with warm-up + cosine schedule over the run's steps, AMP scaler, class weights of the loss."""
-    tc = config.train
-    optimizer = torch.optim.AdamW(model.param_groups(tc.lr_backbone, tc.lr_heads, tc.weight_decay))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tc.amp)
-    steps_per_epoch = max(1, math.ceil(len(data.train_records) / dist.world_size / tc.batch_size))
-    if tc.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
-    total_steps = steps_per_epoch * tc.epochs
-    warmup_steps = int(round(tc.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps)
-    )
-    class_weight = None
-    if tc.class_weighted_loss:
-        counts = np.bincount(data.train_labels, minlength=len(data.class_names)).astype(np.float64)
-        class_weight = torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=device)
-    return Optimisation(optimizer, scheduler, scaler, steps_per_epoch, class_weight)
-
-
-def resume_state(
-    last_path: Path, model: DFLNet, opt: Optimisation, class_names: list[str], device: torch.device,
-    dist: Distributed,
-) -> Progress:
-    state = read_checkpoint(last_path, map_location=device)
-    if state.get("class_names") != class_names:
-        raise CheckpointError(f"{last_path}: classes {state.get('class_names')} differ from the manifest's {class_names}")
-    model.load_state_dict(state["model_state"])
-    opt.optimizer.load_state_dict(state["optimizer_state"])
-    opt.scheduler.load_state_dict(state["scheduler_state"])
-    opt.scaler.load_state_dict(state["scaler_state"])
-    progress = Progress(
-        start_epoch=int(state["epoch"]) + 1, best_score=float(state["best_score"]),
-        best_epoch=int(state["best_epoch"]), stale=int(state["stale_epochs"]),
-        history=list(state.get("history", [])),
-    )
-    if dist.is_main:
-        log.info("resuming from %s at epoch %d", last_path, progress.start_epoch + 1)
-    return progress
 
 
 def init_filters(model: DFLNet, data: TrainData, config: RunConfig, out_dir: Path, dist: Distributed) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,6 +83,13 @@ class VertebraLocator(nn.Module):
         heads = dict(HEAD_CHANNELS, levels=len(self.levels))
         self.heads = nn.ModuleDict({name: nn.Conv2d(head_channels, c, 1) for name, c in heads.items()})
         nn.init.constant_(self.heads["heatmap"].bias, -math.log((1.0 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
+
+    def param_groups(self, lr_trunk: float, lr_heads: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: the trunk (stem + stages) and the rest (neck and heads)."""
+        trunk = [*self.stem.parameters(), *self.stages.parameters()]
+        heads = [*self.neck.parameters(), *self.head_features.parameters(), *self.heads.parameters()]
+        return [{"name": "trunk", "params": trunk, "lr": lr_trunk, "weight_decay": weight_decay},
+                {"name": "heads", "params": heads, "lr": lr_heads, "weight_decay": weight_decay}]
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         if images.ndim != 4 or images.shape[1] != 1:

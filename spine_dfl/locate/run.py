@@ -1,8 +1,7 @@
-"""Train the locator for one pass over batches, and locate + label the vertebrae of one radiograph."""
+"""Locate and label the vertebrae of one radiograph."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +11,6 @@ import torch
 from spine_dfl.locate.decode import Detections, decode
 from spine_dfl.locate.labelling import assign_levels
 from spine_dfl.locate.network import VertebraLocator
-from spine_dfl.locate.targets import locator_loss
 
 
 @dataclass(frozen=True)
@@ -42,32 +40,6 @@ class LocatedVertebrae:
 
     def __len__(self) -> int:
         return len(self.levels)
-
-
-def train_locator_epoch(
-    model: VertebraLocator,
-    batches: Iterable[tuple[torch.Tensor, Mapping[str, torch.Tensor]]],
-    optimizer: torch.optim.Optimizer,
-    loss_weights: Mapping[str, float] | None = None,
-    device: torch.device | str = "cpu",
-) -> dict[str, float]:
-    """One optimisation pass over (images (B, 1, H, W), batched targets) pairs; mean loss parts."""
-    model.train()
-    totals: dict[str, float] = {}
-    steps = 0
-    for images, targets in batches:
-        images = images.to(device)
-        targets = {k: v.to(device) for k, v in targets.items()}
-        parts = locator_loss(model(images), targets, loss_weights)
-        optimizer.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        optimizer.step()
-        for name, value in parts.items():
-            totals[name] = totals.get(name, 0.0) + float(value.detach())
-        steps += 1
-    if steps == 0:
-        raise ValueError("no batches to train the locator on")
-    return {name: value / steps for name, value in totals.items()}
 
 
 @torch.no_grad()

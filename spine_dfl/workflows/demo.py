@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from spine_dfl.config import load_config
-from spine_dfl.engine.train import train
+from spine_dfl.workflows.train import train
 from spine_dfl.explain.inputs import explain_records
 from spine_dfl.gate.view_checkpoint import embed_view
 from spine_dfl.gate.view_train import one_thread, train_view
