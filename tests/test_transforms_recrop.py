@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,7 @@ from spine_dfl.data.manifest import load_manifest
 from spine_dfl.data.transforms import AugmentConfig, Preprocessing
 from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
 from spine_dfl.data.transforms.compose import deterministic_transforms, window_transforms
-from spine_dfl.data.transforms.crop import RandRoiRecropd, RoiRecropd, grown_roi, window_margin
+from spine_dfl.data.transforms.crop import RandRoiRecropd, RoiRecropd, draw_roi_reframe, grown_roi, window_margin
 from spine_dfl.data.transforms.geometry import roi_crop_box
 
 PRE = Preprocessing(input_size=48, roi_margin=0.2)
@@ -57,12 +58,14 @@ def test_the_records_own_roi_cut_from_the_window_is_the_evaluation_sample_bit_fo
 def test_another_sites_roi_is_cut_from_the_radiograph_as_evaluation_would_cut_it() -> None:
     image, roi = _image(), (30.0, 35.0, 54.0, 62.0)
     window = _window(image, roi)
-    recrop = RandRoiRecropd("image", dataclasses.replace(RECROP, roi_follows_reframe=True), PRE)
+    options = dataclasses.replace(RECROP, roi_follows_reframe=True)
+    recrop = RandRoiRecropd("image", options, PRE)
     recrop.set_random_state(7)
+    draws = np.random.RandomState(7)  # the documented draw on the same stream: what the transform did
     margins = []
     for _ in range(12):
         out = recrop(window)
-        fires, margin, shift_x, shift_y, follows = recrop._params
+        fires, margin, shift_x, shift_y, follows = draw_roi_reframe(draws, options)
         assert fires and follows
         other = grown_roi(roi, margin, (shift_x, shift_y))
         expected = _evaluated(image, other)  # a site whose localiser drew ``other``
@@ -82,12 +85,14 @@ def test_another_sites_roi_is_cut_from_the_radiograph_as_evaluation_would_cut_it
 def test_a_fraction_of_reframed_rois_follows_and_the_crop_is_the_same_either_way() -> None:
     image, roi = _image(), (30.0, 35.0, 54.0, 62.0)
     window = _window(image, roi)
-    part = RandRoiRecropd("image", dataclasses.replace(RECROP, roi_follows_reframe=True, roi_follows_prob=0.5), PRE)
+    options = dataclasses.replace(RECROP, roi_follows_reframe=True, roi_follows_prob=0.5)
+    part = RandRoiRecropd("image", options, PRE)
     part.set_random_state(3)
+    draws = np.random.RandomState(3)
     followed = 0
     for _ in range(200):
         out = part(window)
-        fires, margin, shift_x, shift_y, follows = part._params
+        fires, margin, shift_x, shift_y, follows = draw_roi_reframe(draws, options)
         other = grown_roi(roi, margin, (shift_x, shift_y))
         assert torch.equal(out["image"], _evaluated(image, other)["image"])  # the crop is another site's either way
         assert out["roi"] == (other if follows else roi)
