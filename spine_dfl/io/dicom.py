@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from spine_dfl.io.header import (
     str_or_none,
 )
 from spine_dfl.io.radiograph import ImageReadError, Radiograph, RadiographMeta
+
+if TYPE_CHECKING:
+    from pydicom import Dataset, FileDataset
 
 __all__ = ["read_dicom"]
 
@@ -73,7 +76,7 @@ _PLUGINS_BY_TRANSFER_SYNTAX: dict[str, str] = {
 }
 
 
-def _sop_class_words(dataset: Any) -> str:
+def _sop_class_words(dataset: Dataset) -> str:
     """'Comprehensive SR' for 1.2.840.10008.5.1.4.1.1.88.33, 'SOP class <uid>' when unknown."""
     from pydicom.uid import UID
 
@@ -92,7 +95,7 @@ def _sop_class_words(dataset: Any) -> str:
     return name
 
 
-def _truncation_evidence(path: Path, dataset: Any) -> str | None:
+def _truncation_evidence(path: Path, dataset: Dataset) -> str | None:
     """Why the parsed dataset looks cut short, or None.
 
     pydicom stops quietly at the end of a file: a value shorter than its declared length, or bytes
@@ -122,7 +125,7 @@ def _truncation_evidence(path: Path, dataset: Any) -> str | None:
     return None
 
 
-def _guess_transfer_syntax(path: Path, dataset: Any, notes: list[str]) -> None:
+def _guess_transfer_syntax(path: Path, dataset: Dataset, notes: list[str]) -> None:
     """Give a dataset read without a file-meta Transfer Syntax UID the one its encoding implies.
 
     Only native (uncompressed) pixel data can be guessed: encapsulated pixel data does not say which
@@ -154,7 +157,7 @@ def _guess_transfer_syntax(path: Path, dataset: Any, notes: list[str]) -> None:
     notes.append(f"no Transfer Syntax UID in the file; assumed {guessed.name} from the encoding")
 
 
-def _check_decoder(path: Path, transfer_syntax: Any) -> None:
+def _check_decoder(path: Path, transfer_syntax: str) -> None:
     """Raise with the plugin to install when pydicom cannot decode this transfer syntax here."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import UID
@@ -183,7 +186,7 @@ def _check_decoder(path: Path, transfer_syntax: Any) -> None:
     )
 
 
-def _decode(path: Path, dataset: Any, transfer_syntax_name: str) -> np.ndarray:
+def _decode(path: Path, dataset: Dataset, transfer_syntax_name: str) -> np.ndarray:
     """Stored values as decoded by pydicom, with decode failures turned into reasons."""
     try:
         return np.asarray(dataset.pixel_array)
@@ -204,7 +207,7 @@ def _decode(path: Path, dataset: Any, transfer_syntax_name: str) -> np.ndarray:
         raise ImageReadError(path, reason) from error
 
 
-def _decode_failure_reason(error: Exception, dataset: Any, transfer_syntax_name: str) -> str:
+def _decode_failure_reason(error: Exception, dataset: Dataset, transfer_syntax_name: str) -> str:
     """A decoder's exception in words: missing plugin, truncated data, corrupt data, or as raised."""
     text = str(error).strip()
     lowered = text.lower()
@@ -246,7 +249,7 @@ class _VoiChoice:
     window: tuple[float, float] | None
 
 
-def _choose_voi(dataset: Any) -> _VoiChoice:
+def _choose_voi(dataset: Dataset) -> _VoiChoice:
     """Which VOI transform ``apply_voi_lut(index=0)`` will apply, mirroring pydicom's rule."""
     sequence = dataset.get("VOILUTSequence", None)
     if sequence:
@@ -260,7 +263,7 @@ def _choose_voi(dataset: Any) -> _VoiChoice:
     return _VoiChoice(None, None)
 
 
-def _modality_and_voi(values: np.ndarray, dataset: Any, voi: _VoiChoice) -> np.ndarray:
+def _modality_and_voi(values: np.ndarray, dataset: Dataset, voi: _VoiChoice) -> np.ndarray:
     """Modality LUT then (when chosen) VOI, as float64. Pure function of values and header."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -275,7 +278,7 @@ def _modality_and_voi(values: np.ndarray, dataset: Any, voi: _VoiChoice) -> np.n
     return output.astype(np.float64, copy=False)
 
 
-def _window_output_range(dataset: Any) -> tuple[float, float]:
+def _window_output_range(dataset: Dataset) -> tuple[float, float]:
     """The output range a window maps onto (PS3.3 C.11.2.1.2 y_min..y_max), as pydicom defines it.
 
     Values far below and far above any window land on the two ends for LINEAR, LINEAR_EXACT and
@@ -288,7 +291,7 @@ def _window_output_range(dataset: Any) -> tuple[float, float]:
     return float(np.min(ends)), float(np.max(ends))
 
 
-def _check_rescale(path: Path, dataset: Any) -> None:
+def _check_rescale(path: Path, dataset: Dataset) -> None:
     for keyword, words in (("RescaleSlope", "Rescale Slope"), ("RescaleIntercept", "Rescale Intercept")):
         if keyword in dataset and dataset[keyword].value not in (None, ""):
             values = float_values(dataset[keyword].value)
@@ -305,7 +308,7 @@ class _ImageModule:
     signed: bool
 
 
-def _parse_image_object(path: Path) -> tuple[Any, list[str]]:
+def _parse_image_object(path: Path) -> tuple[FileDataset, list[str]]:
     """Parse `path` and check it is an image object with pixel data; returns (dataset, notes)."""
     dataset = dcmread(path, stop_before_pixels=False)
     notes: list[str] = []
@@ -333,7 +336,7 @@ def _parse_image_object(path: Path) -> tuple[Any, list[str]]:
     return dataset, notes
 
 
-def _check_image_module(path: Path, dataset: Any, notes: list[str]) -> _ImageModule:
+def _check_image_module(path: Path, dataset: Dataset, notes: list[str]) -> _ImageModule:
     """One grayscale frame with usable size, bit depth and rescale; assumes MONOCHROME2 when unstated."""
     photometric = check_single_grayscale_frame(path, dataset)
     if photometric == "":
@@ -357,7 +360,7 @@ def _check_image_module(path: Path, dataset: Any, notes: list[str]) -> _ImageMod
     return _ImageModule(photometric=photometric, bits_stored=int(bits_stored), signed=pixel_representation == 1)
 
 
-def _stored_values(path: Path, dataset: Any, notes: list[str]) -> tuple[np.ndarray, str]:
+def _stored_values(path: Path, dataset: Dataset, notes: list[str]) -> tuple[np.ndarray, str]:
     """(decoded stored values, one 2-D frame; the transfer syntax UID)."""
     from pydicom.uid import UID
 
@@ -376,7 +379,7 @@ def _stored_values(path: Path, dataset: Any, notes: list[str]) -> tuple[np.ndarr
     return stored, str(transfer_syntax)
 
 
-def _lut_or_raise(path: Path, values: np.ndarray, dataset: Any, voi: _VoiChoice, what: str) -> np.ndarray:
+def _lut_or_raise(path: Path, values: np.ndarray, dataset: Dataset, voi: _VoiChoice, what: str) -> np.ndarray:
     try:
         return _modality_and_voi(values, dataset, voi)
     except Exception as error:  # noqa: BLE001
@@ -384,7 +387,7 @@ def _lut_or_raise(path: Path, values: np.ndarray, dataset: Any, voi: _VoiChoice,
 
 
 def _display_values(
-    path: Path, dataset: Any, stored: np.ndarray, module: _ImageModule, notes: list[str]
+    path: Path, dataset: Dataset, stored: np.ndarray, module: _ImageModule, notes: list[str]
 ) -> tuple[np.ndarray, _VoiChoice, bool]:
     """(float32 pixels after modality LUT, VOI and inversion; the VOI applied; whether inverted)."""
     # VOI: try it on every possible stored value first; a window/LUT pydicom rejects is skipped for
@@ -419,7 +422,7 @@ def _display_values(
 
 
 def _dicom_meta(
-    path: Path, dataset: Any, pixels: np.ndarray, module: _ImageModule, voi: _VoiChoice, inverted: bool,
+    path: Path, dataset: Dataset, pixels: np.ndarray, module: _ImageModule, voi: _VoiChoice, inverted: bool,
     transfer_syntax: str, notes: list[str],
 ) -> tuple[RadiographMeta, tuple[float, float] | None]:
     """(``Radiograph.meta`` of a DICOM file, spacing in mm or None)."""

@@ -11,9 +11,12 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from spine_dfl.io.radiograph import ImageReadError, PathLike, check_regular_file
+
+if TYPE_CHECKING:
+    from pydicom import FileDataset
 
 __all__ = [
     "DICOMDIR_SOP_CLASS",
@@ -56,7 +59,7 @@ def starts_like_headerless_dicom(head: bytes) -> bool:
     return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
 
 
-def parse_headerless(path: Path) -> Any | None:
+def parse_headerless(path: Path) -> FileDataset | None:
     """Dataset of a file without preamble, or None when it does not look like DICOM."""
     import pydicom
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spine_dfl.io.discovery import (
     DICOMDIR_SOP_CLASS,
@@ -26,6 +26,9 @@ from spine_dfl.io.discovery import (
     starts_like_headerless_dicom,
 )
 from spine_dfl.io.radiograph import ImageReadError, PathLike, check_regular_file
+
+if TYPE_CHECKING:
+    from pydicom import Dataset, FileDataset
 
 __all__ = [
     "ImageHeader",
@@ -66,7 +69,7 @@ class ImageHeader:
     series_instance_uid: str | None = None
 
 
-def dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: Sequence[str] | None = None) -> Any:
+def dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: Sequence[str] | None = None) -> FileDataset:
     """Parse a DICOM file, with ``force=True`` only when the preamble is missing."""
     import pydicom
 
@@ -84,7 +87,7 @@ def dcmread(path: Path, *, stop_before_pixels: bool, specific_tags: Sequence[str
         ) from error
 
 
-def read_dicom_header(path: PathLike, specific_tags: Sequence[str] | None = None) -> Any:
+def read_dicom_header(path: PathLike, specific_tags: Sequence[str] | None = None) -> FileDataset:
     """The DICOM header of `path` as a ``pydicom.Dataset`` (read with ``stop_before_pixels``).
 
     specific_tags: keywords to read (pydicom ``specific_tags``), all when None; fewer tags parse
@@ -114,7 +117,7 @@ def dicom_uid(path: PathLike) -> str | None:
     return str_or_none(header.get("SOPInstanceUID", None))
 
 
-def int_attribute(path: Path, dataset: Any, keyword: str, words: str, default: int | None = None) -> int | None:
+def int_attribute(path: Path, dataset: Dataset, keyword: str, words: str, default: int | None = None) -> int | None:
     """Integer value of an image-module attribute, with a reason in words when it is unusable."""
     if keyword not in dataset or dataset[keyword].value in (None, ""):
         return default
@@ -139,7 +142,7 @@ def float_values(element_value: Any) -> list[float] | None:
         return None
 
 
-def spacing_from_dataset(dataset: Any) -> tuple[tuple[float, float] | None, str | None]:
+def spacing_from_dataset(dataset: Dataset) -> tuple[tuple[float, float] | None, str | None]:
     """(row, col) spacing in mm from PixelSpacing, else ImagerPixelSpacing, with the tag used."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword not in dataset:
@@ -153,7 +156,7 @@ def spacing_from_dataset(dataset: Any) -> tuple[tuple[float, float] | None, str 
     return None, None
 
 
-def str_or_none(value: Any) -> str | None:
+def str_or_none(value: object) -> str | None:
     if value is None:
         return None
     text = str(value).strip()
@@ -186,7 +189,7 @@ def _dicom_header(path: Path) -> ImageHeader:
     )
 
 
-def check_single_grayscale_frame(path: Path, dataset: Any) -> str:
+def check_single_grayscale_frame(path: Path, dataset: Dataset) -> str:
     """Raise unless the header describes one grayscale frame; returns the Photometric Interpretation ("" if none)."""
     frames = int_attribute(path, dataset, "NumberOfFrames", "Number of Frames", default=1)
     if frames is not None and frames > 1:
