@@ -25,9 +25,12 @@ only (never a patient identifier), so ``summary.json`` counts refusals by their 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 __all__ = [
     "GATE_TAGS",
@@ -76,7 +79,7 @@ FRONTAL_VIEWS = frozenset({"AP", "PA", "FRONTAL"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT"})
 
 
-def header_refusal(dataset: Any, ignore_view_tags: bool = False) -> str | None:
+def header_refusal(dataset: Dataset | Mapping[str, Any], ignore_view_tags: bool = False) -> str | None:
     """Why the file of this header is not a lateral spine radiograph, or None to go on (see the module).
 
     dataset: a ``pydicom.Dataset`` (or any mapping with ``get(keyword)``), read without pixels.
@@ -104,7 +107,7 @@ def _modality_refusal(modality: str, sop_class: str) -> str | None:
     return None
 
 
-def _view_refusal(dataset: Any) -> str | None:
+def _view_refusal(dataset: Dataset | Mapping[str, Any]) -> str | None:
     """'body part X', 'view Y' and (where ViewPosition names neither a frontal nor a lateral view)
     'patient orientation A\\B (frontal)' hints."""
     hints = []
@@ -150,7 +153,7 @@ def _is_frontal_orientation(values: Sequence[str]) -> bool:
     return kinds == ["HF", "LR"]
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     """A header value as one stripped line ('' when missing); a multi-valued one joined by backslashes."""
     if value is None:
         return ""

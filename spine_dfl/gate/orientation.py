@@ -12,9 +12,12 @@ agrees, or the classifier is confident): a head-down film read as head-up counts
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from spine_dfl.io.orientation import CANONICAL, Orientation, orientation_from_header
+
+if TYPE_CHECKING:
+    from spine_dfl.gate.view import ViewPrediction
 
 # A synth lumbar cut was read upside down at 0.91 against its correct header (benchmarks/film_variants.py,
 # seed-0 test films); whole films turned any way read at >= 0.96. Overruling the header and counting
@@ -24,7 +27,7 @@ SURE_PROBABILITY = 0.95
 LATERAL_PROBABILITY = 0.5
 
 
-def choose_orientation(patient_orientation: Sequence[str] | None, view: Any = None) -> Orientation:
+def choose_orientation(patient_orientation: Sequence[str] | None, view: ViewPrediction | None = None) -> Orientation:
     """The orientation that makes the film canonical (head up, anterior left).
 
     ``patient_orientation``: the header's (0020,0020) values or None; ``view``: a
@@ -37,7 +40,7 @@ def choose_orientation(patient_orientation: Sequence[str] | None, view: Any = No
     return header if header is not None else CANONICAL
 
 
-def orientation_is_sure(patient_orientation: Sequence[str] | None, view: Any, chosen: Orientation) -> bool:
+def orientation_is_sure(patient_orientation: Sequence[str] | None, view: ViewPrediction | None, chosen: Orientation) -> bool:
     """Whether ``chosen`` is known rather than guessed: the header's lateral pair says it (and the view
     classifier does not confidently say otherwise), or the classifier gives it at least
     ``SURE_PROBABILITY`` of its eight-way share."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from spine_dfl.io.orientation import ORIENTATIONS, Orientation
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["NOT_LATERAL", "NUM_CLASSES", "LoadedView", "ViewNet", "ViewPrediction", "predict_thumbnails",
            "predict_view", "thumbnail"]
@@ -33,7 +36,7 @@ DEFAULT_SIZE = 128
 DEFAULT_PERCENTILES = (1.0, 99.0)
 
 
-def thumbnail(pixels: Any, size: int = DEFAULT_SIZE, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> np.ndarray:
+def thumbnail(pixels: ArrayLike, size: int = DEFAULT_SIZE, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> np.ndarray:
     """(size, size) float32 in [0, 1]: ``pixels`` (rows, cols) resized to fit (bilinear, antialiased),
     mapped from its (low, high) percentiles to [0, 1] (clipped), centred on a zero background."""
     image = np.asarray(pixels, dtype=np.float32)

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TextIO
 
 from spine_dfl.io.errors import InputError, UnavailableError
 from spine_dfl.serve.queue import QUEUE_FILE, Claim, WorkQueue
@@ -37,6 +37,9 @@ from spine_dfl.serve.scp import build_ae, start_scp
 from spine_dfl.serve.sender import Destination, RetryPolicy, SendError, send_files
 from spine_dfl.serve.spool import Spool
 from spine_dfl.serve.status import redact_uids, study_tag
+
+if TYPE_CHECKING:
+    from pynetdicom.transport import ThreadedAssociationServer
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +104,8 @@ class Node:
         self.lease_seconds, self.poll_interval = lease_seconds, poll_interval
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._server: Any = None
-        self._lock_handle: Any = None
+        self._server: ThreadedAssociationServer | None = None
+        self._lock_handle: TextIO | None = None
         self.queue: WorkQueue | None = None
 
     # -- life cycle ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from pydicom.pixels import get_decoder
 from pydicom.uid import AllTransferSyntaxes, UID
@@ -37,6 +37,11 @@ from pynetdicom.sop_class import (
     SecondaryCaptureImageStorage,
     Verification,
 )
+
+if TYPE_CHECKING:
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.events import Event
+    from pynetdicom.transport import ThreadedAssociationServer
 
 from spine_dfl.serve.spool import CANNOT_UNDERSTAND, Spool
 
@@ -77,8 +82,8 @@ def decodable_transfer_syntaxes() -> list[UID]:
     return found
 
 
-def _handle_store(event: Any, spool: Spool) -> int:
-    request = event.request
+def _handle_store(event: Event, spool: Spool) -> int:
+    request = cast("C_STORE", event.request)  # an EVT_C_STORE event's request
     try:
         dataset = event.dataset
         encoded = event.encoded_dataset(include_meta=True)
@@ -88,11 +93,11 @@ def _handle_store(event: Any, spool: Spool) -> int:
     return spool.store(str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), dataset, encoded)
 
 
-def _handle_echo(event: Any) -> int:
+def _handle_echo(event: Event) -> int:
     return 0x0000
 
 
-def _log_rejection(event: Any) -> None:
+def _log_rejection(event: Event) -> None:
     log.warning("association rejected (calling AE title not allowed or called AE title not ours)")
 
 
@@ -109,7 +114,7 @@ def build_ae(ae_title: str, allowed_callers: Sequence[str] | None, *, max_pdu: i
     return ae
 
 
-def start_scp(ae: AE, spool: Spool, host: str, port: int) -> Any:
+def start_scp(ae: AE, spool: Spool, host: str, port: int) -> ThreadedAssociationServer | None:
     """Listen in background threads; returns pynetdicom's server (``shutdown()`` stops it)."""
     handlers = [
         (evt.EVT_C_STORE, _handle_store, [spool]),

@@ -26,12 +26,15 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydicom.uid import UID
 
 from spine_dfl.dicom_out.codes import MANUFACTURER, SC_SERIES_NUMBER, SR_SERIES_NUMBER
 from spine_dfl.serve.queue import WorkQueue
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ def is_result_object(sop_class_uid: str) -> bool:
     return is_sr or "Secondary Capture" in name
 
 
-def is_own_result(dataset: Any) -> bool:
+def is_own_result(dataset: Dataset) -> bool:
     """Written by this software: our Manufacturer, or one of our result series numbers."""
     manufacturer = str(dataset.get("Manufacturer", "") or "")
     try:
@@ -102,7 +105,7 @@ class Spool:
     def instance_path(self, study_uid: str, sop_uid: str) -> Path:
         return self.instances_dir / valid_uid(study_uid) / f"{valid_uid(sop_uid)}.dcm"
 
-    def store(self, sop_class_uid: str, sop_uid: str, dataset: Any, encoded: bytes) -> int:
+    def store(self, sop_class_uid: str, sop_uid: str, dataset: Dataset, encoded: bytes) -> int:
         """Spool one instance; returns the C-STORE status (see the module docstring)."""
         try:
             sop_uid = valid_uid(sop_uid)
