@@ -23,10 +23,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from spine_dfl.model.dfl import DFLOutput
 
 log = logging.getLogger("spine_dfl")
 
@@ -36,7 +39,7 @@ UNAVAILABLE = "unavailable (checkpoint has no training-distribution statistics)"
 UNAVAILABLE_WARNING = "shift check unavailable: the checkpoint has no training-distribution statistics"
 
 
-def shift_features(output: Any) -> torch.Tensor:
+def shift_features(output: DFLOutput) -> torch.Tensor:
     """(B, d) float32: the G-stream's pooled features and the P-stream peaks of a ``DFLOutput``."""
     if output.embedding is None:
         raise ValueError("the model output carries no G-stream embedding")

@@ -7,13 +7,19 @@ crashes its process fails one file like a decoder would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spine_dfl.io.orientation import CANONICAL, Orientation
+
+if TYPE_CHECKING:
+    from spine_dfl.gate.view import LoadedView
+    from spine_dfl.io.radiograph import Radiograph
+    from spine_dfl.locate.checkpoint import LoadedLocator
 
 NO_VERTEBRAE = "no vertebrae found"
 
@@ -28,7 +34,7 @@ class LocatorSource:
     path: str
     embedded: bool = False
 
-    def load(self) -> Any:
+    def load(self) -> LoadedLocator:
         from spine_dfl.engine.checkpoint import CheckpointError, read_checkpoint
         from spine_dfl.locate.checkpoint import embedded_locator_payload, load_locator, locator_from_payload
 
@@ -85,7 +91,7 @@ def _area(boxes: np.ndarray) -> np.ndarray:
     return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
 
 
-def locate_rois(loaded: Any, radiograph: Any, orientation: Orientation = CANONICAL,
+def locate_rois(loaded: LoadedLocator, radiograph: Radiograph, orientation: Orientation = CANONICAL,
                 view_probability: float | None = None, orientation_sure: bool = True) -> LocatedRois:
     """The locator's vertebrae of one decoded radiograph (``io.Radiograph``), with six-point morphometry.
 
@@ -143,14 +149,15 @@ def locate_rois(loaded: Any, radiograph: Any, orientation: Orientation = CANONIC
         named.anchored, named.anchor)
 
 
-def view_of(locator: Any) -> Any:
+def view_of(locator: LoadedLocator) -> LoadedView | None:
     """The view classifier a loaded locator's checkpoint carries (``gate.view``), or None."""
     from spine_dfl.gate.view_checkpoint import view_from_locator_payload
 
     return view_from_locator_payload(getattr(locator, "raw", None) or {})
 
 
-def locate_film(loaded: Any, view: Any, radiograph: Any, patient_orientation: Any = None) -> LocatedRois:
+def locate_film(loaded: LoadedLocator, view: LoadedView | None, radiograph: Radiograph,
+                patient_orientation: Sequence[str] | None = None) -> LocatedRois:
     """``locate_rois`` on the film turned to canonical: the orientation from the header's
     PatientOrientation and the view classifier ``view`` (``gate.orientation.choose_orientation``;
     None: the header alone), whose lateral-spine probability also goes to the column gate."""

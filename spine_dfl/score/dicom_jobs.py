@@ -13,9 +13,15 @@ import logging
 import multiprocessing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    from spine_dfl.dicom_out.findings import VertebraFinding
+    from spine_dfl.dicom_out.writer import DicomOutConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ def algorithm_parameters(checkpoint_path: str | Path, sha256: str) -> tuple[str,
     return (f"checkpoint {Path(checkpoint_path).name}", f"checkpoint sha256 {sha256}")
 
 
-def writer_pool(workers: int) -> Any:
+def writer_pool(workers: int) -> ProcessPoolExecutor | None:
     """Processes that write SR/SC objects; None with ``workers == 0`` (written inline).
 
     Spawned, not forked: the parent may hold a CUDA context that a fork must not inherit; the job
@@ -67,8 +73,8 @@ class Finished:
 
     def __init__(self, rows: list[list[str]], entry: dict[str, Any]) -> None:
         self.rows, self.entry = rows, entry
-        self.job: tuple[Any, ...] | None = None
-        self.future: Any = None
+        self.job: tuple[DicomOutConfig, str, list[VertebraFinding]] | None = None
+        self.future: Future[str] | None = None
 
     def done(self) -> bool:
         return self.future is None or self.future.done()
@@ -77,7 +83,7 @@ class Finished:
 class DicomResults:
     """Starts and collects the DICOM output of finished files."""
 
-    def __init__(self, config: Any, pool: Any, class_names: Sequence[str], geometry: dict[str, float]) -> None:
+    def __init__(self, config: DicomOutConfig, pool: ProcessPoolExecutor | None, class_names: Sequence[str], geometry: dict[str, float]) -> None:
         self.config = config
         self.pool = pool
         self.class_names = list(class_names)

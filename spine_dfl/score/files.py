@@ -9,13 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spine_dfl.io.orientation import CANONICAL, Orientation, canonical_box
 from spine_dfl.io.rois import RoiTable
 from spine_dfl.score.errors import reason_of
+
+if TYPE_CHECKING:
+    from monai.transforms import Compose
+    from pydicom import Dataset
+
+    from spine_dfl.data.transforms.load import LoadRadiographd
+    from spine_dfl.data.transforms.settings import Preprocessing
+    from spine_dfl.gate.view import LoadedView
+    from spine_dfl.locate.checkpoint import LoadedLocator
+    from spine_dfl.locate.locating import LocatorSource
 
 Box = tuple[float, float, float, float]  # (x_min, y_min, x_max, y_max) in original pixels, x = column
 
@@ -50,8 +60,8 @@ class FileSamples:
     """
 
     def __init__(
-        self, files: Sequence[str | Path], preprocessing: Any, rois: RoiTable | None, keep_ids: bool,
-        geometry: bool = False, locator: Any = None, ignore_view_tags: bool = False,
+        self, files: Sequence[str | Path], preprocessing: Preprocessing, rois: RoiTable | None, keep_ids: bool,
+        geometry: bool = False, locator: LocatorSource | None = None, ignore_view_tags: bool = False,
     ) -> None:
         self.files = [Path(f) for f in files]
         self.preprocessing = preprocessing
@@ -60,9 +70,9 @@ class FileSamples:
         self.geometry = geometry
         self.locator = locator
         self.ignore_view_tags = ignore_view_tags
-        self._transforms: Any = None  # built lazily, in the process that decodes
-        self._locator: Any = None  # loaded lazily, in the process that decodes
-        self._view: Any = None  # the locator's view classifier (gate.view), loaded with it
+        self._transforms: Compose | None = None  # built lazily, in the process that decodes
+        self._locator: LoadedLocator | None = None  # loaded lazily, in the process that decodes
+        self._view: LoadedView | None = None  # the locator's view classifier (gate.view), loaded with it
 
     def __len__(self) -> int:
         return len(self.files)
@@ -121,7 +131,7 @@ class FileSamples:
             "images": images, "roi_input": roi_input, "to_original": affines, "regions": regions,
         }
 
-    def _located(self, path: Path, header: Any) -> tuple[list[tuple[str, Box | None]], list[dict[str, Any]],
+    def _located(self, path: Path, header: Dataset | None) -> tuple[list[tuple[str, Box | None]], list[dict[str, Any]],
                                                       list[Box], Orientation]:
         """The locator's (level, stored box) pairs of ``path``, their table cells, the boxes on the canonical
         film and the orientation that makes it canonical (``locate.locating.locate_film``); ImageReadError
@@ -130,7 +140,7 @@ class FileSamples:
         from spine_dfl.locate.locating import NO_VERTEBRAE, locate_film, view_of
 
         if self._locator is None:
-            self._locator = self.locator.load()
+            self._locator = self.locator.load()  # type: ignore[union-attr]  # _item calls this only with a locator
             self._view = view_of(self._locator)
         radiograph = self._loader()._read(str(path))  # decoded once: the crops reuse it
         words = None if header is None else header.get("PatientOrientation")
@@ -143,7 +153,7 @@ class FileSamples:
                   for confidence, cells in zip(found.confidence, found.morphometry)]
         return list(zip(found.vertebrae, found.boxes)), extras, list(found.crop_boxes), found.orientation
 
-    def _loader(self) -> Any:
+    def _loader(self) -> LoadRadiographd:
         """The pipeline's LoadRadiographd: its per-process cache holds the radiograph just read."""
         from spine_dfl.data.transforms import eval_transforms
         from spine_dfl.data.transforms.load import LoadRadiographd
@@ -200,9 +210,9 @@ class FileSamples:
         return affine, tuple(int(v) for v in display_region(affine, self.preprocessing, roi, shape))
 
 
-def _canonical_boxes(boxes: list[Box | None], orientation: Orientation, header: Any) -> list[Box | None]:
+def _canonical_boxes(boxes: list[Box | None], orientation: Orientation, header: Dataset | None) -> list[Box | None]:
     """Stored-pixel ROIs on the canonical film (the stored size from the header's Rows/Columns)."""
     if orientation.is_identity:
         return boxes
-    shape = (int(header.Rows), int(header.Columns))
+    shape = (int(header.Rows), int(header.Columns))  # type: ignore[union-attr]  # only a DICOM header turns a film
     return [None if b is None else canonical_box(b, orientation, shape) for b in boxes]

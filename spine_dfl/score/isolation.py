@@ -26,11 +26,14 @@ import signal
 from collections import deque
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spine_dfl.io.errors import InputError
 from spine_dfl.score.errors import DECODER_CRASHED
 from spine_dfl.score.files import FileSamples, failed_item
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkServerContext, SpawnContext
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ _PRELOAD = ["spine_dfl.score.files", "spine_dfl.data.transforms", "spine_dfl.io"
 WORKER_NICENESS = 10
 
 
-def _context() -> Any:
+def _context() -> ForkServerContext | SpawnContext:
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(_PRELOAD)
@@ -72,7 +75,7 @@ def _worker_main(connection: Connection, dataset: FileSamples, niceness: int) ->
 class _Worker:
     """One decode process, its pipe and the files it holds (sent, not yet returned)."""
 
-    def __init__(self, context: Any, dataset: FileSamples, single_use: bool, niceness: int) -> None:
+    def __init__(self, context: ForkServerContext | SpawnContext, dataset: FileSamples, single_use: bool, niceness: int) -> None:
         self.connection, child = context.Pipe(duplex=True)
         self.process = context.Process(target=_worker_main, args=(child, dataset, niceness), daemon=True,
                                        name="spine-dfl-decode")

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from spine_dfl.atomic import atomic_output
 from spine_dfl.score.errors import ScoreError, reason_category
@@ -28,7 +28,7 @@ from spine_dfl.score.summary import PREDICTIONS, SUMMARY, ScoreSummary
 PARTIAL_DIR = "predictions.partial"
 
 
-def _fsync_append(handle: Any, text: str) -> None:
+def _fsync_append(handle: TextIO, text: str) -> None:
     handle.write(text)
     handle.flush()
     os.fsync(handle.fileno())

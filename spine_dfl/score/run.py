@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -48,6 +48,17 @@ from spine_dfl.score.errors import NoRoiSource, ScoreError
 from spine_dfl.score.journal import PARTIAL_DIR, DoneFile, PartWriter, collect_done, merge
 from spine_dfl.locate.locating import resolve_locator
 from spine_dfl.score.summary import PREDICTIONS, SUMMARY, ScoreSummary
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from spine_dfl.data.transforms.settings import Preprocessing
+    from spine_dfl.dicom_out.writer import DicomOutConfig
+    from spine_dfl.engine.calibration import Temperatures
+    from spine_dfl.engine.checkpoint import LoadedCheckpoint
+    from spine_dfl.engine.shift import ShiftModel
+    from spine_dfl.io.rois import RoiTable
+    from spine_dfl.locate.locating import LocatorSource
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +72,16 @@ class ScoringSetup:
     checkpoint_sha256: str  # of the file as loaded: the SR's algorithm parameter, the node's model version
     device: torch.device
     model: torch.nn.Module
-    preprocessing: Any
+    preprocessing: Preprocessing
     class_names: list[str]
     columns: list[str]
-    rois: Any
-    locator: Any  # locate.locating.LocatorSource, or None
+    rois: RoiTable | None
+    locator: LocatorSource | None
     files: list[str] = field(default_factory=list)
-    dicom_config: Any = None
+    dicom_config: DicomOutConfig | None = None
     ignore_view_tags: bool = False  # the input gate ignores BodyPartExamined / ViewPosition / PatientOrientation
-    temperatures: Any = None  # engine.calibration.Temperatures of the checkpoint (all 1 when uncalibrated)
-    shift: Any = None  # engine.shift.ShiftModel, or None: the checkpoint has no training-distribution statistics
+    temperatures: Temperatures | None = None  # engine.calibration.Temperatures of the checkpoint (all 1 when uncalibrated)
+    shift: ShiftModel | None = None  # engine.shift.ShiftModel, or None: the checkpoint has no training-distribution statistics
     refuse_shifted: bool = False  # images unlike the training images become failed files
 
 
@@ -229,7 +240,7 @@ def prepare_scoring(
     )
 
 
-def _shift_statistics(loaded: Any) -> Any:
+def _shift_statistics(loaded: LoadedCheckpoint) -> ShiftModel | None:
     """The checkpoint's shift statistics; None, logged once, for a checkpoint without them."""
     from spine_dfl.engine.shift import UNAVAILABLE_WARNING
 
@@ -263,7 +274,7 @@ def score_prepared(
     return {file: done[file] for file in files}
 
 
-def dicom_config(dicom_out: str | Path, setup: ScoringSetup, run_key: str) -> Any:
+def dicom_config(dicom_out: str | Path, setup: ScoringSetup, run_key: str) -> DicomOutConfig:
     """The SR/SC writer settings: output folder, UIDs from ``run_key``, the checkpoint's name and SHA-256
     as the SR's algorithm parameters (TID 4019). An uncreatable folder is a ScoreError."""
     from spine_dfl.dicom_out import DicomOutConfig
@@ -337,7 +348,7 @@ def model_threads(device: torch.device, dist: Distributed) -> int:
     return max(1, cores // max(1, local_world))
 
 
-def _progress_bar(total: int, dist: Distributed, enabled: bool) -> Any:
+def _progress_bar(total: int, dist: Distributed, enabled: bool) -> tqdm | None:
     if not enabled:
         return None
     from tqdm import tqdm

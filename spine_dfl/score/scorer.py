@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,12 @@ import torch
 from spine_dfl.predictions import STATUS_ERROR, STATUS_OK, text_rows
 from spine_dfl.score.dicom_jobs import DicomResults, Finished
 from spine_dfl.score.journal import PartWriter
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from spine_dfl.engine.shift import ShiftModel
+    from spine_dfl.model.dfl import DFLOutput
 
 # Completed files are made durable (rows, then journal, each flushed + fsynced) at most this often,
 # so that a kill loses at most this much work and fast GPU runs do not spend their time in fsync.
@@ -52,8 +58,8 @@ class Scorer:
 
     def __init__(
         self, model: torch.nn.Module, class_names: Sequence[str], columns: Sequence[str], device: torch.device,
-        batch_size: int, part: PartWriter, dicom: DicomResults | None = None, progress: Any = None,
-        temperature: float = 1.0, shift: Any = None, refuse_shifted: bool = False,
+        batch_size: int, part: PartWriter, dicom: DicomResults | None = None, progress: tqdm | None = None,
+        temperature: float = 1.0, shift: ShiftModel | None = None, refuse_shifted: bool = False,
     ) -> None:
         self.model = model
         self.temperature = float(temperature)  # the fused logits' (engine.calibration)
@@ -162,7 +168,7 @@ class Scorer:
             done = self.queue.popleft()
             self._finish(done.item, done.probs, done.evidence, done.distances)
 
-    def _top_reads(self, batch: torch.Tensor, output: Any, preds: np.ndarray) -> np.ndarray:
+    def _top_reads(self, batch: torch.Tensor, output: DFLOutput, preds: np.ndarray) -> np.ndarray:
         """(B, 2) input (x, y) where each sample's strongest patch reads (its predicted class's strongest
         filter at its peak): the SC draws that patch where explain draws it. Needs gradients, so it
         runs outside inference mode on a copy of the batch."""

@@ -6,13 +6,16 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
 from spine_dfl.io.radiograph import RadiographMeta
+
+if TYPE_CHECKING:
+    from spine_dfl.io.radiograph import Radiograph
 
 # Radiograph meta fields handed on with a sample. Nothing that identifies a patient.
 META_FIELDS: tuple[str, ...] = (
@@ -54,7 +57,7 @@ class LoadRadiographd(MapTransform):
             raise ValueError("LoadRadiographd reads one key (its meta and spacing go to meta_key/spacing_key)")
         self.meta_key, self.spacing_key = meta_key, spacing_key
         self.lru_size = int(lru_size)
-        self._lru: OrderedDict[str, Any] = OrderedDict()
+        self._lru: OrderedDict[str, Radiograph] = OrderedDict()
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -66,7 +69,7 @@ class LoadRadiographd(MapTransform):
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _read(self, path: str) -> Any:
+    def _read(self, path: str) -> Radiograph:
         from spine_dfl import io as sio  # looked up at call time: one reader for the whole package
 
         if self.lru_size > 0:
