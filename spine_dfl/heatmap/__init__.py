@@ -13,8 +13,7 @@ their names, so importing the display helpers stays cheap.
 
 from __future__ import annotations
 
-
-from spine_dfl.lazy import lazy_attributes
+from typing import TYPE_CHECKING
 
 from spine_dfl.heatmap.display import (
     DISPLAY_PERCENTILES,
@@ -28,7 +27,29 @@ from spine_dfl.heatmap.display import (
     heatmap_colormap,
     to_display_uint8,
 )
+from spine_dfl.lazy import lazy_attributes
 
+if TYPE_CHECKING:  # the lazy names below, for editors and type checkers
+    from spine_dfl.heatmap.evidence import EvidenceMap, class_evidence, evidence_on_source, evidence_patches
+    from spine_dfl.heatmap.geometry import (
+        STRIP_PIXELS,
+        clip_boxes,
+        display_region,
+        feature_map_to_original,
+        feature_map_to_tensor_space,
+        tensor_map_to_original,
+        view_region,
+    )
+    from spine_dfl.heatmap.peaks import (
+        DUPLICATE_IOU,
+        class_patches,
+        grid_to_input,
+        map_peak_to_original,
+        refine_peaks,
+        suppress_duplicates,
+    )
+
+# name -> the submodule that defines it (torch: imported on first use)
 _LAZY = {
     "STRIP_PIXELS": "geometry",
     "clip_boxes": "geometry",
@@ -50,9 +71,12 @@ _LAZY = {
 }
 
 __all__ = [
-    "DISPLAY_PERCENTILES", "HEATMAP_ALPHA_MAX", "HEATMAP_ALPHA_MIN", "HEATMAP_CMAP", "RANK_COLOURS", "display_window",
-    "grey_rgb", "heat_overlay", "heatmap_colormap", "to_display_uint8", *_LAZY,
+    "DISPLAY_PERCENTILES", "DUPLICATE_IOU", "EvidenceMap", "HEATMAP_ALPHA_MAX", "HEATMAP_ALPHA_MIN", "HEATMAP_CMAP",
+    "RANK_COLOURS", "STRIP_PIXELS", "class_evidence", "class_patches", "clip_boxes", "display_region",
+    "display_window", "evidence_on_source", "evidence_patches", "feature_map_to_original",
+    "feature_map_to_tensor_space", "grey_rgb", "grid_to_input", "heat_overlay", "heatmap_colormap",
+    "map_peak_to_original", "refine_peaks", "suppress_duplicates", "tensor_map_to_original", "to_display_uint8",
+    "view_region",
 ]
-
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

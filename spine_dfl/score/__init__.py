@@ -8,34 +8,36 @@
 - ``run``: ``score()``, the library entry point (``prepare_scoring`` + ``score_prepared``: a model
   loaded once for many small batches of files, as the DICOM node scores studies); ``summary``: its outcome and exit status.
 
-Names load on first use, so that ``import spine_dfl.score`` costs nothing until something is used.
+The library entry points of ``run`` (torch) load on first use of their names; the rest (numpy
+and the standard library) is imported eagerly.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 from spine_dfl.lazy import lazy_attributes
+from spine_dfl.score.errors import DECODER_CRASHED, ScoreError, reason_category
+from spine_dfl.score.files import FileSamples
+from spine_dfl.score.isolation import DecodePool
+from spine_dfl.score.journal import PARTIAL_DIR, PartWriter, collect_done
+from spine_dfl.score.summary import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, ScoreSummary
 
-_NAMES = {
+if TYPE_CHECKING:  # the lazy names below, for editors and type checkers
+    from spine_dfl.score.run import ScoringSetup, prepare_scoring, score, score_prepared
+
+# name -> the submodule that defines it (torch: imported on first use)
+_LAZY = {
     "score": "run",
     "prepare_scoring": "run",
     "score_prepared": "run",
     "ScoringSetup": "run",
-    "ScoreSummary": "summary",
-    "EXIT_OK": "summary",
-    "EXIT_FAILURES": "summary",
-    "EXIT_USAGE": "summary",
-    "ScoreError": "errors",
-    "DECODER_CRASHED": "errors",
-    "reason_category": "errors",
-    "FileSamples": "files",
-    "DecodePool": "isolation",
-    "PARTIAL_DIR": "journal",
-    "PartWriter": "journal",
-    "collect_done": "journal",
 }
 
-__all__ = list(_NAMES)
+__all__ = [
+    "score", "prepare_scoring", "score_prepared", "ScoringSetup", "ScoreSummary", "EXIT_OK", "EXIT_FAILURES",
+    "EXIT_USAGE", "ScoreError", "DECODER_CRASHED", "reason_category", "FileSamples", "DecodePool", "PARTIAL_DIR",
+    "PartWriter", "collect_done",
+]
 
-
-__getattr__ = lazy_attributes(__name__, _NAMES)
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -7,7 +7,8 @@
 - :mod:`.augment`: ``AffineResampled``, ``RandRadiographAffined``;
 - :mod:`.compose`: the deterministic and random pipelines.
 
-The settings are imported eagerly; everything else (torch, MONAI) on first use of its name.
+The settings and the acquisition augmentation's options (plain dataclasses) are imported eagerly;
+everything else (torch, MONAI) on first use of its name.
 
 Pipeline (``eval_transforms``; training appends ``augment_transforms``)::
 
@@ -44,11 +45,31 @@ cache everything before the first of them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
+from spine_dfl.data.transforms.acquisition_options import AcquisitionAugment
+from spine_dfl.data.transforms.settings import AugmentConfig, Preprocessing
 from spine_dfl.lazy import lazy_attributes
 
-from spine_dfl.data.transforms.settings import AugmentConfig, Preprocessing
+if TYPE_CHECKING:  # the lazy names below, for editors and type checkers
+    from spine_dfl.data.transforms.acquisition import RandomBatchAcquisition, RandRoiReframed, TorchioAcquisitiond
+    from spine_dfl.data.transforms.augment import AffineResampled, RandRadiographAffined
+    from spine_dfl.data.transforms.compose import augment_transforms, deterministic_transforms, eval_transforms
+    from spine_dfl.data.transforms.crop import ResizePad, ResizePadd, RoiCrop, RoiCropd
+    from spine_dfl.data.transforms.geometry import (
+        affine_matrix,
+        affine_resample,
+        crop_with_fill,
+        map_boxes_to_original,
+        map_points_to_original,
+        resize_pad,
+        roi_crop_box,
+        roi_in_input,
+    )
+    from spine_dfl.data.transforms.load import META_FIELDS, LoadRadiographd, minimal_meta
+    from spine_dfl.data.transforms.orient import Orient, Orientd
 
+# name -> the submodule that defines it (torch / MONAI: imported on first use)
 _LAZY = {
     "affine_matrix": "geometry",
     "affine_resample": "geometry",
@@ -72,12 +93,16 @@ _LAZY = {
     "augment_transforms": "compose",
     "deterministic_transforms": "compose",
     "eval_transforms": "compose",
-    **dict.fromkeys(("AcquisitionAugment", "RandomBatchAcquisition", "RandRoiReframed",
-                    "TorchioAcquisitiond"), "acquisition"),
+    **dict.fromkeys(("RandomBatchAcquisition", "RandRoiReframed", "TorchioAcquisitiond"), "acquisition"),
 }
 
-__all__ = ["AugmentConfig", "Preprocessing", *_LAZY]
-
+__all__ = [
+    "AcquisitionAugment", "AffineResampled", "AugmentConfig", "LoadRadiographd", "META_FIELDS", "Orient", "Orientd",
+    "Preprocessing", "RandRadiographAffined", "RandRoiReframed", "RandomBatchAcquisition", "ResizePad", "ResizePadd",
+    "RoiCrop", "RoiCropd", "TorchioAcquisitiond", "affine_matrix", "affine_resample", "augment_transforms",
+    "crop_with_fill", "deterministic_transforms", "eval_transforms", "map_boxes_to_original",
+    "map_points_to_original", "minimal_meta", "resize_pad", "roi_crop_box", "roi_in_input",
+]
 
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
