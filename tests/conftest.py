@@ -104,9 +104,9 @@ def located_grader_checkpoints(locator_cohort: Path, tmp_path_factory) -> dict[s
     from spine_dfl.config import load_config
     from spine_dfl.data.transforms import Preprocessing
     from spine_dfl.engine.checkpoint import atomic_torch_save, checkpoint_payload
-    from spine_dfl.engine.train import train
     from spine_dfl.locate.checkpoint import embed_locator
     from spine_dfl.model import DFLNet
+    from spine_dfl.workflows.train import train  # the task registry: trains the config's task (locator)
 
     folder = tmp_path_factory.mktemp("locator_checkpoints")
     train(locator_cohort / "manifest.csv", load_config("locator_cpu", TINY_LOCATOR), folder / "locator", progress=False)
