@@ -12,12 +12,15 @@ unlike the training images (its findings' ``cells["in_distribution"]`` is ``no``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spine_dfl.dicom_out.findings import VertebraFinding
 from spine_dfl.heatmap.display import RANK_COLOURS, heat_overlay, heatmap_colormap, to_display_uint8
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["SHIFT_BANNER", "blend_evidence", "render_roi_overlay", "shift_banner_height"]
 
@@ -81,12 +84,13 @@ def blend_evidence(gray: np.ndarray, findings: Sequence[VertebraFinding]) -> tup
     return rgb, True
 
 
-def _draw_colour_legend(canvas: Any, draw: Any, font: Any, x: int, y: int, font_size: int) -> None:
+def _draw_colour_legend(canvas: Image.Image, draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+                         x: int, y: int, font_size: int) -> None:
     """ "evidence for predicted grade: low [colour ramp] high" at (x, y) (top-left of the line)."""
     from PIL import Image
 
     label = "heatmap: evidence for the predicted grade (per vertebra)  low"
-    style = {"font": font, "stroke_width": 1, "stroke_fill": (0, 0, 0)}
+    style: dict[str, Any] = {"font": font, "stroke_width": 1, "stroke_fill": (0, 0, 0)}
     draw.text((x, y), label, fill=(255, 255, 255), **style)
     left = int(draw.textbbox((x, y), label, font=font, stroke_width=1)[2]) + font_size // 2
     width, height = max(20, 5 * font_size), max(4, int(font_size * 0.8))
@@ -107,7 +111,7 @@ def _pixel_box(roi: tuple[float, float, float, float] | None, rows: int, cols: i
     return None if pixels[2] < pixels[0] or pixels[3] < pixels[1] else pixels
 
 
-def _draw_patches(draw: Any, findings: Sequence[VertebraFinding], rows: int, cols: int, line_width: int,
+def _draw_patches(draw: ImageDraw.ImageDraw, findings: Sequence[VertebraFinding], rows: int, cols: int, line_width: int,
                   top_n: int) -> bool:
     """Each finding's strongest distinct evidence places (``heatmap.evidence_patches``): a box of the
     model's effective receptive field and a dot on the refined peak, in rank colours; whether any."""
@@ -132,7 +136,7 @@ def _draw_patches(draw: Any, findings: Sequence[VertebraFinding], rows: int, col
     return drawn
 
 
-def _draw_six_points(draw: Any, findings: Sequence[VertebraFinding], line_width: int) -> bool:
+def _draw_six_points(draw: ImageDraw.ImageDraw, findings: Sequence[VertebraFinding], line_width: int) -> bool:
     """Each finding's six points (``cells["points"]``: sa, sm, sp, ia, im, ip as (x, y) source pixels, the
     locator's) as dots joined along each endplate, superior cyan and inferior green as in the explain
     gallery (``explain.render``); whether any were drawn."""
@@ -157,7 +161,7 @@ def shift_banner_height(rows: int, cols: int) -> int:
     return max(10, round(short_side / 45)) + 4 * max(1, round(short_side / 400))
 
 
-def _draw_shift_banner(draw: Any, font: Any, rows: int, cols: int) -> None:
+def _draw_shift_banner(draw: ImageDraw.ImageDraw, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, rows: int, cols: int) -> None:
     height = shift_banner_height(rows, cols)
     draw.rectangle((0, 0, cols - 1, height - 1), fill=(150, 0, 0))
     draw.text((2 * max(1, round(min(rows, cols) / 400)), 2 * max(1, round(min(rows, cols) / 400))), SHIFT_BANNER,

@@ -12,10 +12,13 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spine_dfl.explain.run import explain
 from spine_dfl.io.errors import CheckpointError, InputError
+
+if TYPE_CHECKING:
+    from spine_dfl.engine.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger("spine_dfl.explain")
 
@@ -39,14 +42,14 @@ class ExplainInputError(InputError):
     """The input of an explain run cannot be used (message names the file and why)."""
 
 
-def _explain(loaded: Any, records: Iterable[Mapping[str, Any]], out_dir: str | Path, top_n: int, device: str,
+def _explain(loaded: LoadedCheckpoint, records: Iterable[Mapping[str, Any]], out_dir: str | Path, top_n: int, device: str,
              batch_size: int, failures: list[dict[str, str]] | None = None) -> ExplainRun:
     failures = [] if failures is None else failures
     entries = explain(loaded, records, out_dir, top_n=top_n, device=device, batch_size=batch_size, failures=failures)
     return ExplainRun(Path(out_dir), entries, failures)
 
 
-def _load(checkpoint: str | Path, device: str) -> Any:
+def _load(checkpoint: str | Path, device: str) -> LoadedCheckpoint:
     from spine_dfl.engine.checkpoint import load_checkpoint
     from spine_dfl.engine.device import resolve_device
 

@@ -14,12 +14,15 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spine_dfl.atomic import atomic_output
 from spine_dfl.heatmap.display import RANK_COLOURS, grey_rgb, heat_overlay, heatmap_colormap
+
+if TYPE_CHECKING:
+    from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["MAX_PANEL_PX", "MIN_PANEL_PX", "RANK_COLOURS", "render_sample_figure"]
 
@@ -31,7 +34,7 @@ _LINE = 16  # text line height
 
 
 @functools.lru_cache(maxsize=4)
-def _font(size: int) -> Any:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     from PIL import ImageFont
 
     try:
@@ -77,7 +80,7 @@ class _Panel:
     def xy(self, x: float, y: float) -> tuple[float, float]:
         return (x - self.x0) * self.scale, (y - self.y0) * self.scale
 
-    def image(self, rgb: np.ndarray) -> Any:
+    def image(self, rgb: np.ndarray) -> Image.Image:
         from PIL import Image
 
         return Image.fromarray(_to_uint8(rgb)).resize((self.width, self.height), Image.Resampling.NEAREST)
@@ -143,7 +146,7 @@ def render_sample_figure(
         canvas.save(handle, format="PNG", compress_level=1)
 
 
-def _draw_ticks(draw: Any, panel: _Panel, left: int, x_axis: bool) -> None:
+def _draw_ticks(draw: ImageDraw.ImageDraw, panel: _Panel, left: int, x_axis: bool) -> None:
     """Original-pixel tick labels under (x) or left of (y) a panel."""
     font = _font(_SMALL_PX - 1)
     low, high = (panel.x0, panel.x1) if x_axis else (panel.y0, panel.y1)
@@ -158,7 +161,7 @@ def _draw_ticks(draw: Any, panel: _Panel, left: int, x_axis: bool) -> None:
             draw.text((left - 7, _TOP + px), text, fill="black", font=font, anchor="rm")
 
 
-def _draw_points(draw: Any, panel: _Panel, points: np.ndarray | None) -> None:
+def _draw_points(draw: ImageDraw.ImageDraw, panel: _Panel, points: np.ndarray | None) -> None:
     """The six points as dots joined along each endplate (superior cyan, inferior green)."""
     if points is None:
         return
@@ -169,7 +172,7 @@ def _draw_points(draw: Any, panel: _Panel, points: np.ndarray | None) -> None:
             draw.ellipse((x - 2.5, y - 2.5, x + 2.5, y + 2.5), outline="black", fill=colour)
 
 
-def _draw_roi(draw: Any, panel: _Panel, roi: tuple[float, float, float, float] | None) -> None:
+def _draw_roi(draw: ImageDraw.ImageDraw, panel: _Panel, roi: tuple[float, float, float, float] | None) -> None:
     """The ROI as a dashed white rectangle."""
     if roi is None:
         return
@@ -182,7 +185,7 @@ def _draw_roi(draw: Any, panel: _Panel, roi: tuple[float, float, float, float] |
                        start[0] + (end[0] - start[0]) * v, start[1] + (end[1] - start[1]) * v), fill="white")
 
 
-def _draw_patches(images: list[Any], panel: _Panel, boxes: Sequence[Mapping[str, Any]]) -> None:
+def _draw_patches(images: list[Image.Image], panel: _Panel, boxes: Sequence[Mapping[str, Any]]) -> None:
     """Effective-field boxes on panel 1; numbered peak markers on panels 1 and 2 (rank 1 on top)."""
     from PIL import ImageDraw
 
@@ -203,7 +206,7 @@ def _draw_patches(images: list[Any], panel: _Panel, boxes: Sequence[Mapping[str,
             draw.text((px + 6, py - 6), label, fill="black", font=font)
 
 
-def _draw_colour_bar(canvas: Any, draw: Any, left: int, height: int, vmin: float, vmax: float) -> None:
+def _draw_colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, left: int, height: int, vmin: float, vmax: float) -> None:
     from PIL import Image
 
     canvas.paste(Image.fromarray(_ramp(height)), (left, _TOP))
@@ -214,7 +217,7 @@ def _draw_colour_bar(canvas: Any, draw: Any, left: int, height: int, vmin: float
 
 
 def _draw_legend(
-    draw: Any, boxes: Sequence[Mapping[str, Any]], class_name: str, region: tuple[int, int, int, int], top: int
+    draw: ImageDraw.ImageDraw, boxes: Sequence[Mapping[str, Any]], class_name: str, region: tuple[int, int, int, int], top: int
 ) -> None:
     """One legend line per patch: rank, filter, response, other filters at the same place, where it lies."""
     x0, y0, x1, y1 = region

@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from spine_dfl.model.effective_field import gradient_centres, model_patch_side
 from spine_dfl.heatmap.evidence import class_evidence
 from spine_dfl.heatmap.geometry import feature_map_to_original, feature_map_to_tensor_space, tensor_map_to_original
 from spine_dfl.heatmap.peaks import class_patches, map_peak_to_original
+
+if TYPE_CHECKING:
+    from spine_dfl.engine.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger("spine_dfl.explain")
 
@@ -89,7 +92,7 @@ class _SampleOutput:
 
 
 def explain(
-    checkpoint: Any,
+    checkpoint: str | Path | LoadedCheckpoint,
     samples: Iterable[Mapping[str, Any]],
     out_dir: str | Path,
     top_n: int = 5,

@@ -14,13 +14,16 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from spine_dfl.heatmap.geometry import display_region
+
+if TYPE_CHECKING:
+    from spine_dfl.data.transforms.settings import Preprocessing
 
 log = logging.getLogger("spine_dfl.explain")
 
@@ -83,7 +86,7 @@ def _failure(record: Mapping[str, Any], reason: str) -> dict[str, str]:
 
 
 def prepare_samples(
-    records: Iterable[Mapping[str, Any]], pre: Any, failures: list[dict[str, str]]
+    records: Iterable[Mapping[str, Any]], pre: Preprocessing, failures: list[dict[str, str]]
 ) -> Iterator[PreparedSample]:
     """Transform records one at a time; failed ones are appended to `failures` and skipped.
 

@@ -6,9 +6,12 @@ the same everywhere. numpy only at import time (matplotlib loads on the first co
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.colors import Colormap
 
 __all__ = [
     "DISPLAY_PERCENTILES",
@@ -66,7 +69,7 @@ def to_display_uint8(image: np.ndarray, percentiles: tuple[float, float] = DISPL
     return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def heatmap_colormap() -> Any:
+def heatmap_colormap() -> Colormap:
     """The heatmaps' matplotlib colour map (``HEATMAP_CMAP``)."""
     import matplotlib
 
@@ -74,7 +77,7 @@ def heatmap_colormap() -> Any:
 
 
 def heat_overlay(
-    grey: np.ndarray, values: np.ndarray, cmap: Any = None, value_range: tuple[float, float] | None = None
+    grey: np.ndarray, values: np.ndarray, cmap: Colormap | None = None, value_range: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, float, float]:
     """Blend a heat map over a grey image; returns (RGB (h, w, 3), vmin, vmax of the colour scale).
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from spine_dfl.data.transforms.settings import Preprocessing
 
 __all__ = [
     "STRIP_PIXELS",
@@ -73,7 +76,7 @@ def view_region(to_original: Tensor | np.ndarray, input_size: int, image_shape: 
 
 def display_region(
     to_original: Tensor | np.ndarray,
-    pre: Any,
+    pre: Preprocessing,
     roi: Sequence[float] | None,
     image_shape: tuple[int, int],
 ) -> Region:
