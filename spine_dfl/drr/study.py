@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from spine_dfl.drr.project import (
 from spine_dfl.io.verse import VERSE_LABELS
 from spine_dfl.io.vocabulary import POINT_NAMES
 from spine_dfl.synth.tables import MANIFEST_COLUMNS as _SYNTH_COLUMNS
+
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
 
 __all__ = ["IN_FILM", "UNGRADED", "DrrInputError", "DrrResult", "drr_study"]
 
@@ -105,8 +108,8 @@ def drr_study(ct_path: str | Path, out: str | Path, *, centroids: str | Path | N
     return _write(out, inputs, films, seed, overwrite)
 
 
-def _check_options(out: Path, views: Sequence[str], rows: int | None, cols: int | None, fov_mm: Any, seed: Any,
-                   overwrite: bool) -> tuple[str, ...]:
+def _check_options(out: Path, views: Sequence[str], rows: int | None, cols: int | None,
+                   fov_mm: Sequence[float] | None, seed: int, overwrite: bool) -> tuple[str, ...]:
     views = tuple(dict.fromkeys(views))
     if not views or any(v not in VIEWS for v in views):
         raise DrrInputError(f"views must be among {VIEWS}, got {list(views)}")
@@ -138,7 +141,8 @@ def _check_numbers(**values: Any) -> None:
             raise DrrInputError(f"{name} must be finite, got {value!r}")
 
 
-def _read_inputs(ct_path: Path, centroids: Any, mask: Any, grades: Any) -> _Inputs:
+def _read_inputs(ct_path: Path, centroids: str | Path | None, mask: str | Path | None,
+                 grades: str | Path | None) -> _Inputs:
     ct = load_ct(ct_path)
     identity = ct_identity(ct_path)
     if centroids is None and (mask is not None or grades is not None):
@@ -152,7 +156,7 @@ def _read_inputs(ct_path: Path, centroids: Any, mask: Any, grades: Any) -> _Inpu
     return _Inputs(ct, identity, points, labels, graded, digest.hexdigest())
 
 
-def _world(affine: np.ndarray, ijk: Any) -> np.ndarray:
+def _world(affine: np.ndarray, ijk: ArrayLike) -> np.ndarray:
     return np.atleast_2d(np.asarray(ijk, dtype=np.float64)) @ affine[:3, :3].T + affine[:3, 3]
 
 
@@ -169,7 +173,8 @@ def _isocentre(inputs: _Inputs, isocentre: Sequence[float] | None) -> tuple[floa
     return tuple(float(v) for v in points.mean(axis=0))  # type: ignore[return-value]
 
 
-def _sized(g: DrrGeometry, ct: Volume, rows: int | None, cols: int | None, fov_mm: Any) -> DrrGeometry:
+def _sized(g: DrrGeometry, ct: Volume, rows: int | None, cols: int | None,
+           fov_mm: Sequence[float] | None) -> DrrGeometry:
     """The geometry with its detector size: as given, from the field of view, or around the body."""
     if rows is not None:
         return replace(g, rows=int(rows), cols=int(cols))

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,19 +26,26 @@ from spine_dfl.engine.checkpoint import _bare_model, atomic_torch_save, read_che
 from spine_dfl.engine.predict import collate_samples, predict_logits, predictions_table
 from spine_dfl.engine.shift import ShiftModel, fit_shift, shift_summary
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from torch.utils.data import Dataset
+
+    from spine_dfl.config import RunConfig
+    from spine_dfl.engine.prepare import TrainData
+
 log = logging.getLogger("spine_dfl.train")
 
 CALIBRATION_JSON = "calibration.json"
 
 
-def _logits(model: torch.nn.Module, dataset: Any, config: Any, device: torch.device) -> dict[str, np.ndarray]:
+def _logits(model: torch.nn.Module, dataset: Dataset, config: RunConfig, device: torch.device) -> dict[str, np.ndarray]:
     loader = DataLoader(dataset, batch_size=config.train.batch_size, shuffle=False, num_workers=config.data.workers,
                         collate_fn=collate_samples, pin_memory=device.type == "cuda")
     return predict_logits(_bare_model(model), loader, device, amp=config.train.amp, features=True)
 
 
-def fit_after_training(model: torch.nn.Module, data: Any, config: Any, out_dir: Path, best_path: Path,
-                       device: torch.device) -> tuple[Any, dict[str, Any]]:
+def fit_after_training(model: torch.nn.Module, data: TrainData, config: RunConfig, out_dir: Path, best_path: Path,
+                       device: torch.device) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Fit calibration + shift with the weights in ``model`` (the best's), store them in ``best_path`` and
     ``calibration.json``; returns (the validation predictions table, calibrated; calibration.json's content)."""
     started = time.monotonic()

@@ -7,7 +7,7 @@ checkpoint's ``engine.calibration.Temperatures``; 1 when none are given); ``prob
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,11 @@ from spine_dfl.engine.calibration import Temperatures, calibrated_softmax
 from spine_dfl.engine.device import resolve_device
 from spine_dfl.model import DFLNet
 from spine_dfl.predictions import BRANCHES, build_predictions
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from spine_dfl.engine.shift import ShiftModel
 
 
 def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -86,7 +91,7 @@ def predictions_table(
     logits: dict[str, np.ndarray],
     class_names: Sequence[str],
     temperatures: Temperatures | None = None,
-    shift: Any = None,
+    shift: ShiftModel | None = None,
 ) -> pd.DataFrame:
     """The predictions table (`spine_dfl.predictions`) of records (in index order) and branch logits,
     each branch's probabilities calibrated with ``temperatures`` (none: the raw softmax). With ``shift``
@@ -119,9 +124,9 @@ def predict_records(
     batch_size: int = 32,
     device: torch.device | str = "auto",
     workers: int = 0,
-    dataset: Any | None = None,
+    dataset: Dataset | None = None,
     temperatures: Temperatures | None = None,
-    shift: Any = None,
+    shift: ShiftModel | None = None,
 ) -> pd.DataFrame:
     """Predictions table for ``records`` (deterministic eval transforms, no augmentation), its
     probabilities calibrated with ``temperatures`` (a loaded checkpoint's; none: the raw softmax), with

@@ -8,7 +8,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,11 @@ from spine_dfl.engine.predict import collate_samples
 from spine_dfl.io.errors import InputError
 from spine_dfl.model import DFLNet, init_filter_bank
 
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from spine_dfl.data.dataset import SpineDataset
+
 log = logging.getLogger("spine_dfl.train")
 
 
@@ -38,8 +43,8 @@ class TrainData:
     val_records: list[dict[str, Any]]
     train_labels: np.ndarray  # (N,) class index of every training record
     sample_weights: np.ndarray  # (N,) drawing weight of every training record (config.data.balance)
-    train_set: Any
-    val_set: Any
+    train_set: SpineDataset
+    val_set: SpineDataset
 
 
 def preprocessing_for(config: RunConfig, manifest: Manifest) -> Preprocessing:
@@ -55,7 +60,7 @@ def preprocessing_for(config: RunConfig, manifest: Manifest) -> Preprocessing:
 
 
 def _filter_init_loader(
-    dataset: Any, labels: np.ndarray, per_class: int, batch_size: int, seed: int, workers: int
+    dataset: Dataset, labels: np.ndarray, per_class: int, batch_size: int, seed: int, workers: int
 ) -> DataLoader:
     """Deterministic loader over at most ``per_class`` training images of each class (eval transforms)."""
     rng = np.random.default_rng(seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from spine_dfl import __version__
 from spine_dfl.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_kind, embed_payload, read_checkpoint
 from spine_dfl.locate.network import VertebraLocator
 from spine_dfl.locate.preprocess import letterbox
+
+if TYPE_CHECKING:
+    from spine_dfl.locate.run import LocatedVertebrae
 
 KIND = "locator"
 
@@ -91,7 +94,7 @@ def locator_from_payload(raw: dict[str, Any], path: str | Path, map_location: st
                          config=raw["config"], raw=raw)
 
 
-def locate_radiograph(loaded: LoadedLocator, pixels: np.ndarray, refine: bool = True, **labelling: Any) -> Any:
+def locate_radiograph(loaded: LoadedLocator, pixels: np.ndarray, refine: bool = True, **labelling: Any) -> LocatedVertebrae:
     """Letterbox one radiograph's pixels as the checkpoint says, then ``run.locate`` (original pixels out);
     with ``refine`` the six points are snapped to their endplate edges on ``pixels`` (``refine.refine_located``)."""
     from spine_dfl.locate.refine import refine_located

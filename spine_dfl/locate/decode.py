@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
-    def take(self, keep: Any) -> Detections:
+    def take(self, keep: np.ndarray) -> Detections:
         """The detections at ``keep`` (indices or boolean mask), in that order."""
         return Detections(self.boxes[keep], self.points[keep], self.centres[keep], self.scores[keep],
                           self.level_logits[keep])
@@ -60,7 +59,7 @@ def heatmap_peaks(heatmap_logits: torch.Tensor, threshold: float, max_detections
 
 def decode(
     outputs: Mapping[str, torch.Tensor],
-    to_original: Any = None,
+    to_original: torch.Tensor | np.ndarray | None = None,
     threshold: float = 0.3,
     max_detections: int = 32,
     image_shape: tuple[int, int] | None = None,

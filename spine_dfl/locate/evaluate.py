@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
 from spine_dfl.locate.morphometry import spine_morphometry, vertebral_heights
+
+if TYPE_CHECKING:
+    from spine_dfl.locate.run import LocatedVertebrae
 
 RATIOS: tuple[str, ...] = ("wedge", "biconcave", "crush")
 
@@ -179,7 +182,7 @@ def locator_metrics(pairs: Sequence[tuple[ImageTruth, ImagePrediction]], level_n
     return result
 
 
-def prediction_of(located: Any, level_names: Sequence[str]) -> ImagePrediction:
+def prediction_of(located: LocatedVertebrae, level_names: Sequence[str]) -> ImagePrediction:
     """An ImagePrediction from ``run.locate``'s LocatedVertebrae."""
     det = located.detections
     lookup = {name: i for i, name in enumerate(level_names)}
@@ -215,7 +218,7 @@ def evaluate_locator(model: Any, samples: Sequence[Any], threshold: float = 0.3,
         raw = locator_metrics(raw_pairs, model.levels)
         figures["unrefined"] = {key: raw[key] for key in (
             "median_landmark_error_mm", "median_landmark_error_px", "median_ratio_error")}
-        marks = np.concatenate(refined) if refined else np.zeros((0, 6), bool)
+        marks = np.concatenate(refined) if refined else np.zeros((0, 6), bool)  # type: ignore[arg-type]  # refine_located sets refined
         figures["refined_point_share"] = float(marks.mean()) if marks.size else None
     return figures
 

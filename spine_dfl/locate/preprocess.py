@@ -10,7 +10,6 @@ pixels, the form ``map_points_to_original`` takes.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +30,7 @@ def check_input_size(size_hw: tuple[int, int]) -> tuple[int, int]:
 
 
 def letterbox(
-    pixels: Any, size_hw: tuple[int, int], percentiles: tuple[float, float] = (1.0, 99.0)
+    pixels: np.ndarray | torch.Tensor, size_hw: tuple[int, int], percentiles: tuple[float, float] = (1.0, 99.0)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, H, W) float32 locator input and its float64 (3, 3) ``to_original`` matrix.
 

@@ -31,10 +31,13 @@ border, or the profile leaves the image. The same code runs on real radiographs 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    from spine_dfl.locate.run import LocatedVertebrae
 
 
 @dataclass(frozen=True)
@@ -228,7 +231,7 @@ def _axes(points: np.ndarray) -> np.ndarray:
     return out
 
 
-def refine_located(located: Any, pixels: np.ndarray, settings: RefineSettings | None = None) -> Any:
+def refine_located(located: LocatedVertebrae, pixels: np.ndarray, settings: RefineSettings | None = None) -> LocatedVertebrae:
     """``run.LocatedVertebrae`` with its detections' points refined on ``pixels`` (the radiograph they
     were located on, original pixels), ``refined`` and ``unrefined_points`` set."""
     det = located.detections

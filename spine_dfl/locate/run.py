@@ -46,7 +46,7 @@ class LocatedVertebrae:
 def locate(
     model: VertebraLocator,
     image_tensor: torch.Tensor,
-    to_original: Any,
+    to_original: torch.Tensor | np.ndarray | None,
     threshold: float = 0.3,
     outer_levels: int = 1,
     outer_logit: float = 0.0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -101,7 +101,13 @@ def affine_resample(image: torch.Tensor, out_to_in: torch.Tensor, fill: float = 
     return out + fill
 
 
-def map_points_to_original(points: Any, to_original: Any) -> Any:
+@overload
+def map_points_to_original(points: np.ndarray, to_original: torch.Tensor | np.ndarray) -> np.ndarray: ...
+@overload
+def map_points_to_original(points: torch.Tensor, to_original: torch.Tensor | np.ndarray) -> torch.Tensor: ...
+def map_points_to_original(
+    points: np.ndarray | torch.Tensor, to_original: torch.Tensor | np.ndarray
+) -> np.ndarray | torch.Tensor:
     """Map (..., N, 2) tensor-coordinate points (x, y) to original-image coordinates.
 
     ``to_original``: (3, 3) or batched (..., 3, 3). Returns the same type as ``points``
@@ -115,7 +121,13 @@ def map_points_to_original(points: Any, to_original: Any) -> Any:
     return mapped.numpy() if is_numpy else mapped
 
 
-def map_boxes_to_original(boxes: Any, to_original: Any) -> Any:
+@overload
+def map_boxes_to_original(boxes: np.ndarray, to_original: torch.Tensor | np.ndarray) -> np.ndarray: ...
+@overload
+def map_boxes_to_original(boxes: torch.Tensor, to_original: torch.Tensor | np.ndarray) -> torch.Tensor: ...
+def map_boxes_to_original(
+    boxes: np.ndarray | torch.Tensor, to_original: torch.Tensor | np.ndarray
+) -> np.ndarray | torch.Tensor:
     """Map (..., N, 4) boxes (x_min, y_min, x_max, y_max) in tensor coordinates to the original image.
 
     The four corners are mapped and their bounding box returned (exact for the crop/resize/pad
@@ -133,7 +145,8 @@ def map_boxes_to_original(boxes: Any, to_original: Any) -> Any:
     return out.numpy() if is_numpy else out
 
 
-def roi_in_input(roi: Any, to_original: Any, size: int) -> torch.Tensor:
+def roi_in_input(roi: Sequence[float] | np.ndarray | torch.Tensor | None, to_original: torch.Tensor | np.ndarray,
+                 size: int) -> torch.Tensor:
     """The ROI (x_min, y_min, x_max, y_max) in original pixels -> its box in the (size x size) network
     input: the inverse of ``to_original`` applied to its corners, their bounding box, clipped to the
     input. ``roi=None`` (a whole-image sample) gives the whole input. (4,) float32."""
