@@ -34,7 +34,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -57,6 +57,9 @@ from spine_dfl.data.transforms.crop import RoiRecropd, window_margin
 from spine_dfl.data.transforms.geometry import roi_in_input
 from spine_dfl.io import ROI_COLUMNS
 from spine_dfl.io.errors import InputError
+
+if TYPE_CHECKING:
+    from spine_dfl.io.orientation import Orientation
 
 CacheMode = Literal["none", "memory", "disk"]
 # Bump when the cached sample format or the deterministic pipeline changes.
@@ -243,7 +246,7 @@ def _slim(record: Mapping[str, Any], use_roi: bool) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _orientation_of(image: str) -> Any:
+def _orientation_of(image: str) -> tuple[Orientation, tuple[int, int]] | None:
     from spine_dfl.io.orientation import stored_orientation
 
     try:

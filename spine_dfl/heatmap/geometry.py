@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, overload
 
 import numpy as np
 import torch
@@ -41,7 +41,11 @@ Region = tuple[int, int, int, int]
 STRIP_PIXELS = 1 << 20
 
 
-def clip_boxes(boxes: Any, image_shape: tuple[int, int]) -> Any:
+@overload
+def clip_boxes(boxes: Tensor, image_shape: tuple[int, int]) -> Tensor: ...
+@overload
+def clip_boxes(boxes: np.ndarray | Sequence[Sequence[float]], image_shape: tuple[int, int]) -> np.ndarray: ...
+def clip_boxes(boxes: Tensor | np.ndarray | Sequence[Sequence[float]], image_shape: tuple[int, int]) -> Tensor | np.ndarray:
     """Clip (..., 4) boxes (x_min, y_min, x_max, y_max) to an image of ``image_shape`` = (rows, cols).
 
     x is clamped to [0, cols], y to [0, rows] (torchvision's ``clip_boxes_to_image``). Same type as

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -16,6 +16,9 @@ from sklearn.metrics import confusion_matrix, roc_curve
 
 from spine_dfl.heatmap.display import display_window
 from spine_dfl.metrics.scores import SMALL_SAMPLE, reliability_bins
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 _DPI = 96
 BRANCH_LABELS = {"g": "G-stream", "p": "P-stream", "side": "side branch", "fused": "fused"}
@@ -37,7 +40,7 @@ def to_data_uri(figure: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _draw_confusion(ax: Any, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], title: str,
+def _draw_confusion(ax: Axes, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], title: str,
                     small: bool = False) -> None:
     """Counts in the cells; colour = fraction of the true class's row (so rare classes stay visible)."""
     n_classes = len(classes)

@@ -107,7 +107,7 @@ def _lesion_cells(v: VertebraTruth) -> list[str]:
     return [v.shape, DEFORMED_PARTS.get(v.shape, ""), *_point_cells(body_corners(v).values())]
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: Any) -> None:
+def _write_csv(path: Path, columns: tuple[str, ...], rows: Iterable[Iterable[object]]) -> None:
     with atomic_output(path, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(columns)

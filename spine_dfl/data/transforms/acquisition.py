@@ -15,7 +15,7 @@ ROI-level part, which composes its zoom and shift into ``to_original``.  Options
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -313,7 +313,7 @@ class RandRoiReframed(RoiReframeDraw, MapTransform):
         return out
 
 
-def _reframed_roi(roi: Any, margin: float, before: Any, after: Any, size: float) -> tuple[float, ...]:
+def _reframed_roi(roi: Sequence[float], margin: float, before: torch.Tensor, after: torch.Tensor, size: float) -> tuple[float, ...]:
     """``roi`` grown by ``margin`` x its larger side on every side and moved as the crop's centre
     moved from ``before`` to ``after`` (input -> original matrices of a ``size`` px input)."""
     x0, y0, x1, y1 = grown_roi(roi, margin, (0.0, 0.0))
