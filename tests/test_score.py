@@ -206,7 +206,7 @@ def test_mixed_export_every_file_scored_or_failed_with_reason(
     assert not (out / PARTIAL_DIR).exists()
     for written in (out / "predictions.csv", out / "summary.json"):  # readable like open() output
         assert stat.S_IMODE(written.stat().st_mode) == output_file_mode()
-    assert summary.exit_status(strict=False) == 0 and summary.exit_status(strict=True) == 1
+    assert summary.exit_status(strict=False) == 0 and summary.exit_status(strict=True) == 3
 
 
 def by_name_in(rows: list[dict[str, str]], name: str) -> dict[str, str]:
@@ -235,7 +235,7 @@ def test_strict_reaches_the_summary(tmp_path: Path, checkpoints: dict[str, Path]
     """score(strict=True) is a run that fails when a file failed: the summary says so, not only the CLI."""
     inputs = [cohort / "images" / "P0001.dcm", broken / "empty"]
     strict = score(checkpoints["whole"], inputs, tmp_path / "strict", workers=0, strict=True, progress=False)
-    assert (strict.failed, strict.strict, strict.exit_status()) == (1, True, 1)
+    assert (strict.failed, strict.strict, strict.exit_status()) == (1, True, 3)
     assert json.loads((tmp_path / "strict" / "summary.json").read_text())["strict"] is True
     lenient = score(checkpoints["whole"], inputs, tmp_path / "lenient", workers=0, progress=False)
     assert (lenient.strict, lenient.exit_status()) == (False, 0)

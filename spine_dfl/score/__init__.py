@@ -21,7 +21,7 @@ from spine_dfl.score.errors import DECODER_CRASHED, ScoreError, reason_category
 from spine_dfl.score.files import FileSamples
 from spine_dfl.score.isolation import DecodePool
 from spine_dfl.score.journal import PARTIAL_DIR, PartWriter, collect_done
-from spine_dfl.score.summary import EXIT_FAILURES, EXIT_OK, EXIT_USAGE, ScoreSummary
+from spine_dfl.score.summary import EXIT_INPUTS_FAILED, EXIT_OK, EXIT_USAGE, ScoreSummary
 
 if TYPE_CHECKING:  # the lazy names below, for editors and type checkers
     from spine_dfl.score.run import ScoringSetup, prepare_scoring, score, score_prepared
@@ -35,7 +35,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "score", "prepare_scoring", "score_prepared", "ScoringSetup", "ScoreSummary", "EXIT_OK", "EXIT_FAILURES",
+    "score", "prepare_scoring", "score_prepared", "ScoringSetup", "ScoreSummary", "EXIT_OK", "EXIT_INPUTS_FAILED",
     "EXIT_USAGE", "ScoreError", "DECODER_CRASHED", "reason_category", "FileSamples", "DecodePool", "PARTIAL_DIR",
     "PartWriter", "collect_done",
 ]

@@ -105,7 +105,7 @@ def score(
     """Score every file under ``inputs`` with the checkpoint; write predictions.csv + summary.json to out_dir.
 
     ``workers``: decode processes (0: decode in this process, without crash isolation).
-    ``strict``: failed files make the run fail (``ScoreSummary.exit_status()`` is then 1).
+    ``strict``: failed files make the run fail (``ScoreSummary.exit_status()`` is then 3).
     ``locator``: a locator checkpoint; without ``rois_csv`` it finds each radiograph's vertebrae (a
     grader checkpoint that embeds a locator uses that one when ``locator`` is not given).
     A DICOM whose header is not that of a lateral spine radiograph fails with the input gate's reason

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+from spine_dfl.io.errors import EXIT_INPUTS_FAILED, EXIT_OK, EXIT_USAGE
+
+__all__ = ["EXIT_INPUTS_FAILED", "EXIT_OK", "EXIT_USAGE", "PREDICTIONS", "SUMMARY", "ScoreSummary"]
 PREDICTIONS = "predictions.csv"
 SUMMARY = "summary.json"
 
@@ -40,6 +42,7 @@ class ScoreSummary:
     shift_check: str = ""
 
     def exit_status(self, strict: bool | None = None) -> int:
-        """0, or 1 when failed files count (``strict``, by default the run's own setting) and some failed."""
+        """0, or 3 (``EXIT_INPUTS_FAILED``) when failed files count (``strict``, by default the run's own
+        setting) and some failed: the command line's status."""
         strict = self.strict if strict is None else strict
-        return EXIT_FAILURES if strict and self.failed > 0 else EXIT_OK
+        return EXIT_INPUTS_FAILED if strict and self.failed > 0 else EXIT_OK
