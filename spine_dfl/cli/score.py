@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from spine_dfl.cli.common import add_batch_size, add_device, add_out_options, prepare_out
+from spine_dfl.cli.common import EXIT_INPUTS_FAILED, EXIT_OK, add_batch_size, add_device, add_out_options, prepare_out
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,4 +57,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"{summary.shifted} image(s) unlike the training images (in_distribution = no)")
         else:
             print(f"shift check {summary.shift_check}")
-    return summary.exit_status()
+    return EXIT_INPUTS_FAILED if summary.failed else EXIT_OK
