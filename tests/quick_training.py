@@ -11,3 +11,19 @@ QUICK = [
     "train.early_stop_patience=0",
     "train.time_budget_s=null",  # cpu_demo's wall-clock budget off: epoch counts never depend on the machine
 ]
+
+
+def killed_at_epoch(monkeypatch, epoch: int):
+    """Make the engine's epoch ``epoch`` (0-based) raise KeyboardInterrupt, as a run killed there would
+    stop; calling the returned function undoes it."""
+    import spine_dfl.engine.loop as loop
+
+    real = loop.train_epoch
+
+    def train_epoch(task, net, opt, context, index, progress=False):
+        if index == epoch:
+            raise KeyboardInterrupt(f"killed in epoch {epoch + 1}")
+        return real(task, net, opt, context, index, progress)
+
+    monkeypatch.setattr(loop, "train_epoch", train_epoch)
+    return lambda: monkeypatch.setattr(loop, "train_epoch", real)

@@ -16,7 +16,7 @@ from spine_dfl.engine import loop
 from spine_dfl.engine.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
 from spine_dfl.engine.distributed import Distributed
 from spine_dfl.engine.loop import RunContext, StepLoss, TrainingTask, Validation, fit
-from quick_training import QUICK
+from quick_training import QUICK, killed_at_epoch
 
 
 class LineTask(TrainingTask):
@@ -111,17 +111,10 @@ def test_steps_per_epoch_and_the_schedule_are_the_engines(tmp_path: Path) -> Non
 
 def test_resume_carries_on_where_last_pt_stopped(tmp_path: Path, monkeypatch) -> None:
     straight, _ = _fit(tmp_path / "straight", _config("train.epochs=4"))
-    real = loop.train_epoch
-
-    def killed_at_third(task, net, opt, context, epoch, progress=False):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return real(task, net, opt, context, epoch, progress)
-
-    monkeypatch.setattr(loop, "train_epoch", killed_at_third)
+    revive = killed_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path / "killed", _config("train.epochs=4"))
-    monkeypatch.setattr(loop, "train_epoch", real)
+    revive()
     resumed, task = _fit(tmp_path / "killed", _config("train.epochs=4"), resume=True)
     assert task.validated == 2 and resumed.epochs_run == 4
     def losses(folder: str) -> list[tuple[str, str, str]]:

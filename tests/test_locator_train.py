@@ -114,20 +114,13 @@ def test_training_writes_self_contained_checkpoints_and_metrics(trained, small_c
 
 def test_resume_continues_a_killed_run_exactly(trained, small_cohort, tmp_path, monkeypatch):
     out, _ = trained
-    import spine_dfl.engine.loop as loop
+    from quick_training import killed_at_epoch
 
-    real_epoch = loop.train_epoch
-
-    def killed_at_third(task, net, opt, context, epoch, progress=False):
-        if epoch == 2:
-            raise KeyboardInterrupt("killed")
-        return real_epoch(task, net, opt, context, epoch, progress)
-
-    monkeypatch.setattr(loop, "train_epoch", killed_at_third)
+    revive = killed_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         locate_train.train_locator(small_cohort / "manifest.csv", tiny_config(3), tmp_path, progress=False)
     assert len(_rows(tmp_path / "metrics.csv")) == 2
-    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    revive()
     result = locate_train.train_locator(small_cohort / "manifest.csv", tiny_config(3), tmp_path, resume=True,
                                         progress=False)
     assert result.epochs_run == 3 and [r["epoch"] for r in _rows(tmp_path / "metrics.csv")] == ["1", "2", "3"]

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# numpy in, numpy out; tensor in, tensor out
+ArrayOrTensor = TypeVar("ArrayOrTensor", np.ndarray, torch.Tensor)
 
 
 def translation(dx: float, dy: float) -> torch.Tensor:
@@ -101,13 +104,7 @@ def affine_resample(image: torch.Tensor, out_to_in: torch.Tensor, fill: float = 
     return out + fill
 
 
-@overload
-def map_points_to_original(points: np.ndarray, to_original: torch.Tensor | np.ndarray) -> np.ndarray: ...
-@overload
-def map_points_to_original(points: torch.Tensor, to_original: torch.Tensor | np.ndarray) -> torch.Tensor: ...
-def map_points_to_original(
-    points: np.ndarray | torch.Tensor, to_original: torch.Tensor | np.ndarray
-) -> np.ndarray | torch.Tensor:
+def map_points_to_original(points: ArrayOrTensor, to_original: torch.Tensor | np.ndarray) -> ArrayOrTensor:
     """Map (..., N, 2) tensor-coordinate points (x, y) to original-image coordinates.
 
     ``to_original``: (3, 3) or batched (..., 3, 3). Returns the same type as ``points``
@@ -121,13 +118,7 @@ def map_points_to_original(
     return mapped.numpy() if is_numpy else mapped
 
 
-@overload
-def map_boxes_to_original(boxes: np.ndarray, to_original: torch.Tensor | np.ndarray) -> np.ndarray: ...
-@overload
-def map_boxes_to_original(boxes: torch.Tensor, to_original: torch.Tensor | np.ndarray) -> torch.Tensor: ...
-def map_boxes_to_original(
-    boxes: np.ndarray | torch.Tensor, to_original: torch.Tensor | np.ndarray
-) -> np.ndarray | torch.Tensor:
+def map_boxes_to_original(boxes: ArrayOrTensor, to_original: torch.Tensor | np.ndarray) -> ArrayOrTensor:
     """Map (..., N, 4) boxes (x_min, y_min, x_max, y_max) in tensor coordinates to the original image.
 
     The four corners are mapped and their bounding box returned (exact for the crop/resize/pad
