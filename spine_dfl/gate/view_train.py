@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from spine_dfl.atomic import atomic_write_text
+from spine_dfl.engine.loop import warmup_cosine
 from spine_dfl.gate.view import DEFAULT_PERCENTILES, DEFAULT_SIZE, NOT_LATERAL, ViewNet, predict_thumbnails
 from spine_dfl.gate.view_checkpoint import save_view
 from spine_dfl.gate.view_data import ViewSamples, build_view_samples
@@ -131,10 +132,8 @@ def split_by_group(samples: ViewSamples, val_fraction: float, seed: int) -> tupl
     return samples.subset(~in_val), samples.subset(in_val)
 
 
-def _lr(step: int, planned: int, base: float, warmup: int = 20) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, planned - warmup))))
+# linear warm-up over the first steps, then the engine's cosine to 0 at the planned step
+_WARMUP_STEPS = 20
 
 
 def fit(model: ViewNet, train: ViewSamples, *, epochs: int, seed: int, batch_size: int = 32, lr: float = 3e-3,
@@ -156,7 +155,7 @@ def fit(model: ViewNet, train: ViewSamples, *, epochs: int, seed: int, batch_siz
         for i in range(0, len(train), batch_size):
             batch = order[i: i + batch_size]
             for group in optimizer.param_groups:
-                group["lr"] = _lr(step, planned, lr)
+                group["lr"] = lr * warmup_cosine(step, _WARMUP_STEPS, planned)
             loss = F.cross_entropy(model(_augment(x[batch], generator)), y[batch], weight=weight, label_smoothing=0.05)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
