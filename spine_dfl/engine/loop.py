@@ -328,7 +328,7 @@ def _end_epoch(
     write_metrics(out_dir / METRICS_NAME, state.history)
     if tb_writer is not None:
         for key, value in row.items():
-            if isinstance(value, (int, float)) and value is not None:
+            if isinstance(value, (int, float)):
                 tb_writer.add_scalar(key, value, epoch + 1)
     log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                   if k != "epoch" and isinstance(v, float)))

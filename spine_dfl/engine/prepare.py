@@ -109,7 +109,7 @@ def prepare_data(manifest_path: str | Path, config: RunConfig, out_dir: Path, di
 
 
 def build_model(config: RunConfig, class_names: list[str], device: torch.device) -> DFLNet:
-    model = DFLNet(
+    return DFLNet(
         backbone=config.model.backbone,
         num_classes=len(class_names),
         filters_per_class=config.model.filters_per_class,
@@ -119,7 +119,6 @@ def build_model(config: RunConfig, class_names: list[str], device: torch.device)
         streams=config.model.streams,
         pstream_region=config.model.pstream_region,
     ).to(device)
-    return model
 
 
 def init_filters(model: DFLNet, data: TrainData, config: RunConfig, out_dir: Path, dist: Distributed) -> None:
