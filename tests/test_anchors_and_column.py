@@ -118,20 +118,40 @@ def test_report_counts_images_by_how_their_levels_were_counted() -> None:
     assert levels_report(table.drop(columns="level_anchored")) is None and levels_html(None) == ""
 
 
-def test_no_level_is_named_on_a_film_whose_orientation_was_guessed() -> None:
-    from types import SimpleNamespace
+def _view(shares: dict, lateral: float = 0.9):
+    """A ``gate.view.ViewPrediction`` whose eight orientation classes have ``shares`` (the rest spread evenly)."""
+    import numpy as np
 
-    from spine_dfl.gate.orientation import orientation_is_sure
+    from spine_dfl.gate.view import NUM_CLASSES, _prediction
+    from spine_dfl.io.orientation import ORIENTATIONS
+
+    rest = (1.0 - sum(shares.values())) / (len(ORIENTATIONS) - len(shares))
+    probs = np.zeros(NUM_CLASSES)
+    for o in ORIENTATIONS:
+        probs[o.index] = lateral * shares.get(o, rest)
+    probs[-1] = 1.0 - lateral
+    return _prediction(probs)
+
+
+def test_no_level_is_named_on_a_film_whose_head_axis_was_guessed() -> None:
+    from spine_dfl.gate.orientation import choose_orientation, head_axis_is_sure
     from spine_dfl.io.orientation import CANONICAL, Orientation
 
     centres, boxes, _ = chain(6)
     result = anchor_levels(centres, boxes, logits_for("T12", 6), LEVELS, image_rows=520, orientation_sure=False)
     assert not result.anchored and "uncertain" in result.why
-    vflip = Orientation(True, 2)
-    unsure = SimpleNamespace(orientation=vflip, orientation_probability=0.6, lateral_probability=0.9)
-    sure = SimpleNamespace(orientation=vflip, orientation_probability=0.95, lateral_probability=0.9)
-    assert not orientation_is_sure(None, unsure, vflip) and orientation_is_sure(None, sure, vflip)
-    assert orientation_is_sure(["P", "F"], None, CANONICAL) and not orientation_is_sure(None, None, CANONICAL)
+    vflip = Orientation(True, 2)  # stored head down: its mirror image is rot180
+    assert vflip.mirrored == Orientation(False, 2)
+    unsure = _view({vflip: 0.6})  # the other 0.4 spread over seven orientations, three with the head the other way
+    facing_unknown = _view({vflip: 0.58, vflip.mirrored: 0.40})  # the head is down, the facing side in doubt
+    sure = _view({vflip: 0.96})
+    assert choose_orientation(None, unsure) == vflip and not head_axis_is_sure(None, unsure, vflip)
+    assert choose_orientation(None, facing_unknown) == vflip and head_axis_is_sure(None, facing_unknown, vflip)
+    assert head_axis_is_sure(None, sure, vflip) and not head_axis_is_sure(None, sure, CANONICAL)
+    assert head_axis_is_sure(["P", "F"], None, CANONICAL) and not head_axis_is_sure(None, None, CANONICAL)
+    # where the head is comes first: 0.40 + 0.05 head down loses to 0.30 + 0.25 head up
+    split = _view({vflip: 0.40, vflip.mirrored: 0.05, CANONICAL: 0.30, CANONICAL.mirrored: 0.25})
+    assert choose_orientation(None, split) == CANONICAL and head_axis_is_sure(None, split, CANONICAL) is False
 
 
 def test_a_lumbarised_s1_is_counted_as_l6_and_reported_transitional() -> None:
@@ -159,3 +179,25 @@ def test_one_body_with_misplaced_points_does_not_refuse_a_column_two_do() -> Non
     assert column_refusal(flipped, boxes, (0.5, 0.5)) is None
     flipped[7] = flipped[7][[3, 4, 5, 0, 1, 2]]
     assert "tilted" in column_refusal(flipped, boxes, (0.5, 0.5))
+
+
+def test_an_anchored_count_is_withdrawn_on_an_image_unlike_the_training_images() -> None:
+    from spine_dfl.locate.anchors import withdraw_levels
+    from spine_dfl.score.scorer import _withdraw_levels
+
+    def located(anchored: str) -> dict:
+        cells = [{"level_anchored": anchored, "level_anchor": "sacrum" if anchored == "yes" else "",
+                  "level_confidence": 0.9, "transitional": "lumbarised S1 (L6)" if anchored == "yes" else ""}
+                 for _ in range(3)]
+        return {"vertebrae": ["L4", "L5", "L6"] if anchored == "yes" else ["V1", "V2", "V3"], "extras": cells}
+
+    item = located("yes")
+    _withdraw_levels(item)
+    assert item["vertebrae"] == ["V1", "V2", "V3"]
+    assert all(c["level_anchored"] == "no" and c["level_anchor"] == "" and c["transitional"] == ""
+               and c["level_confidence"] == 0.0 for c in item["extras"])
+    unanchored = located("no")
+    assert withdraw_levels(unanchored["extras"]) is None and unanchored["extras"][0]["level_confidence"] == 0.9
+    manifest_rois = {"vertebrae": ["L1", "L2"], "extras": [{"roi_source": "file"}, {"roi_source": "file"}]}
+    _withdraw_levels(manifest_rois)  # levels from an ROI file are the file's, not a count: kept
+    assert manifest_rois["vertebrae"] == ["L1", "L2"]

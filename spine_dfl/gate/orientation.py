@@ -5,8 +5,9 @@ Headers are hints: often missing, sometimes wrong (a film flipped at the modalit
 following). The image overrules the header only when the classifier is confident
 (``OVERRULE_PROBABILITY`` among the eight orientations) and sees a lateral spine at all.
 
-:func:`orientation_is_sure`: levels are counted only on a film whose orientation is known (the header
-agrees, or the classifier is confident): a head-down film read as head-up counts L5 as T12.
+:func:`head_axis_is_sure`: levels are counted only on a film whose head-foot axis is known (the header
+agrees, or the classifier is confident where the head is): a head-down film read as head-up counts L5
+as T12. Which way the patient faces does not change a count.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from spine_dfl.io.orientation import CANONICAL, Orientation, orientation_from_header
+from spine_dfl.io.orientation import CANONICAL, ORIENTATIONS, Orientation, orientation_from_header
 
 if TYPE_CHECKING:
     from spine_dfl.gate.view import ViewPrediction
 
 # A synth lumbar cut was read upside down at 0.91 against its correct header (benchmarks/film_variants.py,
-# seed-0 test films); whole films turned any way read at >= 0.96. Overruling the header and counting
-# levels on the classifier's word both need 0.95.
+# seed-0 test films); whole films turned any way read at >= 0.96. Overruling the header (one of the eight)
+# and counting levels on the classifier's word (where the head is: two of the eight) both need 0.95.
 OVERRULE_PROBABILITY = 0.95
 SURE_PROBABILITY = 0.95
 LATERAL_PROBABILITY = 0.5
@@ -31,20 +32,26 @@ def choose_orientation(patient_orientation: Sequence[str] | None, view: ViewPred
     """The orientation that makes the film canonical (head up, anterior left).
 
     ``patient_orientation``: the header's (0020,0020) values or None; ``view``: a
-    ``gate.view.ViewPrediction`` or None. Neither: the film is taken as stored.
+    ``gate.view.ViewPrediction`` or None. Neither: the film is taken as stored. From the classifier
+    alone: first where the head is (the pair of mirror images with the larger share), then which
+    way the patient faces (the larger of the two).
     """
     header = orientation_from_header(patient_orientation)
     if view is not None and float(view.lateral_probability) >= LATERAL_PROBABILITY:
-        if header is None or (view.orientation != header and float(view.orientation_probability) >= OVERRULE_PROBABILITY):
+        if header is None:
+            axis = max(ORIENTATIONS, key=view.head_axis_share)
+            return max((axis, axis.mirrored), key=view.share)
+        if view.orientation != header and float(view.orientation_probability) >= OVERRULE_PROBABILITY:
             return view.orientation
     return header if header is not None else CANONICAL
 
 
-def orientation_is_sure(patient_orientation: Sequence[str] | None, view: ViewPrediction | None, chosen: Orientation) -> bool:
-    """Whether ``chosen`` is known rather than guessed: the header's lateral pair says it (and the view
-    classifier does not confidently say otherwise), or the classifier gives it at least
-    ``SURE_PROBABILITY`` of its eight-way share."""
-    header = orientation_from_header(patient_orientation)
-    if view is not None and view.orientation == chosen and float(view.orientation_probability) >= SURE_PROBABILITY:
+def head_axis_is_sure(patient_orientation: Sequence[str] | None, view: ViewPrediction | None, chosen: Orientation) -> bool:
+    """Whether the head-foot axis of ``chosen`` is known rather than guessed, which is what counting
+    levels needs (a head-down film read head up counts L5 as T12; a mirrored one counts the same):
+    the header's lateral pair says ``chosen``, or the view classifier gives ``chosen`` and its mirror
+    image together at least ``SURE_PROBABILITY`` of its eight-way share."""
+    if view is not None and view.head_axis_share(chosen) >= SURE_PROBABILITY:
         return True
+    header = orientation_from_header(patient_orientation)
     return header is not None and header == chosen

@@ -122,6 +122,17 @@ class ViewPrediction:
     def is_lateral(self) -> bool:
         return self.lateral_probability >= 0.5
 
+    def share(self, orientation: Orientation) -> float:
+        """``orientation``'s share among the eight orientation classes."""
+        lateral = np.asarray(self.probabilities[:NOT_LATERAL], dtype=np.float64)
+        total = float(lateral.sum())
+        return float(lateral[orientation.index] / total) if total > 0 else 1.0 / len(ORIENTATIONS)
+
+    def head_axis_share(self, orientation: Orientation) -> float:
+        """The share of the two orientations that put the head where ``orientation`` does (it and its
+        mirror image): what counting levels needs, whichever side the patient faces."""
+        return self.share(orientation) + self.share(orientation.mirrored)
+
 
 def _prediction(probs: np.ndarray) -> ViewPrediction:
     lateral = probs[:NOT_LATERAL]

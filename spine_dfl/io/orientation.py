@@ -110,6 +110,12 @@ class Orientation:
             return Orientation(not self.flip, other.k - self.k)
         return Orientation(self.flip, self.k + other.k)
 
+    @property
+    def mirrored(self) -> Orientation:
+        """The orientation whose canonical image is this one's mirrored left-right: the same head-foot
+        axis, anterior on the other side (``self.then(Orientation(True, 0))``)."""
+        return Orientation(not self.flip, -self.k)
+
     def inverse(self) -> Orientation:
         """What takes the canonical image back to the stored one."""
         return Orientation(True, self.k) if self.flip else Orientation(False, -self.k)

@@ -98,7 +98,7 @@ def locate_rois(loaded: LoadedLocator, radiograph: Radiograph, orientation: Orie
     The locator, the anchoring and the column gate work on the canonical film (``orientation`` turns
     the stored pixels to it); boxes and points come back in stored pixels. ``view_probability``: the
     view classifier's lateral-spine probability, for the gate (None: not available). With
-    ``orientation_sure`` False (``gate.orientation.orientation_is_sure``) no level is named: V1.. .
+    ``orientation_sure`` False (``gate.orientation.head_axis_is_sure``) no level is named: V1.. .
     """
     from spine_dfl.data.threads import single_thread
     from spine_dfl.gate.column import column_refusal
@@ -161,7 +161,7 @@ def locate_film(loaded: LoadedLocator, view: LoadedView | None, radiograph: Radi
     """``locate_rois`` on the film turned to canonical: the orientation from the header's
     PatientOrientation and the view classifier ``view`` (``gate.orientation.choose_orientation``;
     None: the header alone), whose lateral-spine probability also goes to the column gate."""
-    from spine_dfl.gate.orientation import choose_orientation, orientation_is_sure
+    from spine_dfl.gate.orientation import choose_orientation, head_axis_is_sure
 
     prediction = None
     if view is not None:
@@ -171,4 +171,4 @@ def locate_film(loaded: LoadedLocator, view: LoadedView | None, radiograph: Radi
     orientation = choose_orientation(patient_orientation, prediction)
     return locate_rois(loaded, radiograph, orientation,
                        None if prediction is None else float(prediction.lateral_probability),
-                       orientation_is_sure(patient_orientation, prediction, orientation))
+                       head_axis_is_sure(patient_orientation, prediction, orientation))
