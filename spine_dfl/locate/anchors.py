@@ -13,6 +13,8 @@ such a cut confidently and wrongly. Clinicians count from an anchor the film sho
 :func:`anchor_levels` decides which anchor, if any, the chain shows, counts the chain from it body by
 body (``COUNT_LEVELS``: C1-L5 and L6, so a count may run past the locator's own range) and, where none is
 visible, names the vertebrae ``V1``, ``V2``, ... top to bottom. Works on a canonical film (head up).
+:func:`withdraw_levels` takes a count back where the image turns out unlike the training images (the
+grader's shift flag): a locator counting another generator's bodies misses some and counts wrongly.
 """
 
 from __future__ import annotations
@@ -111,6 +113,18 @@ def anchor_levels(
     if not any(name in levels for name in TOP_ANCHORS):
         reasons.append(f"the locator counts no higher than {levels[0]}")
     return unanchored("no anchor visible: " + "; ".join(reasons))
+
+
+def withdraw_levels(cells: Sequence[dict]) -> tuple[str, ...] | None:
+    """Relative names ``V1``.. for the located vertebrae of one image (``cells``: their table cells, cranial
+    first, from ``locate.locating.locate_rois``) whose anchored count is withdrawn; the cells
+    then say ``level_anchored`` no, no anchor, no transitional count and ``level_confidence`` 0 (no level is
+    claimed). None, and nothing changed, when the levels were not anchored."""
+    if not any(str(cell.get("level_anchored", "")) == "yes" for cell in cells):
+        return None
+    for cell in cells:
+        cell.update(level_anchored="no", level_anchor="", transitional="", level_confidence=0.0)
+    return relative_names(len(cells))
 
 
 def _looks_like(logits: np.ndarray, levels: list[str], candidates: Sequence[str]) -> str | None:

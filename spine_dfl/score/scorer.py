@@ -53,6 +53,18 @@ def shift_refusal(score: float, threshold: float) -> str:
     return f"{SHIFT_REFUSAL} (shift score {score:.1f} > threshold {threshold:.1f}): not graded"
 
 
+def _withdraw_levels(item: dict[str, Any]) -> None:
+    """An image unlike the training images keeps no anchored level names (``locate.anchors.withdraw_levels``):
+    its vertebrae become V1.. in the table, the SR and the SC."""
+    from spine_dfl.locate.anchors import withdraw_levels
+
+    cells = item.get("extras") or []
+    if len(cells) == len(item["vertebrae"]):
+        names = withdraw_levels(cells)
+        if names is not None:
+            item["vertebrae"] = list(names)
+
+
 class Scorer:
     """Runs the model over file items and commits completed files to a PartWriter."""
 
@@ -202,6 +214,8 @@ class Scorer:
 
         score = float(np.mean(distances, dtype=np.float64))
         item["shift"] = {**shift_cells(score, self.shift.threshold), "shift_threshold": self.shift.threshold}
+        if item["shift"]["in_distribution"] == "no":
+            _withdraw_levels(item)
         if not (self.refuse_shifted and item["shift"]["in_distribution"] == "no"):
             return False
         item["ok"], item["error"] = False, shift_refusal(score, self.shift.threshold)
