@@ -176,7 +176,7 @@ def test_train_passes_its_device_to_the_config(small_cohort: Path, tmp_path: Pat
 
     seen = {}
 
-    def fake(manifest, config, overrides, out_dir, resume=False, report=True):
+    def fake(manifest, config, overrides, out_dir, resume=False, report=True, init=None):
         seen.update(config=config, overrides=overrides)
         return SimpleNamespace(is_main_process=False)
 

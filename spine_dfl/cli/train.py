@@ -1,4 +1,5 @@
-"""``spine-dfl train``: train a DFL-CNN or the vertebra locator (also under torchrun for DDP)."""
+"""``spine-dfl train``: train a DFL-CNN or the vertebra locator (also under torchrun for DDP), or fine-tune
+either from a checkpoint (``--init``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 from pathlib import Path
 
 from spine_dfl.cli.common import EXIT_OK, add_device, add_out_options, prepare_out
+from spine_dfl.io.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("manifest", type=Path, help="manifest CSV")
     p.add_argument("--config", default=None,
                    help=f"YAML config file or shipped name ({_shipped()}); default {DEFAULT_GPU_CONFIG} on CUDA, "
-                        f"{DEFAULT_CPU_CONFIG} on CPU (clinical input size, no time budget)")
+                        f"{DEFAULT_CPU_CONFIG} on CPU (clinical input size, no time budget); with --init the "
+                        "checkpoint's own config (one given must train the checkpoint's task)")
+    p.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
+                   help="fine-tune from this grader or locator checkpoint: its task, weights, classes and "
+                        "preprocessing; unless --set names them, a tenth of its learning rates, at most 10 "
+                        "epochs, early stop after 3 without improvement; calibration and shift refitted")
     p.add_argument("--out", type=Path, default=Path("runs/train"),
                    help="output folder for checkpoints, metrics.csv and the report (default runs/train)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -53,19 +60,26 @@ def default_config(device: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spine_dfl.config import load_config
+    from spine_dfl.workflows.train import run_config, train_and_report
 
-    config = args.config or default_config(args.device)
-    if args.config is None:
+    if args.init is not None and args.resume:
+        raise InputError("--resume and --init exclude each other: --resume continues OUT/last.pt, "
+                         "--init starts a new run from a checkpoint")
+    config = args.config if args.init is not None else args.config or default_config(args.device)
+    if args.config is None and args.init is None:
         print(f"config: {config} (the default for this device; choose another with --config)")
         log.info("training with the default config %s", config)
     overrides = [*([f"device={args.device}"] if args.device else []), *args.overrides]
-    load_config(config, overrides)  # a bad config or override is reported before the folder is touched
+    # a bad config, override or checkpoint is reported before the folder is touched
+    checked, parent = run_config(config, overrides, args.init)
+    if parent is not None:
+        tc = checked.train
+        print(f"fine-tuning the {parent.kind} {parent.path} (sha256 {parent.sha256[:12]}): lr_backbone "
+              f"{tc.lr_backbone:g}, lr_heads {tc.lr_heads:g}, epochs {tc.epochs}, early stop after "
+              f"{tc.early_stop_patience or 'never'}")
     prepare_out(args.out, "train", overwrite=args.overwrite, resume=args.resume, can_resume=True)
-    from spine_dfl.workflows.train import train_and_report
-
     run_result = train_and_report(args.manifest, config, overrides, args.out, resume=args.resume,
-                                  report=not args.no_report)
+                                  report=not args.no_report, init=args.init)
     if run_result.is_main_process:
         result = run_result.result
         print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch}, "

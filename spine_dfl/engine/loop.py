@@ -4,8 +4,9 @@ A task (the grader, ``spine_dfl.engine.train``; the locator, ``spine_dfl.locate.
 its data, model, batches, loss, validation and checkpoint payload. The engine owns the rest, once:
 the run folder (``config.yaml``, ``metrics.csv``), ``best.pt`` and ``last.pt`` (atomic), patience,
 the wall-clock budget, divergence, ``--resume``, AdamW with one warm-up + cosine schedule, AMP with
-a GradScaler, channels-last, and DDP under ``torchrun`` (rank 0 validates and writes; the stop
-decision is broadcast). Every epoch's draw is seeded by (seed, epoch), so a resumed run draws what
+a GradScaler, channels-last, DDP under ``torchrun`` (rank 0 validates and writes; the stop
+decision is broadcast), and fine-tuning: a run given a parent checkpoint (``engine.finetune``) starts
+from its weights, skips what a fresh run initialises, and records the parent in every checkpoint. Every epoch's draw is seeded by (seed, epoch), so a resumed run draws what
 the uninterrupted one would have.
 """
 
@@ -33,7 +34,8 @@ from spine_dfl.config import RunConfig, config_to_dict
 from spine_dfl.engine.checkpoint import atomic_torch_save, read_checkpoint
 from spine_dfl.engine.device import resolve_device
 from spine_dfl.engine.distributed import Distributed, init_distributed
-from spine_dfl.io.errors import SpineDflError
+from spine_dfl.engine.finetune import Parent
+from spine_dfl.io.errors import CheckpointError, ConfigError, InputError, SpineDflError
 
 log = logging.getLogger("spine_dfl.train")
 
@@ -57,6 +59,7 @@ class RunContext:
     out_dir: Path
     dist: Distributed
     device: torch.device
+    parent: Parent | None = None  # fine-tuning (``train --init``): the checkpoint the run starts from
 
     @property
     def amp(self) -> bool:
@@ -146,6 +149,15 @@ class TrainingTask(ABC):
     def start_fresh(self) -> None:
         """A run that does not resume: initialise what training starts from (e.g. the filter bank)."""
 
+    def start_from(self, parent: Parent) -> None:
+        """A fine-tuning run: the parent's weights (its filter bank included, nothing re-initialised).
+        The task has already matched its classes or levels to the parent's when it was built."""
+        try:
+            self.model.load_state_dict(parent.raw["model_state"])
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"{parent.path}: its weights do not fit the model this run builds: "
+                                  f"{str(exc).splitlines()[0]}") from None
+
     def run_files(self) -> dict[str, str]:
         """Files the task writes into the run folder beside config.yaml (name -> text)."""
         return {}
@@ -206,15 +218,22 @@ def fit(
     out_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
+    init: Parent | None = None,
 ) -> TrainResult:
-    """Train the task ``build_task`` makes on the manifest's train split, selecting on its val split.
+    """Train the task ``build_task`` makes on the manifest's train split, selecting on its val split;
+    with ``init``, fine-tune from that checkpoint (``engine.finetune``).
 
     Raises TrainingDiverged, naming the epoch, when the validation loss is not a number; the
     checkpoints then hold the last epoch that was.
     """
+    if init is not None and resume:
+        raise InputError("--resume and --init exclude each other: --resume continues OUT/last.pt (which "
+                         "remembers its parent), --init starts a new run from a checkpoint")
+    if init is not None and init.kind != config.task:
+        raise ConfigError(f"{init.path} is a {init.kind} checkpoint but the config trains the {config.task}")
     dist = init_distributed(config.device)
     device = resolve_device(config.device, dist.local_rank if dist.enabled else None)
-    context = RunContext(Path(manifest_path), config, Path(out_dir), dist, device)
+    context = RunContext(Path(manifest_path), config, Path(out_dir), dist, device, parent=init)
     seed_everything(config.seed)
     task = build_task(context)
     if context.channels_last:
@@ -223,7 +242,9 @@ def fit(
     state = Progress()
     last_path = context.out_dir / LAST_NAME
     if resume and last_path.exists():
-        state = _resume(task, opt, last_path, device, dist)
+        state = _resume(task, opt, last_path, context)
+    elif init is not None:
+        task.start_from(init)
     else:
         task.start_fresh()
     net: torch.nn.Module = task.model
@@ -320,6 +341,8 @@ def _end_epoch(
         state.stale += 1
     state.history.append(row)
     payload = task.payload(state.as_checkpoint(epoch, tc.select_metric), validation)
+    if context.parent is not None:
+        payload["parent"] = context.parent.record()
     if improved:
         atomic_torch_save(payload, out_dir / BEST_NAME)
     payload.update(optimizer_state=opt.optimizer.state_dict(), scheduler_state=opt.scheduler.state_dict(),
@@ -355,9 +378,13 @@ def write_metrics(path: Path, history: list[dict[str, Any]]) -> None:
     atomic_write_text(path, text.getvalue())
 
 
-def _resume(task: TrainingTask, opt: Optimisation, path: Path, device: torch.device, dist: Distributed) -> Progress:
-    checkpoint = read_checkpoint(path, map_location=device)
+def _resume(task: TrainingTask, opt: Optimisation, path: Path, context: RunContext) -> Progress:
+    dist = context.dist
+    checkpoint = read_checkpoint(path, map_location=context.device)
     task.check_resume(checkpoint, path)
+    if isinstance(checkpoint.get("parent"), dict):  # a resumed fine-tuning run keeps naming its parent
+        record = checkpoint["parent"]
+        context.parent = Parent(Path(record["path"]), record["sha256"], record["kind"], {})
     task.model.load_state_dict(checkpoint["model_state"])
     opt.optimizer.load_state_dict(checkpoint["optimizer_state"])
     opt.scheduler.load_state_dict(checkpoint["scheduler_state"])

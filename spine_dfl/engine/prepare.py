@@ -86,16 +86,27 @@ def prepare_manifest(manifest_path: str | Path, config: RunConfig) -> Manifest:
     return manifest
 
 
-def prepare_data(manifest_path: str | Path, config: RunConfig, out_dir: Path, dist: Distributed) -> TrainData:
-    """Manifest -> train/val records -> datasets (cached as ``config.data.cache`` says)."""
+def prepare_data(manifest_path: str | Path, config: RunConfig, out_dir: Path, dist: Distributed,
+                 class_names: list[str] | None = None) -> TrainData:
+    """Manifest -> train/val records -> datasets (cached as ``config.data.cache`` says).
+
+    ``class_names``: the classes of the model being fine-tuned (``train --init``): the manifest's labels
+    must be among them (one line names those that are not); classes it has no rows of are allowed.
+    """
     manifest = prepare_manifest(manifest_path, config)
-    class_names = manifest.class_names
+    present = manifest.class_names
+    if class_names is not None:
+        unknown = [c for c in present if c not in class_names]
+        if unknown:
+            raise InputError(f"{manifest.path}: labels {', '.join(unknown)} are not classes of the checkpoint "
+                             f"({', '.join(class_names)}); fine-tuning keeps the checkpoint's classes")
+    class_names = list(present if class_names is None else class_names)
     pre = preprocessing_for(config, manifest)
     table = manifest.table
     train_records = records_from_table(table[table["split"] == "train"], class_names)
     val_records = records_from_table(table[table["split"] == "val"], class_names)
     train_labels = np.array([r["label"] for r in train_records])
-    missing = [c for i, c in enumerate(class_names) if not (train_labels == i).any()]
+    missing = [c for c in present if not (train_labels == class_names.index(c)).any()]
     if missing:
         raise InputError(f"{manifest.path}: classes without training rows: {', '.join(missing)}")
     if dist.is_main:

@@ -23,7 +23,14 @@ from torch.utils.data import DataLoader
 from spine_dfl.config import RunConfig, config_to_dict
 from spine_dfl.data.samplers import DistributedWeightedSampler
 from spine_dfl.data.transforms.acquisition import RandomBatchAcquisition
-from spine_dfl.engine.checkpoint import CheckpointError, _bare_model, checkpoint_payload, read_checkpoint
+from spine_dfl.engine.checkpoint import (
+    CheckpointError,
+    _bare_model,
+    checkpoint_payload,
+    preprocessing_from_dict,
+    read_checkpoint,
+)
+from spine_dfl.engine.finetune import Parent
 from spine_dfl.engine.loop import (
     BEST_NAME,
     RunContext,
@@ -36,8 +43,8 @@ from spine_dfl.engine.loop import (
     fit,
 )
 from spine_dfl.engine.predict import collate_samples, predict_logits, predictions_table
-from spine_dfl.engine.prepare import build_model, init_filters, prepare_data
-from spine_dfl.io.errors import ConfigError
+from spine_dfl.engine.prepare import TrainData, build_model, init_filters, prepare_data
+from spine_dfl.io.errors import ConfigError, InputError
 from spine_dfl.model import branch_loss, dfl_loss
 from spine_dfl.predictions import prob_columns
 
@@ -69,14 +76,19 @@ def selection_score(metric: str, table: pd.DataFrame, class_names: list[str], lo
 
 class GraderTask(TrainingTask):
     """DFL-CNN on the manifest's crops: class-balanced draws, the batch acquisition augmentation,
-    the three-branch DFL loss; selection on the validation split's ``train.select_metric``."""
+    the three-branch DFL loss; selection on the validation split's ``train.select_metric``. Fine-tuned
+    (``context.parent``): the parent's classes and preprocessing, its filter bank kept."""
 
     def __init__(self, context: RunContext) -> None:
         if context.config.task != "grader":
             raise ConfigError(f"config task {context.config.task!r}: this trains the grader (task: grader)")
         self.context = context
         config = context.config
-        self.data = prepare_data(context.manifest_path, config, context.out_dir, context.dist)
+        parent = context.parent
+        self.data = prepare_data(context.manifest_path, config, context.out_dir, context.dist,
+                                 class_names=None if parent is None else list(parent.raw["class_names"]))
+        if parent is not None:
+            _check_preprocessing(parent, self.data, context.manifest_path)
         torch.manual_seed(config.seed)  # the same weights on every rank and every run
         self.model = build_model(config, self.data.class_names, context.device)
         self.train_count = len(self.data.train_records)
@@ -85,7 +97,9 @@ class GraderTask(TrainingTask):
 
     def _class_weight(self) -> torch.Tensor:
         counts = np.bincount(self.data.train_labels, minlength=len(self.data.class_names)).astype(np.float64)
-        return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32, device=self.context.device)
+        present = counts > 0  # a fine-tuning manifest may lack some of the checkpoint's classes
+        weight = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1.0)), 0.0)
+        return torch.tensor(weight, dtype=torch.float32, device=self.context.device)
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         tc = self.context.config.train
@@ -165,7 +179,18 @@ class GraderTask(TrainingTask):
             self.model, self.data, self.context.config, self.context.out_dir, best_path, self.context.device)
 
 
+def _check_preprocessing(parent: Parent, data: TrainData, manifest_path: str | Path) -> None:
+    """InputError when the manifest makes the inputs another preprocessing than the parent was trained on
+    (ROI crops against whole images: ``data.use_roi: auto`` follows the manifest's ROI columns)."""
+    expected = preprocessing_from_dict(parent.raw["preprocessing"])
+    if data.pre != expected:
+        how = "ROI crops" if expected.use_roi else "whole images"
+        raise InputError(f"{manifest_path}: the checkpoint {parent.path} was trained on {how} "
+                         f"({expected}); this manifest gives {data.pre}")
+
+
 def train(manifest_path: str | Path, config: RunConfig, out_dir: str | Path, resume: bool = False,
-          progress: bool = True) -> TrainResult:
-    """Train the grader (DFLNet) on the manifest's train split, selecting on its val split."""
-    return fit(GraderTask, manifest_path, config, out_dir, resume=resume, progress=progress)
+          progress: bool = True, init: Parent | None = None) -> TrainResult:
+    """Train the grader (DFLNet) on the manifest's train split, selecting on its val split (from the
+    checkpoint ``init`` when given)."""
+    return fit(GraderTask, manifest_path, config, out_dir, resume=resume, progress=progress, init=init)

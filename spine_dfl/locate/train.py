@@ -20,9 +20,10 @@ import torch
 
 from spine_dfl.config import RunConfig, config_to_dict
 from spine_dfl.engine.checkpoint import CheckpointError, check_kind
+from spine_dfl.engine.finetune import Parent
 from spine_dfl.engine.loop import RunContext, StepLoss, TrainingTask, TrainResult, Validation, epoch_seed, fit
 from spine_dfl.engine.prepare import prepare_manifest
-from spine_dfl.io.errors import ConfigError
+from spine_dfl.io.errors import ConfigError, InputError
 from spine_dfl.locate.augment import LocatorAcquisition, augment_sample
 from spine_dfl.locate.checkpoint import locator_payload
 from spine_dfl.locate.evaluate import evaluate_locator
@@ -47,6 +48,8 @@ class LocatorTask(TrainingTask):
         config, settings = context.config, context.config.locator
         manifest = prepare_manifest(context.manifest_path, config)
         self.levels = manifest_levels(manifest.table)
+        if context.parent is not None:
+            self.levels = _parent_levels(context.parent, self.levels, manifest.path)
         self.train = load_samples(manifest.table, self.levels, settings.input_size, settings.intensity_percentiles,
                                   ["train"])
         self.val = load_samples(manifest.table, self.levels, settings.input_size, settings.intensity_percentiles,
@@ -139,7 +142,18 @@ class LocatorTask(TrainingTask):
         return {"levels.json": json.dumps(self.levels)}
 
 
+def _parent_levels(parent: Parent, levels: list[str], manifest_path: Path) -> list[str]:
+    """The parent locator's levels (its heads name them), once the manifest's are found among them."""
+    known = [str(level) for level in parent.raw["levels"]]
+    unknown = [level for level in levels if level not in known]
+    if unknown:
+        raise InputError(f"{manifest_path}: levels {', '.join(unknown)} are not levels of the checkpoint "
+                         f"({', '.join(known)}); fine-tuning keeps the checkpoint's levels")
+    return known
+
+
 def train_locator(manifest_path: str | Path, config: RunConfig, out_dir: str | Path, resume: bool = False,
-                  progress: bool = True) -> TrainResult:
-    """Train the locator on the manifest's train split, selecting on val; best.pt and last.pt in ``out_dir``."""
-    return fit(LocatorTask, manifest_path, config, out_dir, resume=resume, progress=progress)
+                  progress: bool = True, init: Parent | None = None) -> TrainResult:
+    """Train the locator on the manifest's train split, selecting on val; best.pt and last.pt in ``out_dir``
+    (from the checkpoint ``init`` when given)."""
+    return fit(LocatorTask, manifest_path, config, out_dir, resume=resume, progress=progress, init=init)
