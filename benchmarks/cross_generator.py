@@ -88,9 +88,9 @@ def locator_scores(figures: dict[str, Any]) -> dict[str, Any]:
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     """Cohorts of both generators, models trained on each, every model evaluated on both test splits."""
-    from spine_dfl.engine.train import train
     from spine_dfl.locate.evaluate import evaluate_checkpoint
     from spine_dfl.workflows.evaluate import evaluate
+    from spine_dfl.workflows.train import train  # the task registry: the grader and the locator alike
 
     root = args.out / f"seed{seed}"
     manifests = {g: cohort(g, root / "cohorts" / g, args.patients, seed) for g in GENERATORS}
