@@ -29,20 +29,39 @@ def to_png(path: str) -> bytes:
 
 
 class PngCache:
-    """``to_png`` of the last ``size`` images asked for (thread-safe; one encoding per image at a time)."""
+    """``to_png`` of the last ``size`` images asked for (thread-safe: one encoding per image at a time,
+    while other images are served)."""
 
     def __init__(self, size: int = 4) -> None:
         self.size = size
         self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._pending: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: str) -> bytes:
+    def _cached(self, path: str) -> bytes | None:
         with self._lock:
             if path in self._items:
                 self._items.move_to_end(path)
                 return self._items[path]
-            data = to_png(path)
-            self._items[path] = data
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            return None
+
+    def get(self, path: str) -> bytes:
+        data = self._cached(path)
+        if data is not None:
+            return data
+        with self._lock:
+            encoding = self._pending.setdefault(path, threading.Lock())
+        with encoding:
+            data = self._cached(path)
+            if data is not None:
+                return data
+            try:
+                data = to_png(path)
+            finally:
+                with self._lock:
+                    self._pending.pop(path, None)
+            with self._lock:
+                self._items[path] = data
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
             return data

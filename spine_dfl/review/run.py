@@ -97,6 +97,7 @@ def start_review(source: str | Path, out_dir: str | Path = "reviewed", *, checkp
         server = make_server(app, host, port)
     except OSError as exc:
         raise UnavailableError(f"cannot serve on {host}:{port} ({exc.strerror or exc})") from None
+    app.prepare(studies[0].image)  # the first film is decoded while the browser starts
     bound = server.server_address[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{bound}/" + ("" if token is None else f"?token={token}")

@@ -49,8 +49,12 @@ class ReviewApp:
         data = study.public()
         data["review"] = self.store.study_rows(study)
         if study_id + 1 < len(self.studies):  # the next film is usually next: encode it meanwhile
-            threading.Thread(target=self._warm, args=(self.studies[study_id + 1].image,), daemon=True).start()
+            self.prepare(self.studies[study_id + 1].image)
         return data
+
+    def prepare(self, path: str) -> None:
+        """Encode the film's PNG in a background thread, so that opening it later is quick."""
+        threading.Thread(target=self._warm, args=(path,), daemon=True).start()
 
     def _warm(self, path: str) -> None:
         try:
