@@ -146,18 +146,24 @@ def make_handler(app: ReviewApp) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if not isinstance(body, dict):
                     raise EditError("the request body is a JSON object")
-                study = int(body.get("study", -1))
-                if url.path == "/api/edit":
-                    return self._json(200, app.store.edit(study, str(body.get("key", "")), body.get("changes") or {}))
-                if url.path == "/api/add":
-                    return self._json(200, app.store.add(study, body.get("box") or [], str(body.get("vertebra") or "")))
-                if url.path == "/api/accept-normal":
-                    return self._json(200, app.store.accept_all_normal(study))
+                result = _post(app, url.path, body)
             except (ValueError, TypeError, EditError) as exc:  # json.JSONDecodeError is a ValueError
                 return self._json(400, {"error": str(exc)})
-            return self._json(404, {"error": "not found"})
+            return self._json(404, {"error": "not found"}) if result is None else self._json(200, result)
 
     return Handler
+
+
+def _post(app: ReviewApp, route: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The store's answer to an edit route, None for an unknown route."""
+    study = int(body.get("study", -1))
+    if route == "/api/edit":
+        return app.store.edit(study, str(body.get("key", "")), body.get("changes") or {})
+    if route == "/api/add":
+        return app.store.add(study, body.get("box") or [], str(body.get("vertebra") or ""))
+    if route == "/api/accept-normal":
+        return app.store.accept_all_normal(study)
+    return None
 
 
 def make_server(app: ReviewApp, host: str, port: int) -> ThreadingHTTPServer:
