@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spine_dfl.cli.common import EXIT_OK, add_device
+from spine_dfl.cli.common import EXIT_OK, add_out_options, prepare_out
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,12 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--locator", type=Path, default=None,
                    help="locator checkpoint for that scoring (default: the one embedded in the checkpoint)")
     p.add_argument("--out", type=Path, default=Path("reviewed"),
-                   help="review folder (default reviewed/); an earlier review there is continued, never overwritten")
+                   help="review folder (default reviewed/); an earlier review there: --resume continues it")
     p.add_argument("--reader", default="reader", help="the reader's name, written on every row (default 'reader')")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1); any non-loopback host needs the printed token")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
-    add_device(p)
+    add_out_options(p, resume="continue the review in --out (its rows are kept as the reader left them)")
     p.set_defaults(func=run)
 
 
@@ -33,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
     """0 when stopped (Ctrl-C); bad input or a taken port: 2 (a SpineDflError, cli.main)."""
     from spine_dfl.review import review
 
+    prepare_out(args.out, "review", overwrite=args.overwrite, resume=args.resume, can_resume=True)
     done = review(args.source, args.out, checkpoint=args.checkpoint, locator=args.locator, host=args.host,
-                  port=args.port, reader=args.reader, device=args.device,
+                  port=args.port, reader=args.reader,
                   on_ready=lambda url: print(f"reviewing at {url}  (Ctrl-C to stop; saving to {args.out})", flush=True))
     print(f"stopped: {done} stud{'y' if done == 1 else 'ies'} done; {args.out / 'manifest.csv'}")
     return EXIT_OK
