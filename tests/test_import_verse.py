@@ -54,6 +54,7 @@ def verse(tmp_path_factory, ct) -> Path:
     write_subject(root, "sub-tiny01", ct)
     write_subject(root, "sub-tiny02", ct)
     write_subject(root, "sub-tiny03", ct, centroids=False)
+    (root / "derivatives/sub-tiny02/sub-tiny02_grades.csv").write_text("vertebra,grade\nT12,3\nL1,1\n")  # phantom's form
     (root / "grades.csv").write_text("subject,vertebra,grade\nsub-tiny01,L1,2\ntiny02,20,0\ntiny02,T12,\n"
                                      "sub-tiny09,L1,1\n")
     return root
@@ -90,7 +91,10 @@ def test_lateral_films_with_levels_points_grades_and_a_patient_split(imported: P
         assert (rows[["sa_x", "sm_y", "ip_x"]] != "").all().all()  # six points from the mask's bodies
     graded = table.set_index(["patient_id", "vertebra"])["label"]
     assert graded[("tiny01", "L1")] == "moderate" and graded[("tiny02", "L1")] == "normal"
-    assert graded[("tiny01", "T12")] == "ungraded" and graded[("tiny02", "T12")] == "ungraded"
+    assert graded[("tiny01", "T12")] == "ungraded" and graded[("tiny02", "T12")] == "severe"  # the scan's own file
+    source = table.set_index(["patient_id", "vertebra"])["grade_source"]
+    assert source[("tiny02", "L1")] == "grades table" and source[("tiny02", "T12")] == "sub-tiny02_grades.csv"
+    assert source[("tiny01", "T12")] == ""
     assert (table.groupby("patient_id")["split"].nunique() == 1).all() and set(table["split"]) <= {"train", "val", "test"}
     image = imported / table.loc[0, "image"]
     assert table.loc[0, "image"].startswith("films/sub-tiny01/images/") and image.is_file()
@@ -100,7 +104,7 @@ def test_lateral_films_with_levels_points_grades_and_a_patient_split(imported: P
 
 def test_the_manifest_is_accepted_by_the_reader_and_validate(imported: Path) -> None:
     manifest = load_manifest(imported / "manifest.csv")
-    assert manifest.has_roi and manifest.has_split and set(manifest.class_names) == {"moderate", "normal", "ungraded"}
+    assert manifest.has_roi and manifest.has_split and set(manifest.class_names) == {"moderate", "normal", "severe", "ungraded"}
     assert validate_manifest(imported / "manifest.csv")[1] == []
     assert main(["validate", str(imported / "manifest.csv")]) == 0
 
@@ -111,7 +115,7 @@ def test_what_is_not_mapped_is_reported(imported: Path) -> None:
     assert ("sub-tiny03_ct.nii.gz", "no sub-tiny03_seg-subreg_ctd.json in derivatives/sub-tiny03/: levels unknown, "
                                     "not rendered") in reasons
     assert any(i.get("subject") == "sub-tiny09" and "no such subject" in i["reason"] for i in report["unmapped"])
-    assert report["scans"] == 3 and report["rendered"] == 2 and report["graded_rows"] == 2
+    assert report["scans"] == 3 and report["rendered"] == 2 and report["graded_rows"] == 3
 
 
 def test_ap_films_with_the_flag_and_a_scan_without_mask(tmp_path: Path, ct) -> None:

@@ -5,7 +5,9 @@ and ``<stem>_seg-subreg_ctd.json`` its centroids (P-I-R axis codes, read by ``io
 is the CT's name without ``_ct.nii.gz``. Each CT is rendered by ``drr.study.drr_study`` into
 ``OUT/films/<stem>/`` (its DX films, manifest and projection matrices); ``OUT/manifest.csv`` gathers their
 rows (lateral films: levels, ROI and six points from the mask's bodies) with paths relative to OUT, the
-grades of ``--grades`` (else ``ungraded``) and a split by patient. A CT without centroids has no levels and
+grades of ``--grades`` (a table: subject, vertebra, grade), else of the scan's own
+``derivatives/sub-*/<stem>_grades.csv`` (vertebra, grade; as ``spine-dfl phantom`` writes it), else
+``ungraded`` (column ``grade_source`` says which), and a split by patient. A CT without centroids has no levels and
 is not rendered; one without a mask is rendered with centroid boxes and no points: both are reported.
 """
 
@@ -29,6 +31,7 @@ __all__ = ["VERSE_COLUMNS", "import_verse", "read_grade_table"]
 
 CT_SUFFIX = "_ct.nii.gz"
 MASK_SUFFIX = "_seg-vert_msk.nii.gz"
+GRADES_SUFFIX = "_grades.csv"  # a scan's own grades (vertebra, grade), as ``spine-dfl phantom`` writes them
 CENTROID_SUFFIX = "_seg-subreg_ctd.json"
 VERSE_COLUMNS: tuple[str, ...] = (*BASE_COLUMNS, "subject", "scan", "grade_source")
 GRADE_COLUMNS = ("subject", "vertebra", "grade")
@@ -103,15 +106,18 @@ def _derivative(source: Path, ct: Path, suffix: str) -> Path | None:
     return found[0] if found else None
 
 
-def _film_rows(folder: Path, staging: Path, subject: str, stem: str, grades: dict[tuple[str, str], str]
-               ) -> list[dict[str, Any]]:
+def _film_rows(folder: Path, staging: Path, subject: str, stem: str, grades: dict[tuple[str, str], str],
+               own: Path | None) -> list[dict[str, Any]]:
+    """The rows ``drr_study`` wrote for one scan, its images relative to OUT, graded by the table first, then
+    by the scan's own grades file (which drr already applied)."""
     table = pd.read_csv(folder / "manifest.csv", dtype=str, keep_default_na=False)
     rows = []
     for record in table.to_dict("records"):
         grade = grades.get((subject, record["vertebra"]))
+        source = "grades table" if grade else (own.name if own is not None and record["label"] != UNGRADED else "")
         record["image"] = (folder / record["image"]).relative_to(staging).as_posix()
-        record["label"] = grade or UNGRADED
-        rows.append({**record, "subject": subject, "scan": stem, "grade_source": "grades table" if grade else ""})
+        record["label"] = grade or record["label"]
+        rows.append({**record, "subject": subject, "scan": stem, "grade_source": source})
     return rows
 
 
@@ -137,8 +143,9 @@ def import_verse(source: str | Path, out: str | Path, *, views: Sequence[str] = 
             if mask is None:
                 unmapped.add(ct, f"no {stem}{MASK_SUFFIX}: rendered with centroid boxes, no six points")
             folder = staging / "films" / stem
-            drr_study(ct, folder, centroids=centroids, mask=mask, views=views, seed=seed)
-            rows.extend(_film_rows(folder, staging, subject, stem, table))
+            own = _derivative(source, ct, GRADES_SUFFIX)
+            drr_study(ct, folder, centroids=centroids, mask=mask, grades=own, views=views, seed=seed)
+            rows.extend(_film_rows(folder, staging, subject, stem, table, own))
             rendered_subjects.add(subject)
             rendered.append(stem)
         for subject, level in sorted(set(table) - {(r["subject"], r["vertebra"]) for r in rows}):

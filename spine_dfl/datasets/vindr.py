@@ -8,7 +8,7 @@ Images are ``{train,test}_images/<image_id>.dicom``; ``image_id`` is the SOP Ins
 - ``manifest.csv``: one whole-image row per image, label ``abnormal`` when a ``Vertebral collapse`` or
   ``Fracture`` box is on it, else ``normal`` (other lesions are listed in ``lesion_types``, not a label).
 - ``vertebrae.csv`` (with a locator): one row per located vertebra; ``abnormal`` when a collapse/fracture
-  box covers its body (the body's centre inside the box, or half its box inside it), else ``normal``;
+  box covers its body (the centre of the located body's box inside the lesion box), else ``normal``;
   ``label_source`` says the label is weak. A box that covers no located vertebra is reported.
 Patients: VinDr gives no patient id; ``study_id`` stands in. Splits: ``test.csv`` is ``test``; the
 training studies are split 80/20 into ``train`` / ``val`` by the project's patient splitter.
@@ -44,7 +44,6 @@ WEAK = "weak: collapse/fracture box over the located vertebra"
 VINDR_COLUMNS: tuple[str, ...] = (*BASE_COLUMNS, "sop_instance_uid", "study_id", "series_id", "rad_id",
                                   "lesion_types", "label_source")
 VERTEBRA_COLUMNS: tuple[str, ...] = (*VINDR_COLUMNS, "locator_confidence", "level_anchored")
-COVER_SHARE = 0.5
 
 
 @dataclass
@@ -103,6 +102,9 @@ def read_annotations(path: Path, part: str) -> dict[str, ImageLesions]:
                                  f"are {', '.join(COLUMNS)})")
     images: dict[str, ImageLesions] = {}
     for number, raw in enumerate(reader, start=1):
+        if None in raw:
+            raise DatasetFormatError(f"{where(path, number, line=number + 1)}: {len(header) + len(raw[None])} fields, "
+                                     f"VinDr-SpineXR's rows have {len(header)}")
         row = {(k or "").strip(): (v or "") for k, v in raw.items()}
         ids = {c: row[c].strip() for c in ("study_id", "series_id", "image_id", "rad_id")}
         for name, value in ids.items():
@@ -143,14 +145,11 @@ def _image_row(image: ImageLesions, path: Path) -> dict[str, Any]:
 
 
 def covers(lesion: tuple[float, float, float, float], body: tuple[float, float, float, float]) -> bool:
-    """Whether a lesion box covers a vertebral body's box: its centre inside, or half its area inside."""
+    """Whether a lesion box covers a vertebral body's box: the body's centre lies inside it (edges included).
+
+    (A box covering half a body's box always holds its centre, so no area rule is needed beside it.)"""
     cx, cy = (body[0] + body[2]) / 2, (body[1] + body[3]) / 2
-    if lesion[0] <= cx <= lesion[2] and lesion[1] <= cy <= lesion[3]:
-        return True
-    w = max(0.0, min(lesion[2], body[2]) - max(lesion[0], body[0]))
-    h = max(0.0, min(lesion[3], body[3]) - max(lesion[1], body[1]))
-    area = max((body[2] - body[0]) * (body[3] - body[1]), 1e-9)
-    return w * h >= COVER_SHARE * area
+    return lesion[0] <= cx <= lesion[2] and lesion[1] <= cy <= lesion[3]
 
 
 def _splits(rows: list[dict[str, Any]], parts: list[str], seed: int) -> None:
