@@ -120,6 +120,16 @@ def test_a_box_covers_a_body_when_it_holds_the_body_centre() -> None:
     assert not covers((10, 10, 19.9, 20), body)  # just short of the centre (and of half the body)
 
 
+def test_a_locator_that_is_no_checkpoint_is_one_error(vindr, tmp_path: Path, capsys) -> None:
+    root, _ = vindr
+    (tmp_path / "bad.pt").write_text("not a checkpoint")
+    for locator, expected in ((tmp_path / "none.pt", "checkpoint file not found"), (tmp_path / "bad.pt", "not a torch file")):
+        assert main(["import", "vindr", str(root), str(tmp_path / "out"), "--locator", str(locator)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(locator) in err[0] and expected in err[0]
+        assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow  # the session's small locator (tests/conftest.py, about a minute on 2 cores)
 def test_with_a_locator_the_covered_vertebra_is_abnormal_and_the_rest_normal(located_grader_checkpoints, locator_cohort,
                                                                              tmp_path: Path) -> None:
@@ -158,3 +168,6 @@ def test_with_a_locator_the_covered_vertebra_is_abnormal_and_the_rest_normal(loc
     assert [(i["reason"], i["image_id"]) for i in report["unmapped"]] == [
         ("collapse/fracture box covers no located vertebra", uids[2])]
     assert validate_manifest(out / "vertebrae.csv")[1] == [] and validate_manifest(out / "manifest.csv")[1] == []
+    embedded = tmp_path / "embedded"  # a grader that carries the same locator gives the same rows
+    assert main(["import", "vindr", str(root), str(embedded), "--locator", str(located_grader_checkpoints["embedded"])]) == 0
+    assert (embedded / "vertebrae.csv").read_text() == (out / "vertebrae.csv").read_text()

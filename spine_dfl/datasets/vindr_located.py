@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pydicom import Dataset
 
     from spine_dfl.io.radiograph import Radiograph
+    from spine_dfl.locate.checkpoint import LoadedLocator
     from spine_dfl.locate.locating import LocatedRois
 
 __all__ = ["located_rows"]
@@ -66,12 +67,23 @@ def _image_rows(image: ImageLesions, base: dict[str, Any], found: LocatedRois, s
     return out
 
 
+def _load(path: Path) -> LoadedLocator:
+    """A locator checkpoint, or a grader checkpoint with one embedded (``spine-dfl embed-locator``)."""
+    from spine_dfl.engine.checkpoint import read_checkpoint
+    from spine_dfl.locate.checkpoint import embedded_locator_payload
+    from spine_dfl.locate.locating import LocatorSource
+
+    raw = read_checkpoint(path)
+    embedded = raw.get("kind", "grader") == "grader" and embedded_locator_payload(raw) is not None
+    return LocatorSource(str(path), embedded=embedded).load()
+
+
 def located_rows(locator: str | Path, images: Sequence[ImageLesions], image_rows: Sequence[dict[str, Any]],
                  unmapped: Unmapped) -> list[dict[str, Any]]:
     """Per-vertebra rows of every image the locator finds a lateral column on; the rest is reported."""
-    from spine_dfl.locate.locating import NO_VERTEBRAE, LocatorSource, view_of
+    from spine_dfl.locate.locating import NO_VERTEBRAE, view_of
 
-    loaded = LocatorSource(str(locator)).load()
+    loaded = _load(Path(locator))
     view = view_of(loaded)
     rows: list[dict[str, Any]] = []
     for image, base in zip(images, image_rows):
