@@ -233,8 +233,14 @@ def test_workflows_and_cli_sit_on_top() -> None:
     assert root_imports <= {"io", "atomic", "lazy"}, f"spine_dfl/__init__.py imports {sorted(root_imports)}"
 
 
+def test_datasets_sit_below_cli_and_above_what_they_use() -> None:
+    """The importers (``spine-dfl import``) are called by cli alone and use only the layers under them."""
+    assert _importers_of("datasets") <= {"cli"}, sorted(_importers_of("datasets") - {"cli"})
+    assert "datasets" in _graph()["cli"]
+    reached = {_unit(name) for name in _imports_of("datasets")} - {None}
+    assert reached <= {"io", "atomic", "data", "drr", "locate", "engine"}, sorted(reached)
 
-# ----------------------------------------------------------------------------- lazy package attributes
+
 def _lazy_packages() -> list[str]:
     """The packages whose ``__init__`` exports names through ``spine_dfl.lazy.lazy_attributes``."""
     return [module for module, path in _sources().items()
