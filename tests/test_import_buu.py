@@ -4,8 +4,8 @@ a header-less x1,y1,x2,y2,code CSV, L1 superior .. L5 inferior, S1 superior) bec
 from __future__ import annotations
 
 import json
-import re
 import math
+import re
 from pathlib import Path
 
 import numpy as np

@@ -12,8 +12,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
 from drr_ct_factory import LABELS, make_ct
+
 from spine_dfl.cli import main
 from spine_dfl.data.manifest import load_manifest, validate_manifest
 from spine_dfl.io import read_image
@@ -112,8 +112,8 @@ def test_the_manifest_is_accepted_by_the_reader_and_validate(imported: Path) -> 
 def test_what_is_not_mapped_is_reported(imported: Path) -> None:
     report = json.loads((imported / "import_report.json").read_text())
     reasons = [(Path(i["file"]).name, i["reason"]) for i in report["unmapped"]]
-    assert ("sub-tiny03_ct.nii.gz", "no sub-tiny03_seg-subreg_ctd.json in derivatives/sub-tiny03/: levels unknown, "
-                                    "not rendered") in reasons
+    missing = "no sub-tiny03_seg-subreg_ctd.json in derivatives/sub-tiny03/: levels unknown, not rendered"
+    assert ("sub-tiny03_ct.nii.gz", missing) in reasons
     assert any(i.get("subject") == "sub-tiny09" and "no such subject" in i["reason"] for i in report["unmapped"])
     assert report["scans"] == 3 and report["rendered"] == 2 and report["graded_rows"] == 3
 

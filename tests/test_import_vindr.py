@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-
 from dicom_factory import make_gray_dicom
+
 from spine_dfl.cli import main
 from spine_dfl.data.manifest import load_manifest, validate_manifest
 from spine_dfl.datasets.vindr import covers
