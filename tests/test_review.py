@@ -16,7 +16,7 @@ from spine_dfl.cli import main
 from spine_dfl.data.manifest import load_manifest
 from spine_dfl.io.vocabulary import POINT_COLUMNS
 from spine_dfl.predictions import read_predictions
-from spine_dfl.review import EditError, ReviewStore, load_studies
+from spine_dfl.review import EditError, ReviewInputError, ReviewStore, load_studies
 from spine_dfl.review.run import patient_of
 
 CLASSES = ["normal", "mild", "moderate", "severe"]
@@ -177,3 +177,44 @@ def test_bad_input_is_one_line_and_exit_2(results, tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("image,vertebra\nx.dcm,L1\n", encoding="utf-8")
     assert main(["review", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "out")]) == 2
     assert "no prob_<class> columns" in capsys.readouterr().err
+
+
+def test_top_patches_of_an_explain_run_are_attached_by_image_and_level(results, tmp_path):
+    from spine_dfl.explain.inputs import explain_inputs
+    from spine_dfl.review.studies import attach_patches
+
+    studies, _ = load_studies(results / "predictions.csv")
+    film = studies[0].image
+    explain_inputs(results.parent / "grader.pt", [film], results.parent / "cohort" / "rois.csv", tmp_path / "explain",
+                   top_n=2, device="cpu")
+    assert attach_patches(studies, tmp_path / "explain") == len(studies[0].vertebrae)
+    patches = studies[0].vertebrae[0].patches
+    assert 1 <= len(patches) <= 2 and [p["rank"] for p in patches] == list(range(1, len(patches) + 1))
+    assert all(p["x_max"] > p["x_min"] and p["y_max"] > p["y_min"] for p in patches)
+    assert all(not v.patches for v in studies[1].vertebrae)  # that film was not explained
+    (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ReviewInputError, match="not a patches.json"):
+        attach_patches(studies, tmp_path / "bad.json")
+
+
+def test_a_folder_of_films_is_scored_first_and_the_locators_flags_reach_the_page(located_grader_checkpoints, results,
+                                                                                tmp_path):
+    from spine_dfl.review import start_review
+
+    films = tmp_path / "films"
+    films.mkdir()
+    for path in sorted((results.parent / "cohort" / "images").iterdir()):
+        (films / path.name).write_bytes(path.read_bytes())
+    session = start_review(films, tmp_path / "reviewed", checkpoint=located_grader_checkpoints["embedded"], port=0)
+    try:
+        assert (tmp_path / "reviewed" / "scored" / "predictions.csv").is_file()
+        table, _ = read_predictions(tmp_path / "reviewed" / "scored" / "predictions.csv")
+        study = session.app.study(0)
+        rows = table[table["image"] == session.app.studies[0].image]
+        assert [v["level"] for v in study["vertebrae"]] == list(rows["vertebra"])
+        assert [v["flags"]["level_anchored"] for v in study["vertebrae"]] == list(rows["level_anchored"])
+        assert [v["flags"]["morph_grade"] for v in study["vertebrae"]] == list(rows["morph_grade"])
+        assert session.app.studies[0].patient_id == "P0000"  # kept for the manifest, never sent to the page
+        assert "patient_id" not in study and "image" not in study
+    finally:
+        session.server.server_close()

@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="grader checkpoint to score a folder of radiographs")
     p.add_argument("--locator", type=Path, default=None,
                    help="locator checkpoint for that scoring (default: the one embedded in the checkpoint)")
+    p.add_argument("--explain", type=Path, default=None,
+                   help="output folder of `spine-dfl explain` on the same films: its top patches as an overlay (key t)")
     p.add_argument("--out", type=Path, default=Path("reviewed"),
                    help="review folder (default reviewed/); an earlier review there: --resume continues it")
     p.add_argument("--reader", default="reader", help="the reader's name, written on every row (default 'reader')")
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     prepare_out(args.out, "review", overwrite=args.overwrite, resume=args.resume, can_resume=True)
     done = review(args.source, args.out, checkpoint=args.checkpoint, locator=args.locator, host=args.host,
-                  port=args.port, reader=args.reader,
+                  port=args.port, reader=args.reader, explain=args.explain,
                   on_ready=lambda url: print(f"reviewing at {url}  (Ctrl-C to stop; saving to {args.out})", flush=True))
     print(f"stopped: {done} stud{'y' if done == 1 else 'ies'} done; {args.out / 'manifest.csv'}")
     return EXIT_OK

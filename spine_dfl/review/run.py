@@ -20,7 +20,7 @@ from spine_dfl.io.errors import UnavailableError
 from spine_dfl.review.images import PngCache
 from spine_dfl.review.server import ReviewApp, make_server
 from spine_dfl.review.store import ReviewStore
-from spine_dfl.review.studies import ReviewInputError, Study, load_studies
+from spine_dfl.review.studies import ReviewInputError, Study, attach_patches, load_studies
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,14 @@ def resolve_predictions(source: str | Path, out_dir: Path, checkpoint: str | Pat
 
 def start_review(source: str | Path, out_dir: str | Path = "reviewed", *, checkpoint: str | Path | None = None,
                  locator: str | Path | None = None, host: str = "127.0.0.1", port: int = 8765,
-                 reader: str = "reader", device: str = "auto") -> ReviewSession:
-    """Load (or score) the predictions, open the review store in ``out_dir`` and bind the server."""
+                 reader: str = "reader", device: str = "auto", explain: str | Path | None = None) -> ReviewSession:
+    """Load (or score) the predictions, open the review store in ``out_dir`` and bind the server.
+    ``explain``: a ``spine-dfl explain`` output on the same films: its top patches become an overlay."""
     out_dir = Path(out_dir)
     predictions = resolve_predictions(source, out_dir, checkpoint, locator, device)
     studies, class_names = load_studies(predictions)
+    if explain is not None:
+        log.info("top patches for %d vertebrae", attach_patches(studies, explain))
     reader = reader.strip()
     if not reader or "," in reader or "\n" in reader:
         raise ReviewInputError(f"--reader {reader!r}: give a short name without commas")
@@ -106,11 +109,11 @@ def start_review(source: str | Path, out_dir: str | Path = "reviewed", *, checkp
 
 def review(source: str | Path, out_dir: str | Path = "reviewed", *, checkpoint: str | Path | None = None,
            locator: str | Path | None = None, host: str = "127.0.0.1", port: int = 8765, reader: str = "reader",
-           device: str = "auto", on_ready: Callable[[str], None] | None = None) -> int:
+           device: str = "auto", explain: str | Path | None = None, on_ready: Callable[[str], None] | None = None) -> int:
     """Serve the review until interrupted (Ctrl-C); ``on_ready(url)`` once it listens. Returns the number of
     studies done. Bad input raises ReviewInputError (exit 2), a taken port UnavailableError."""
     session = start_review(source, out_dir, checkpoint=checkpoint, locator=locator, host=host, port=port,
-                           reader=reader, device=device)
+                           reader=reader, device=device, explain=explain)
     if on_ready is not None:
         on_ready(session.url)
     try:

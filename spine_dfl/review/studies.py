@@ -9,6 +9,7 @@ columns where it has them; otherwise they are the ROI box's corners and edge mid
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ class Vertebra:
     points: list[list[float]]
     points_source: str  # 'model' (the table's six points) or 'box' (derived from the ROI)
     flags: dict[str, Any] = field(default_factory=dict)
+    patches: list[dict[str, Any]] = field(default_factory=list)  # top patches of `spine-dfl explain` (attach_patches)
 
 
 @dataclass
@@ -130,3 +132,32 @@ def load_studies(predictions_csv: str | Path) -> tuple[list[Study], list[str]]:
     if not studies:
         raise ReviewInputError(f"{predictions_csv}: no scored image with vertebra ROIs to review")
     return studies, class_names
+
+
+PATCH_FIELDS = ("rank", "class", "score", "x_min", "y_min", "x_max", "y_max")
+
+
+def attach_patches(studies: list[Study], explain: str | Path) -> int:
+    """Give each vertebra its top patches from a ``spine-dfl explain`` run on the same films (its
+    ``patches.json``, or the folder holding it), matched by image and level; returns how many matched.
+    ReviewInputError for a missing or malformed file."""
+    path = Path(explain)
+    path = path / "patches.json" if path.is_dir() else path
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(entries, list):
+            raise TypeError("a list of samples expected")
+        by_key = {(str(Path(e["image"]).resolve()), str(e.get("vertebra") or "")): e["boxes"] for e in entries}
+    except FileNotFoundError:
+        raise ReviewInputError(f"{path}: not found (give the output folder of `spine-dfl explain`)") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ReviewInputError(f"{path}: not a patches.json of `spine-dfl explain` ({exc})") from None
+    matched = 0
+    for study in studies:
+        image = str(Path(study.image).resolve())
+        for vertebra in study.vertebrae:
+            boxes = by_key.get((image, vertebra.level))
+            if boxes:
+                vertebra.patches = [{k: box[k] for k in PATCH_FIELDS} for box in boxes]
+                matched += 1
+    return matched

@@ -98,6 +98,8 @@ function draw() {
   ctx.imageSmoothingEnabled = s < 1;
   ctx.drawImage(state.shown, x, y, state.image.width * s, state.image.height * s);
   state.items.forEach((item, k) => drawItem(item, k === state.selected));
+  const selected = state.items[state.selected];
+  if (selected && selected.model && $("show-patches").checked) drawPatches(selected.model.patches);
   if (state.drag && state.drag.kind === "box") drawRubber(state.drag);
 }
 
@@ -131,6 +133,15 @@ function drawItem(item, selected) {
     ctx.font = `${selected ? "bold " : ""}13px system-ui, sans-serif`;
     ctx.fillStyle = "rgba(0,0,0,.6)"; ctx.fillRect(x1 + 4, (y0 + y1) / 2 - 9, ctx.measureText(text).width + 6, 18);
     ctx.fillStyle = d.notAssessable ? "#bbbbbb" : colour; ctx.fillText(text, x1 + 7, (y0 + y1) / 2 + 4);
+  }
+}
+
+function drawPatches(patches) {
+  ctx.lineWidth = 1.5; ctx.font = "bold 12px system-ui, sans-serif";
+  for (const patch of patches) {
+    const [x0, y0] = toScreen([patch.x_min, patch.y_min]), [x1, y1] = toScreen([patch.x_max, patch.y_max]);
+    ctx.strokeStyle = "#ffffff"; ctx.setLineDash([2, 2]); ctx.strokeRect(x0, y0, x1 - x0, y1 - y0); ctx.setLineDash([]);
+    ctx.fillStyle = "#ffffff"; ctx.fillText(String(patch.rank), x0 + 2, y0 + 12);
   }
 }
 
@@ -216,6 +227,7 @@ async function openStudy(id, key) {
     if (ticket !== state.loadToken) return;
     await img.decode();
     state.study = study; state.image = img; state.items = buildItems(study);
+    $("patches-toggle").hidden = !study.vertebrae.some((v) => v.patches.length);
     applyWindow(); fit();
     const k = state.items.findIndex((item) => item.key === key);
     select(k < 0 ? 0 : k);
@@ -292,6 +304,7 @@ document.addEventListener("keydown", (event) => {
   else if (key === "l") startLevelEdit();
   else if (key === "b") { state.mode = "box"; setStatus("drag the missed vertebra's box", "ready"); }
   else if (key === "f") { fit(); draw(); }
+  else if (key === "t") { $("show-patches").checked = !$("show-patches").checked; draw(); }
   else if (key === "Escape") { state.mode = null; state.drag = null; draw(); }
   else return;
   event.preventDefault();
@@ -377,7 +390,7 @@ canvas.addEventListener("wheel", (event) => {
 for (const id of ["window", "level"]) {
   $(id).addEventListener("input", () => { state.window = Number($("window").value); state.level = Number($("level").value); applyWindow(); draw(); });
 }
-for (const id of ["show-boxes", "show-points", "show-labels"]) $(id).addEventListener("change", draw);
+for (const id of ["show-boxes", "show-points", "show-labels", "show-patches"]) $(id).addEventListener("change", draw);
 window.addEventListener("resize", () => { fit(); draw(); });
 
 // ------------------------------------------------------------------ start
