@@ -5,10 +5,10 @@ Rerun from the repository root (needs Debian's Chromium and Playwright, ``pip in
     python docs/review_screenshots.py
 
 A synthetic film (``synth.generate_cohort``) is scored by the real ``score`` with a random-init grader
-(``benchmarks/review_speed.py``'s ``scored_film``: the grades shown are arbitrary, the app is not), three
-vertebrae are reviewed by key in Chromium, and two PNGs are written: ``docs/img/review-study.png`` (the
-whole film with its overlays and the side panel) and ``docs/img/review-zoom.png`` (zoomed in on a
-vertebra's six points).
+(``benchmarks/review_speed.py``'s ``scored_film``: the grades shown are arbitrary, the app is not) and
+explained (``spine-dfl explain``: its top patches, ``--explain``), three vertebrae are reviewed by key in
+Chromium, and two PNGs are written: ``docs/img/review-study.png`` (the whole film with its overlays and
+the side panel) and ``docs/img/review-zoom.png`` (zoomed in on a vertebra's six points and top patches).
 """
 
 from __future__ import annotations
@@ -30,7 +30,12 @@ def main() -> None:
     from spine_dfl.review import start_review
 
     work = Path(tempfile.mkdtemp(prefix="review_shots_"))
-    session = start_review(scored_film(work, 1024), work / "reviewed", port=0, reader="dr example")
+    from spine_dfl.explain.inputs import explain_inputs
+
+    results = scored_film(work, 1024)
+    explain_inputs(work / "grader.pt", [work / "cohort" / "images"], work / "cohort" / "rois.csv", work / "explain",
+                   top_n=3, device="cpu")
+    session = start_review(results, work / "reviewed", port=0, reader="dr example", explain=work / "explain")
     threading.Thread(target=session.server.serve_forever, daemon=True).start()
     out = ROOT / "docs" / "img"
     out.mkdir(parents=True, exist_ok=True)
