@@ -168,3 +168,26 @@ def test_the_page_requests_nothing_outside_its_server(browser, session):
     assert any("/api/image/1.png" in url for url in requested)
     page.close()
 
+
+
+def test_explains_top_patches_are_a_toggle(browser, results, tmp_path):
+    from spine_dfl.explain.inputs import explain_inputs
+
+    film = sorted((results.parent / "cohort" / "images").iterdir())[0]
+    explain_inputs(results.parent / "grader.pt", [film], results.parent / "cohort" / "rois.csv", tmp_path / "explain",
+                   top_n=2, device="cpu")
+    started = start_review(results, tmp_path / "reviewed", port=0, explain=tmp_path / "explain")
+    threading.Thread(target=started.server.serve_forever, daemon=True).start()
+    try:
+        page = _open(browser, started.url)
+        assert page.is_visible("#patches-toggle") and page.is_checked("#show-patches")
+        page.keyboard.press("t")
+        assert not page.is_checked("#show-patches")
+        page.keyboard.press("n")  # the second film was not explained: no toggle
+        page.wait_for_selector("#study-name:has-text('study 2 of')")
+        page.wait_for_selector("body[data-state=ready]")
+        assert not page.is_visible("#patches-toggle")
+        page.close()
+    finally:
+        started.server.shutdown()
+        started.server.server_close()
