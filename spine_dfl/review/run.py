@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
@@ -107,6 +109,10 @@ def start_review(source: str | Path, out_dir: str | Path = "reviewed", *, checkp
     return ReviewSession(url, server, app)
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def review(source: str | Path, out_dir: str | Path = "reviewed", *, checkpoint: str | Path | None = None,
            locator: str | Path | None = None, host: str = "127.0.0.1", port: int = 8765, reader: str = "reader",
            device: str = "auto", explain: str | Path | None = None, on_ready: Callable[[str], None] | None = None) -> int:
@@ -116,12 +122,16 @@ def review(source: str | Path, out_dir: str | Path = "reviewed", *, checkpoint: 
                            reader=reader, device=device, explain=explain)
     if on_ready is not None:
         on_ready(session.url)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if main else None  # SIGTERM stops it as Ctrl-C does
     try:
         session.server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         session.server.server_close()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return int(session.app.store.progress()["studies_done"])
 
 

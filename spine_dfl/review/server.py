@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -166,8 +167,13 @@ def _post(app: ReviewApp, route: str, body: dict[str, Any]) -> dict[str, Any] | 
     return None
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def make_server(app: ReviewApp, host: str, port: int) -> ThreadingHTTPServer:
     """The bound server (port 0: any free port; ``server.server_address`` says which)."""
-    server = ThreadingHTTPServer((host, port), make_handler(app))
+    server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+    server = server_class((host, port), make_handler(app))
     server.daemon_threads = True
     return server
