@@ -66,6 +66,7 @@ def test_the_config_is_the_parents_with_few_label_defaults_that_set_overrides(pa
     assert config.train.epochs == min(stored.train.epochs, FINETUNE_MAX_EPOCHS)
     assert config.train.early_stop_patience == FINETUNE_PATIENCE
     assert config.data.input_size == 64  # the parent's preprocessing
+    assert finetune_config(parent, None, ["data.input_size=64"]).data.input_size == 64  # the parent's value: allowed
     chosen = finetune_config(parent, None, ["train.lr_backbone=0.5", "train.early_stop_patience=0"])
     assert chosen.train.lr_backbone == 0.5 and chosen.train.early_stop_patience == 0
     assert chosen.train.lr_heads == pytest.approx(stored.train.lr_heads * 0.1)
@@ -164,6 +165,6 @@ def test_what_cannot_be_fine_tuned_is_one_line_and_exit_2(problem, parents, site
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
     expected = {"missing": "nowhere.pt: checkpoint file not found", "not_torch": "notes.pt: not a spine-dfl checkpoint",
                 "task": "trains the locator", "resume": "--resume and --init exclude each other",
-                "kept_key": "data.input_size: fine-tuning keeps the checkpoint's value"}[problem]
+                "kept_key": "data.input_size=96: fine-tuning keeps the checkpoint's value (64"}[problem]
     assert expected in lines[0]
     assert not (tmp_path / "run").exists()

@@ -131,10 +131,10 @@ def finetune_config(parent: Parent, config: str | Path | None, overrides: list[s
         _set(tree, ["model", "pretrained"], "none")  # the parent's weights replace any starting weights
     parsed = [parse_override(text) for text in overrides]
     kept = {f"{section}.{key}" for section, keys in _KEPT[parent.kind] for key in keys}
-    for keys, _ in parsed:
-        if ".".join(keys) in kept:
-            raise ConfigError(f"--set {'.'.join(keys)}: fine-tuning keeps the checkpoint's value "
-                              f"({parent.path}); it cannot be changed")
+    for keys, value in parsed:
+        if ".".join(keys) in kept and value != stored.get(keys[0], {}).get(keys[-1]):
+            raise ConfigError(f"--set {'.'.join(keys)}={value}: fine-tuning keeps the checkpoint's value "
+                              f"({stored.get(keys[0], {}).get(keys[-1])!r}, {parent.path}); it cannot be changed")
     named = {".".join(keys) for keys, _ in parsed}
     for keys, value in [parse_override(text) for text in finetune_settings(_validated(tree, source), named)] + parsed:
         _set(tree, keys, value)

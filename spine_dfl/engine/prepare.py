@@ -91,10 +91,12 @@ def prepare_data(manifest_path: str | Path, config: RunConfig, out_dir: Path, di
     """Manifest -> train/val records -> datasets (cached as ``config.data.cache`` says).
 
     ``class_names``: the classes of the model being fine-tuned (``train --init``): the manifest's labels
-    must be among them (one line names those that are not); classes it has no rows of are allowed.
+    must be among them (one line names those that are not); a class without training rows is allowed
+    (the model has learnt it already), where a model trained from scratch needs rows of every class.
     """
     manifest = prepare_manifest(manifest_path, config)
     present = manifest.class_names
+    fine_tuning = class_names is not None
     if class_names is not None:
         unknown = [c for c in present if c not in class_names]
         if unknown:
@@ -107,7 +109,7 @@ def prepare_data(manifest_path: str | Path, config: RunConfig, out_dir: Path, di
     val_records = records_from_table(table[table["split"] == "val"], class_names)
     train_labels = np.array([r["label"] for r in train_records])
     missing = [c for c in present if not (train_labels == class_names.index(c)).any()]
-    if missing:
+    if missing and not fine_tuning:
         raise InputError(f"{manifest.path}: classes without training rows: {', '.join(missing)}")
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
