@@ -43,6 +43,8 @@ def _folder_commands(out: Path) -> dict[str, tuple[list[str], bool]]:
         "explain": (["explain", "c.pt", "m.csv", "--out", o], False),
         "score": (["score", "c.pt", "folder", "--out", o], True),
         "view-train": (["view-train", o, "--manifest", "m.csv"], False),
+        "import": (["import", "buu", "source", o], False),
+        "review": (["review", "results", "--out", o], True),
     }
 
 

@@ -15,7 +15,8 @@ import traceback
 
 from spine_dfl import __version__
 from spine_dfl.cli import (
-    demo, drr, embed_locator, evaluate, explain, phantom, score, serve, synth, train, validate, view_train,
+    demo, drr, embed_locator, evaluate, explain, import_data, phantom, review, score, serve, synth, train, validate,
+    view_train,
 )
 from spine_dfl.cli.common import EXIT_BUG, EXIT_INPUTS_FAILED, EXIT_OK, EXIT_USAGE, common_options
 from spine_dfl.io.errors import InputError, SpineDflError
@@ -23,7 +24,8 @@ from spine_dfl.io.errors import InputError, SpineDflError
 __all__ = ["EXIT_BUG", "EXIT_INPUTS_FAILED", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 # Order of the commands in ``spine-dfl --help``.
-COMMANDS = (demo, synth, phantom, drr, validate, train, view_train, embed_locator, evaluate, explain, score, serve)
+COMMANDS = (demo, synth, phantom, drr, import_data, validate, train, view_train, embed_locator, evaluate, explain,
+            score, review, serve)
 
 _EPILOG = f"""\
 exit status (every command):
