@@ -30,7 +30,8 @@ Columns, in this order (a group appears only where its writer knows it):
 - ``ha, hm, hp, height_unit, wedge_ratio, biconcave_ratio, crush_ratio, height_loss, morph_grade,
   morph_kind`` (where six points are known: manifest or locator): six-point morphometry
   (``locate.morphometry``); heights in ``height_unit`` ('detector mm', 'patient mm' or 'pixels'),
-  ratios unitless, ``crush_ratio`` empty without an adjacent level; empty cells on rows without points.
+  ratios unitless, ``crush_ratio`` empty without an adjacent level; empty cells on rows without points;
+  then the six points themselves, ``sa_x .. ip_y`` in the file's own pixels (the manifest's names).
 
 Imports no torch: the report reads the table through `read_predictions`.
 """
@@ -46,6 +47,7 @@ import pandas as pd
 
 from spine_dfl.io.errors import InputError
 from spine_dfl.io.rois import ROI_COLUMNS
+from spine_dfl.io.vocabulary import POINT_COLUMNS
 
 IMAGE_COLUMN = "image"
 STATUS_COLUMNS = ("status", "error")
@@ -61,9 +63,10 @@ SHIFT_COLUMNS = ("shift_score", "in_distribution")
 ORIENTATION_COLUMN = "orientation"  # how the stored film was turned to canonical (``io.orientation`` names)
 LEVEL_COLUMNS = ("level_confidence", "level_anchored", "transitional")
 MORPHOMETRY_COLUMNS = ("ha", "hm", "hp", "height_unit", "wedge_ratio", "biconcave_ratio", "crush_ratio",
-                       "height_loss", "morph_grade", "morph_kind")
+                       "height_loss", "morph_grade", "morph_kind", *POINT_COLUMNS)
 MORPHOMETRY_TEXT_COLUMNS = ("height_unit", "morph_grade", "morph_kind")
-NUMERIC_EXTRA_COLUMNS = ("locator_confidence", "level_confidence", "shift_score", *(c for c in MORPHOMETRY_COLUMNS if c not in MORPHOMETRY_TEXT_COLUMNS))
+NUMERIC_EXTRA_COLUMNS = ("locator_confidence", "level_confidence", "shift_score",
+                         *(c for c in MORPHOMETRY_COLUMNS if c not in MORPHOMETRY_TEXT_COLUMNS))
 
 
 class PredictionsError(InputError):
@@ -116,15 +119,18 @@ def predictions_columns(
     return columns
 
 
-def morphometry_cells(measured: Any) -> list[dict[str, Any]]:
+def morphometry_cells(measured: Any, points: np.ndarray) -> list[dict[str, Any]]:
     """Per vertebra, the morphometry columns' values of a ``locate.morphometry.Morphometry`` (floats, text;
-    NaN where a ratio is undefined)."""
+    NaN where a ratio is undefined) and its six points ``points`` (N, 6, 2), (x, y) in the file's own
+    pixels, as ``sa_x .. ip_y``: the points the heights were measured between."""
     h = measured.heights
+    flat = np.asarray(points, dtype=np.float64).reshape(len(measured.grade), len(POINT_COLUMNS))
     return [
         {"ha": float(h.anterior[i]), "hm": float(h.middle[i]), "hp": float(h.posterior[i]), "height_unit": h.unit,
          "wedge_ratio": float(measured.wedge_ratio[i]), "biconcave_ratio": float(measured.biconcave_ratio[i]),
          "crush_ratio": float(measured.crush_ratio[i]), "height_loss": float(measured.height_loss[i]),
-         "morph_grade": measured.grade[i], "morph_kind": measured.kind[i]}
+         "morph_grade": measured.grade[i], "morph_kind": measured.kind[i],
+         **{column: float(value) for column, value in zip(POINT_COLUMNS, flat[i])}}
         for i in range(len(measured.grade))
     ]
 

@@ -138,7 +138,7 @@ def test_morphometry_columns_from_manifest_points_match_hand_computed_values(sma
     points = first[[f"{p}_{a}" for p in ("sa", "sm", "sp", "ia", "im", "ip") for a in "xy"]].to_numpy(float)
     points = points.reshape(-1, 6, 2)
     spacing = (0.5, 0.5)
-    cells = morphometry_cells(spine_morphometry(points, [0, 1, 2], spacing, "PixelSpacing"))
+    cells = morphometry_cells(spine_morphometry(points, [0, 1, 2], spacing, "PixelSpacing"), points)
     r = first.iloc[1]  # the middle one has both neighbours
     ha = math.hypot(r.sa_x - r.ia_x, r.sa_y - r.ia_y) * spacing[0]
     hm = math.hypot(r.sm_x - r.im_x, r.sm_y - r.im_y) * spacing[0]
@@ -157,6 +157,9 @@ def test_morphometry_columns_from_manifest_points_match_hand_computed_values(sma
     assert list(table.columns[-len(MORPHOMETRY_COLUMNS):]) == list(MORPHOMETRY_COLUMNS)
     assert table["hp"].tolist() == pytest.approx(hp) and set(table["roi_source"]) == {"manifest"}
     assert np.isnan(table["locator_confidence"]).all()
+    # the six points the heights were measured between, as the manifest names them
+    assert table[[f"{p}_{a}" for p in ("sa", "sm", "sp", "ia", "im", "ip") for a in "xy"]].to_numpy() == pytest.approx(
+        points.reshape(3, 12))
 
 
 # ----------------------------------------------------------------------------- evaluate --locator
@@ -177,7 +180,7 @@ def _oracle_locator(manifest_csv: Path, shift: float):
         measured = spine_morphometry(points, [LEVELS.index(v) for v in rows["vertebra"]], radiograph.spacing_mm,
                                      radiograph.meta.spacing_source)
         boxes = [tuple(float(v) + shift for v in box) for box in rows[["x_min", "y_min", "x_max", "y_max"]].to_numpy()]
-        return LocatedRois(list(rows["vertebra"]), boxes, [0.9] * len(rows), morphometry_cells(measured))
+        return LocatedRois(list(rows["vertebra"]), boxes, [0.9] * len(rows), morphometry_cells(measured, points))
 
     return locate_rois
 

@@ -69,6 +69,11 @@ def test_every_orientation_grades_as_stored_and_lands_on_its_own_pixels(located_
         np.testing.assert_allclose(canonical, reference[["x_min", "y_min", "x_max", "y_max"]].to_numpy(float), atol=1e-3)
         # and they lie inside this file's image
         assert (boxes[:, 2] <= ds.Columns + 1e-6).all() and (boxes[:, 3] <= ds.Rows + 1e-6).all()
+        # the six points too: turned back by o they are the original's points
+        point_columns = [f"{p}_{a}" for p in ("sa", "sm", "sp", "ia", "im", "ip") for a in "xy"]
+        points = rows[point_columns].to_numpy(float).reshape(-1, 6, 2)
+        back = o.inverse().points_to_stored(points, o.canonical_shape((ds.Rows, ds.Columns)))
+        np.testing.assert_allclose(back.reshape(-1, 12), reference[point_columns].to_numpy(float), atol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["flip", "rot90", "flip+rot270"])

@@ -130,8 +130,8 @@ def locate_rois(loaded: LoadedLocator, radiograph: Radiograph, orientation: Orie
     # Neighbours for the crush ratio: anchored levels, else the chain's own order (consecutive).
     neighbours = list(named.levels) if named.anchored else list(range(len(keep)))
     measured = spine_morphometry(points, neighbours, spacing, source if spacing is not None else None)
-    cells = morphometry_cells(measured)
     stored_points = orientation.points_to_stored(points, stored.shape)
+    cells = morphometry_cells(measured, stored_points)
     for j, (k, cell) in enumerate(zip(keep, cells)):
         cell["points"] = tuple((float(x), float(y)) for x, y in stored_points[j])
         cell["level_confidence"] = float(named.level_confidence[j])

@@ -74,7 +74,7 @@ def manifest_morphometry(records: Sequence[dict[str, Any]], table: pd.DataFrame)
         points = np.stack([by_row.loc[records[i]["row"]].to_numpy(np.float64).reshape(6, 2) for i in members])
         levels = [LEVELS.index(records[i]["vertebra"]) for i in members]
         measured = spine_morphometry(points, levels, spacing, source if spacing is not None else None)
-        for i, values in zip(members, morphometry_cells(measured)):
+        for i, values in zip(members, morphometry_cells(measured, points)):
             cells[i].update(values)
     return cells
 
