@@ -63,6 +63,24 @@ def test_top_anchor_where_the_locator_counts_from_t1() -> None:
     assert result.anchored and result.anchor == "C7/T1" and result.names[0] == "T1"
 
 
+def test_a_film_with_both_ends_counts_from_both_and_reports_where_they_differ() -> None:
+    from spine_dfl.io.vocabulary import LEVELS as ALL
+
+    c7_l5 = list(ALL[ALL.index("C7"): ALL.index("L5") + 1])  # a locator trained on C7 .. L5
+    centres, boxes, _ = chain(18)  # C7 .. L5, with film above C7 and below L5
+    both = anchor_levels(centres, boxes, logits_for("C7", 18, c7_l5), c7_l5, image_rows=1300)
+    assert both.anchored and both.anchor == "C7/T1 and sacrum" and both.names[0] == "C7" and both.names[-1] == "L5"
+    assert both.transitional == ""
+    # a lumbarised S1: 19 mobile vertebrae from C7, the lowest looking like L5 to a locator that counts by
+    # position; from the sacrum every level would be one too low, from C7 the last is L6
+    centres, boxes, _ = chain(19)
+    lumbarised = anchor_levels(centres, boxes, logits_for("C7", 19, c7_l5), c7_l5, image_rows=1360)
+    assert lumbarised.anchored and lumbarised.anchor == "C7/T1" and lumbarised.names[-1] == "L6"
+    assert lumbarised.names[-2] == "L5" and "one more mobile vertebra" in lumbarised.transitional
+    sacrum_only = anchor_levels(centres[7:], boxes[7:], logits_for("C7", 19, c7_l5)[7:], c7_l5, image_rows=1360)
+    assert sacrum_only.anchor == "sacrum" and sacrum_only.names[-1] == "L5"  # the film cannot tell: the known limit
+
+
 def test_a_chain_read_head_down_is_not_counted() -> None:
     centres, boxes, _ = chain(6)
     result = anchor_levels(centres, boxes, logits_for("T12", 6), LEVELS, image_rows=600, head_up=False)

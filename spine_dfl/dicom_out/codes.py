@@ -88,6 +88,7 @@ CODES: dict[str, hd.sr.CodedConcept] = {
     "level_confidence": _private("LEVELCONF", "Vertebral level confidence"),
     "anchor_sacrum": _private("ANCHORSACRUM", "Counted upwards from the sacrum (L5 the last mobile vertebra)"),
     "anchor_c7t1": _private("ANCHORC7T1", "Counted downwards from C7/T1"),
+    "anchor_both": _private("ANCHORBOTH", "Counted from C7/T1 and from the sacrum, the two counts agreeing"),
     "anchor_none": _private("UNANCHORED", "No anchor visible: relative names V1, V2, ... top to bottom"),
     "transitional": _private("TRANSITIONAL", "Transitional anatomy the level count went through"),
     "yes": hd.sr.CodedConcept(*codes.SCT.Yes),

@@ -133,7 +133,7 @@ def _shift_group(
     )
 
 
-_ANCHOR_METHODS = {"sacrum": "anchor_sacrum", "C7/T1": "anchor_c7t1", "": "anchor_none"}
+_ANCHOR_METHODS = {"sacrum": "anchor_sacrum", "C7/T1": "anchor_c7t1", "C7/T1 and sacrum": "anchor_both", "": "anchor_none"}
 
 
 def _levels_group(

@@ -7,6 +7,9 @@ such a cut confidently and wrongly. Clinicians count from an anchor the film sho
 - the sacrum: the chain stops above it with film to spare, so its lowest vertebra is the last
   mobile one (L5), counted upward;
 - C7/T1 at the top, where the locator's levels reach that far (its range starts at T1 or higher);
+- both, where the film shows both ends: the counts must agree, or the column has a transitional
+  vertebra (a lumbarised S1 counted from the sacrum names every level one too low) and the count from
+  C7/T1 stands, reported ``transitional``;
 - the last rib-bearing vertebra (T12): not detected by this locator (no rib head); a site whose
   locator is trained with rib labels can add it here.
 
@@ -42,7 +45,8 @@ class AnchoredLevels:
 
     ``names``: level names, or ``V1``.. when ``anchored`` is False; ``level_confidence``: (N,)
     confidence in each name (the count's, anchored; the locator's own level posterior, unanchored);
-    ``anchor``: what the levels were counted from ("sacrum", "C7/T1", or "" when unanchored);
+    ``anchor``: what the levels were counted from ("sacrum", "C7/T1", "C7/T1 and sacrum" where both counts
+    agree, or "" when unanchored);
     ``levels``: (N,) indices into ``COUNT_LEVELS`` (-1 where unanchored); ``why``: why no anchor, when none;
     ``transitional``: transitional anatomy the count went through ("lumbarised S1 (L6)"), or "".
     """
@@ -95,24 +99,47 @@ def anchor_levels(
         return unanchored("the film's orientation is uncertain")
     boxes = np.asarray(boxes, dtype=np.float64)
     logits = np.asarray(level_logits, dtype=np.float64)
+    centres = np.asarray(centres, dtype=np.float64)
     room_above, room_below, body = _room(boxes, image_rows)
-    reasons = []
+    reasons: list[str] = []
+    from_sacrum = from_top = None
     if room_below >= ROOM_BODY_HEIGHTS * body:
         level = _looks_like(logits[-1], levels, LAST_MOBILE)
         if level is not None:
             transitional = "lumbarised S1 (L6)" if level == "L6" else ""
-            return _count_from(np.asarray(centres, dtype=np.float64), boxes, n - 1, COUNT_LEVELS.index(level), "sacrum",
-                               unanchored, transitional)
-        reasons.append("the lowest vertebra does not look like the last lumbar")
+            from_sacrum = _count_from(centres, boxes, n - 1, COUNT_LEVELS.index(level), "sacrum", unanchored, transitional)
+        else:
+            reasons.append("the lowest vertebra does not look like the last lumbar")
     else:
         reasons.append("the film ends at the lowest vertebra")
     if room_above >= ROOM_BODY_HEIGHTS * body:
         level = _looks_like(logits[0], levels, TOP_ANCHORS)
         if level is not None:
-            return _count_from(np.asarray(centres, dtype=np.float64), boxes, 0, COUNT_LEVELS.index(level), "C7/T1", unanchored)
+            from_top = _count_from(centres, boxes, 0, COUNT_LEVELS.index(level), "C7/T1", unanchored)
+    if from_sacrum is not None and from_top is not None and from_sacrum.anchored and from_top.anchored:
+        return _both_ends(from_top, from_sacrum)
+    if from_sacrum is not None:
+        return from_sacrum
+    if from_top is not None:
+        return from_top
     if not any(name in levels for name in TOP_ANCHORS):
         reasons.append(f"the locator counts no higher than {levels[0]}")
     return unanchored("no anchor visible: " + "; ".join(reasons))
+
+
+def _both_ends(from_top: AnchoredLevels, from_sacrum: AnchoredLevels) -> AnchoredLevels:
+    """A film that shows C7/T1 and the sacrum: the two counts agree (anchored on both), or the column has
+    one mobile vertebra more or fewer than usual (a lumbarised S1, a sacralised L5: the counts differ by
+    the difference) and the levels are those counted from C7/T1, reported ``transitional``."""
+    shift = int(from_sacrum.levels[-1] - from_top.levels[-1])
+    if shift == 0:
+        confidence = np.maximum(from_top.level_confidence, from_sacrum.level_confidence)
+        return AnchoredLevels(from_top.names, confidence, True, "C7/T1 and sacrum", from_top.levels,
+                              transitional=from_sacrum.transitional)
+    extra = "one more mobile vertebra" if shift < 0 else "one mobile vertebra fewer"
+    extra = extra if abs(shift) == 1 else f"{abs(shift)} mobile vertebrae {'more' if shift < 0 else 'fewer'}"
+    return AnchoredLevels(from_top.names, from_top.level_confidence, True, "C7/T1", from_top.levels,
+                          transitional=f"counts from C7/T1 and the sacrum differ: {extra} than C7-L5")
 
 
 def withdraw_levels(cells: Sequence[dict]) -> tuple[str, ...] | None:
