@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-locator", action="store_true", help="grader only")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of each report")
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write the curves here")
+    parser.add_argument("--models-from", type=Path, default=None, metavar="XGEN_OUT",
+                        help="a benchmarks/cross_generator.py OUT with these seeds: its cohorts, its synth-trained "
+                             "models as the parents and its DRR-trained models as the reference (none retrained)")
     return parser.parse_args(argv)
 
 
@@ -110,6 +113,12 @@ def _scored(fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise SystemExit(f"error: --models-from: {path} is missing (run benchmarks/cross_generator.py with these seeds)")
+    return path
+
+
 class Seed:
     """One seed's cohorts, synth-trained parents and DRR test sets; trains and scores the arms."""
 
@@ -117,15 +126,21 @@ class Seed:
         from spine_dfl.workflows.train import train
 
         self.seed, self.args, self.root = seed, args, args.out / f"seed{seed}"
-        self.synth = cohort("synth", self.root / "cohorts" / "synth", args.patients, seed)
-        self.drr = cohort("drr", self.root / "cohorts" / "drr", args.patients, seed)
+        reused = None if args.models_from is None else args.models_from / f"seed{seed}"
+        models = ["grader"] + ([] if args.no_locator else ["locator"])
+        self.reference: dict[str, Path] = {}
+        if reused is not None:  # cross_generator.py's runs: trained_on_synth = the parents, trained_on_drr = the reference
+            self.parents = {m: _existing(reused / "trained_on_synth" / m / "best.pt") for m in models}
+            self.reference = {m: _existing(reused / "trained_on_drr" / m / "best.pt") for m in models}
+        cohorts = self.root / "cohorts" if reused is None else reused / "cohorts"
+        self.synth = cohort("synth", cohorts / "synth", args.patients, seed)
+        self.drr = cohort("drr", cohorts / "drr", args.patients, seed)
         self.drr_table = pd.read_csv(self.drr, dtype=str, keep_default_na=False)
-        self.parents = {"grader": train(self.synth, self.config("grader"), self.root / "synth" / "grader",
-                                       progress=False).best_checkpoint}
+        if reused is None:
+            self.parents = {m: train(self.synth, self.config(m), self.root / "synth" / m, progress=False).best_checkpoint
+                            for m in models}
         self.levels: list[str] = []
         if not args.no_locator:
-            self.parents["locator"] = train(self.synth, self.config("locator"), self.root / "synth" / "locator",
-                                            progress=False).best_checkpoint
             import torch
 
             self.levels = list(torch.load(self.parents["locator"], weights_only=True)["levels"])
@@ -170,9 +185,12 @@ class Seed:
         models = list(self.parents)
         result: dict[str, Any] = {
             "zero_shot": {m: self.score(m, self.parents[m], f"zero_shot_{m}") for m in models}, "budgets": {}}
-        everything = self.manifests("drr_all", None)
-        result["reference"] = {m: _scored(self.train_arm, m, "scratch", everything[m], self.root / "drr_all" / m)
-                               for m in models}
+        if self.reference:  # trained on every DRR training patient by cross_generator.py (all its levels)
+            result["reference"] = {m: _scored(self.score, m, self.reference[m], f"reference_{m}") for m in models}
+        else:
+            everything = self.manifests("drr_all", None)
+            result["reference"] = {m: _scored(self.train_arm, m, "scratch", everything[m], self.root / "drr_all" / m)
+                                   for m in models}
         for budget in self.args.budgets:
             drawn = draw_budget(self.drr_table, budget, self.seed)
             if drawn is None:
