@@ -24,8 +24,8 @@ from spine_dfl.datasets.common import (
     BASE_COLUMNS, UNGRADED, DatasetFormatError, ImportResult, Unmapped, split_by_patient, staged_out, where,
     write_report, write_table,
 )
-from spine_dfl.io import GENANT_GRADES
-from spine_dfl.io.verse import VERSE_LABELS, level_label
+from spine_dfl.io.verse import VERSE_LABELS, vertebra_label
+from spine_dfl.io.vocabulary import GENANT_GRADES, grade_name
 
 __all__ = ["VERSE_COLUMNS", "import_verse", "read_grade_table"]
 
@@ -41,14 +41,6 @@ def _subject(text: str) -> str:
     text = text.strip()
     return text if text.startswith("sub-") else f"sub-{text}"
 
-
-def _grade(text: str) -> str | None:
-    value = text.strip().lower()
-    if value in GENANT_GRADES:
-        return value
-    if value in ("0", "1", "2", "3", "0.0", "1.0", "2.0", "3.0"):
-        return GENANT_GRADES[int(float(value))]
-    return None
 
 
 def read_grade_table(path: Path) -> dict[tuple[str, str], str]:
@@ -72,13 +64,13 @@ def read_grade_table(path: Path) -> dict[tuple[str, str], str]:
         cell = {name: (row.get(columns[name]) or "").strip() for name in GRADE_COLUMNS}
         if not cell["subject"]:
             raise DatasetFormatError(f"{where(path, number, 'subject', number + 1)}: empty")
-        label = int(cell["vertebra"]) if cell["vertebra"].isdigit() else level_label(cell["vertebra"])
+        label = vertebra_label(cell["vertebra"])
         if label not in VERSE_LABELS:
             raise DatasetFormatError(f"{where(path, number, 'vertebra', number + 1)}: {cell['vertebra']!r} is not a "
                                      "level name or VerSe label 1-28")
         if not cell["grade"]:
             continue
-        grade = _grade(cell["grade"])
+        grade = grade_name(cell["grade"])
         if grade is None:
             raise DatasetFormatError(f"{where(path, number, 'grade', number + 1)}: {cell['grade']!r} is not a Genant "
                                      f"grade (0-3 or {', '.join(GENANT_GRADES)})")

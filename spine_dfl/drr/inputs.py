@@ -21,8 +21,8 @@ import numpy as np
 
 from spine_dfl.drr.dicom import DrrIdentity
 from spine_dfl.io.errors import InputError
-from spine_dfl.io.verse import VERSE_LABELS, VerseFormatError, level_label, read_centroids
-from spine_dfl.io.vocabulary import GENANT_GRADES
+from spine_dfl.io.verse import VERSE_LABELS, VerseFormatError, read_centroids, vertebra_label
+from spine_dfl.io.vocabulary import GENANT_GRADES, grade_name
 
 __all__ = ["DrrInputError", "Volume", "ct_identity", "ct_stem", "load_centroids", "load_ct", "load_mask", "read_grades"]
 
@@ -114,14 +114,6 @@ def load_centroids(path: str | Path, ct: Volume) -> dict[int, np.ndarray]:
     return centroids
 
 
-def _grade_name(text: str) -> str | None:
-    value = text.strip().lower()
-    if value in GENANT_GRADES:
-        return value
-    if value in ("0", "1", "2", "3", "0.0", "1.0", "2.0", "3.0"):
-        return GENANT_GRADES[int(float(value))]
-    return None
-
 
 def read_grades(path: str | Path) -> dict[int, str]:
     """Grades CSV -> VerSe label -> Genant grade name.
@@ -143,10 +135,10 @@ def read_grades(path: str | Path) -> dict[int, str]:
     for row_number, row in enumerate(reader, start=1):
         where = f"{path}: row {row_number} (line {row_number + 1})"
         vertebra = (row.get(columns["vertebra"]) or "").strip()
-        label = int(vertebra) if vertebra.isdigit() else level_label(vertebra)
+        label = vertebra_label(vertebra)
         if label is None or label not in VERSE_LABELS:
             raise DrrInputError(f"{where}, column 'vertebra': {vertebra!r} is not a level name or VerSe label 1-28")
-        grade = _grade_name(row.get(columns["grade"]) or "")
+        grade = grade_name(row.get(columns["grade"]) or "")
         if grade is None:
             raise DrrInputError(f"{where}, column 'grade': {row.get(columns['grade'])!r} is not a Genant grade "
                                 f"(0-3 or {', '.join(GENANT_GRADES)})")

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from spine_dfl.io.errors import InputError
 
-__all__ = ["VERSE_LABELS", "VerseFormatError", "level_label", "read_centroids", "voxel_to_world", "write_centroids"]
+__all__ = ["VERSE_LABELS", "VerseFormatError", "level_label", "read_centroids", "vertebra_label", "voxel_to_world",
+           "write_centroids"]
 
 VERSE_LABELS: dict[int, str] = {
     **{i: f"C{i}" for i in range(1, 8)},
@@ -36,6 +37,13 @@ class VerseFormatError(InputError):
 def level_label(name: str) -> int | None:
     """The VerSe label of a level name (``"T13"`` -> 28, ``"S1"`` -> 26); None when unknown."""
     return _LABEL_OF_LEVEL.get(str(name).strip().upper())
+
+
+def vertebra_label(text: str) -> int | None:
+    """The VerSe label a grades-table ``vertebra`` cell names: a label number or a level name; None when
+    it is neither (a number outside ``VERSE_LABELS`` comes back as given, for the caller to refuse)."""
+    text = str(text).strip()
+    return int(text) if text.isdigit() else level_label(text)
 
 
 def voxel_to_world(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:

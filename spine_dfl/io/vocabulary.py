@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["GENANT_GRADES", "LEVELS", "POINT_COLUMNS", "POINT_NAMES", "level_sort_key", "normalize_level", "sort_levels"]
+__all__ = ["GENANT_GRADES", "LEVELS", "POINT_COLUMNS", "POINT_NAMES", "grade_name", "level_sort_key", "normalize_level",
+           "sort_levels"]
 
 LEVELS: tuple[str, ...] = (
     tuple(f"C{i}" for i in range(1, 8))
@@ -25,6 +26,17 @@ GENANT_GRADES: tuple[str, ...] = ("normal", "mild", "moderate", "severe")
 # and inferior (i) endplates, each (x, y) = (column, row) in original pixels.
 POINT_NAMES: tuple[str, ...] = ("sa", "sm", "sp", "ia", "im", "ip")
 POINT_COLUMNS: tuple[str, ...] = tuple(f"{name}_{axis}" for name in POINT_NAMES for axis in ("x", "y"))
+
+
+def grade_name(text: str) -> str | None:
+    """The Genant grade a grades-table cell names: ``normal`` .. ``severe`` or 0-3 (``2`` or ``2.0``, as
+    VerSe's tables write it); None for anything else."""
+    value = text.strip().lower()
+    if value in GENANT_GRADES:
+        return value
+    if value in ("0", "1", "2", "3", "0.0", "1.0", "2.0", "3.0"):
+        return GENANT_GRADES[int(float(value))]
+    return None
 
 
 def normalize_level(name: object) -> str:
