@@ -25,8 +25,8 @@ from spine_dfl.model.defaults import BACKBONES, DEFAULT_BRANCH_WEIGHTS, PSTREAM_
 
 __all__ = [
     "SELECT_METRICS", "SHIPPED_CONFIGS", "BranchWeights", "ConfigError", "DataConfig", "LocatorAugment",
-    "LocatorConfig", "ModelConfig", "RunConfig", "TrainConfig", "config_to_dict", "load_config", "parse_override",
-    "resolve_config_path", "shipped_config_names",
+    "LocatorConfig", "ModelConfig", "RunConfig", "TrainConfig", "apply_override", "config_to_dict", "load_config",
+    "parse_override", "resolve_config_path", "shipped_config_names", "validate_tree",
 ]
 
 # The shipped configs are package data (spine_dfl/configs/*.yaml), read through importlib.resources
@@ -203,7 +203,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, yaml.safe_load(raw)
 
 
-def _apply_override(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+def apply_override(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    """Set ``value`` at ``keys`` (from :func:`parse_override`) in a raw config tree, making sections."""
     node = tree
     for part in keys[:-1]:
         child = node.setdefault(part, {})
@@ -253,7 +254,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         source = str(resolved)
         tree = _read_tree(resolved)
     for text in overrides or []:
-        _apply_override(tree, *parse_override(text))
+        apply_override(tree, *parse_override(text))
+    return validate_tree(tree, source)
+
+
+def validate_tree(tree: dict[str, Any], source: str) -> RunConfig:
+    """The :class:`RunConfig` of a raw config tree; ConfigError naming ``source`` and every bad key."""
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:

@@ -16,9 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from spine_dfl.config import RunConfig, load_config, parse_override
+from spine_dfl.config import RunConfig, apply_override, load_config, parse_override, validate_tree
 from spine_dfl.engine.checkpoint import read_checkpoint
 from spine_dfl.io.errors import CheckpointError, ConfigError
 
@@ -89,24 +87,6 @@ def finetune_settings(base: RunConfig, named: set[str]) -> list[str]:
     return [f"{key}={value}" for key, value in defaults.items() if key not in named]
 
 
-def _set(tree: dict[str, Any], keys: list[str], value: Any) -> None:
-    node = tree
-    for part in keys[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {'.'.join(keys)}: {part!r} is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def _validated(tree: dict[str, Any], source: str) -> RunConfig:
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{source}: {problems}") from exc
-
-
 def finetune_config(parent: Parent, config: str | Path | None, overrides: list[str]) -> RunConfig:
     """The fine-tuning run's config: ``config`` (default: the parent's stored config), the parent's
     architecture and preprocessing over it, the few-label defaults, then ``overrides``.
@@ -126,9 +106,9 @@ def finetune_config(parent: Parent, config: str | Path | None, overrides: list[s
     for section, keys in _KEPT[parent.kind]:
         for key in keys:
             if key in stored.get(section, {}):
-                _set(tree, [section, key], stored[section][key])
+                apply_override(tree, [section, key], stored[section][key])
     if parent.kind == "grader":
-        _set(tree, ["model", "pretrained"], "none")  # the parent's weights replace any starting weights
+        apply_override(tree, ["model", "pretrained"], "none")  # the parent's weights replace any starting weights
     parsed = [parse_override(text) for text in overrides]
     kept = {f"{section}.{key}" for section, keys in _KEPT[parent.kind] for key in keys}
     for keys, value in parsed:
@@ -136,6 +116,6 @@ def finetune_config(parent: Parent, config: str | Path | None, overrides: list[s
             raise ConfigError(f"--set {'.'.join(keys)}={value}: fine-tuning keeps the checkpoint's value "
                               f"({stored.get(keys[0], {}).get(keys[-1])!r}, {parent.path}); it cannot be changed")
     named = {".".join(keys) for keys, _ in parsed}
-    for keys, value in [parse_override(text) for text in finetune_settings(_validated(tree, source), named)] + parsed:
-        _set(tree, keys, value)
-    return _validated(tree, source)
+    for keys, value in [parse_override(text) for text in finetune_settings(validate_tree(tree, source), named)] + parsed:
+        apply_override(tree, keys, value)
+    return validate_tree(tree, source)
