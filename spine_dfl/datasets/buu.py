@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from spine_dfl.datasets.common import (
-    BASE_COLUMNS, UNGRADED, DatasetFormatError, ImportResult, Unmapped, split_by_patient, staged_out, where,
-    write_report, write_table,
+    BASE_COLUMNS, UNGRADED, DatasetFormatError, ImportResult, Unmapped, finite_number, split_by_patient, staged_out,
+    where, write_report, write_table,
 )
 from spine_dfl.io import ImageReadError, image_size
 
@@ -65,11 +65,8 @@ def read_endplates(path: Path, expected_rows: int = LATERAL_ROWS) -> Endplates:
                                      "(x1, y1, x2, y2, code; no header)")
         values = []
         for name, cell in zip(("x1", "y1", "x2", "y2"), cells):
-            try:
-                value = float(cell)
-            except ValueError:
-                value = float("nan")
-            if not np.isfinite(value):
+            value = finite_number(cell)
+            if value is None:
                 raise DatasetFormatError(f"{where(path, number, name)}: {cell.strip()!r} is not a number "
                                          "(BUU CSVs have no header)")
             values.append(value)

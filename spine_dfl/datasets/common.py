@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -24,7 +25,8 @@ from spine_dfl.io import ROI_COLUMNS
 from spine_dfl.io.errors import InputError
 from spine_dfl.io.vocabulary import POINT_COLUMNS
 
-__all__ = ["BASE_COLUMNS", "DatasetFormatError", "ImportResult", "Unmapped", "staged_out", "where", "write_table"]
+__all__ = ["BASE_COLUMNS", "DatasetFormatError", "ImportResult", "Unmapped", "finite_number", "staged_out", "where",
+           "write_table"]
 
 # The project's manifest columns (``data.manifest``, ``data.landmarks``); importers add their own after them.
 BASE_COLUMNS: tuple[str, ...] = ("image", "label", "vertebra", "patient_id", "split", *ROI_COLUMNS, *POINT_COLUMNS)
@@ -34,6 +36,15 @@ REPORT_NAME = "import_report.json"
 
 class DatasetFormatError(InputError):
     """A data set's file that is not in its published format; the message names file, row and field."""
+
+
+def finite_number(cell: str) -> float | None:
+    """The finite number a CSV cell holds; None for text, an empty cell, NaN or infinity."""
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def where(path: Path, row: int | None = None, field_name: str | None = None, line: int | None = None) -> str:

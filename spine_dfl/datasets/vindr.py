@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from spine_dfl.datasets.common import (
-    BASE_COLUMNS, DatasetFormatError, ImportResult, Unmapped, split_by_patient, staged_out, where, write_report,
-    write_table,
+    BASE_COLUMNS, DatasetFormatError, ImportResult, Unmapped, finite_number, split_by_patient, staged_out, where,
+    write_report, write_table,
 )
 
 __all__ = ["FRACTURE_TYPES", "LESION_TYPES", "VINDR_COLUMNS", "import_vindr", "read_annotations"]
@@ -73,11 +72,8 @@ def _box(path: Path, number: int, row: dict[str, str], kind: str) -> tuple[float
         return None
     values = []
     for name, cell in zip(("xmin", "ymin", "xmax", "ymax"), cells):
-        try:
-            value = float(cell)
-        except ValueError:
-            value = float("nan")
-        if not np.isfinite(value) or value < 0:
+        value = finite_number(cell)
+        if value is None or value < 0:
             raise DatasetFormatError(f"{where(path, number, name, line)}: {cell!r} is not a pixel coordinate "
                                      f"(a {kind!r} row needs its box)")
         values.append(value)
