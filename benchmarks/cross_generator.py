@@ -38,9 +38,16 @@ LOCATOR_KEYS = ("detection_recall_iou50", "identification_rate", "wrong_level_ra
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser, "cohort and training seeds")
+    return parser.parse_args(argv)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, seeds_help: str) -> None:
+    """The options this benchmark and site_adaptation.py share: the working folder, cohort size, seeds, the
+    two configs and their overrides, --no-locator and --bootstrap."""
     parser.add_argument("out", type=Path, help="working folder (cohorts, runs, evaluations)")
     parser.add_argument("--patients", type=int, default=64, help="patients per cohort (default 64, as the demo)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="cohort and training seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help=seeds_help)
     parser.add_argument("--grader-config", default="cpu_demo", help="grader config name or YAML (default cpu_demo)")
     parser.add_argument("--locator-config", default="locator_cpu", help="locator config (default locator_cpu)")
     parser.add_argument("--set", dest="grader_set", action="append", default=[], metavar="KEY=VALUE",
@@ -49,7 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="locator config override (repeatable)")
     parser.add_argument("--no-locator", action="store_true", help="grader only")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of each report")
-    return parser.parse_args(argv)
+
+
+def overrides_error(args: argparse.Namespace) -> str | None:
+    """The error line of a bad config or override, checked before minutes of synthesis; None when both load."""
+    try:
+        load_config(args.grader_config, args.grader_set)
+        load_config(args.locator_config, args.locator_set)
+    except ConfigError as exc:
+        return f"error: {exc}"
+    return None
 
 
 def cohort_writer(generator: str) -> Callable[..., Any]:
@@ -132,11 +148,9 @@ def mean_over_seeds(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:  # a bad override fails before minutes of synthesis
-        load_config(args.grader_config, args.grader_set)
-        load_config(args.locator_config, args.locator_set)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    error = overrides_error(args)
+    if error is not None:
+        print(error, file=sys.stderr)
         return 2
     per_seed = {seed: run_seed(seed, args) for seed in args.seeds}
     print(json.dumps({"patients": args.patients, "seeds": args.seeds, "grader_config": str(args.grader_config),

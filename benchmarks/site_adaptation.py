@@ -40,9 +40,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the cohort and score helpers of cross_generator
-from cross_generator import cohort, grader_scores, locator_scores  # noqa: E402
+from cross_generator import add_run_arguments, cohort, grader_scores, locator_scores, overrides_error  # noqa: E402
 
-from spine_dfl.config import ConfigError, load_config  # noqa: E402
+from spine_dfl.config import load_config  # noqa: E402
 from spine_dfl.io.errors import SpineDflError  # noqa: E402
 
 ARMS = ("fine_tuned", "scratch")
@@ -51,18 +51,8 @@ HEADLINE = {"grader": "macro_auc", "locator": "identification_rate"}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out", type=Path, help="working folder (cohorts, runs, evaluations)")
-    parser.add_argument("--patients", type=int, default=64, help="patients per cohort (default 64)")
+    add_run_arguments(parser, "cohort, draw and training seeds")
     parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8, 16, 32], help="labelled DRR patients")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="cohort, draw and training seeds")
-    parser.add_argument("--grader-config", default="cpu_demo", help="grader config name or YAML (default cpu_demo)")
-    parser.add_argument("--locator-config", default="locator_cpu", help="locator config (default locator_cpu)")
-    parser.add_argument("--set", dest="grader_set", action="append", default=[], metavar="KEY=VALUE",
-                        help="grader config override, every arm (repeatable)")
-    parser.add_argument("--locator-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="locator config override, every arm (repeatable)")
-    parser.add_argument("--no-locator", action="store_true", help="grader only")
-    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of each report")
     parser.add_argument("--plot", type=Path, default=None, metavar="PNG", help="write the curves here")
     parser.add_argument("--models-from", type=Path, default=None, metavar="XGEN_OUT",
                         help="a benchmarks/cross_generator.py OUT with these seeds: its cohorts, its synth-trained "
@@ -265,11 +255,9 @@ def plot(mean: dict[str, Any], budgets: list[int], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:  # a bad override fails before minutes of synthesis
-        load_config(args.grader_config, args.grader_set)
-        load_config(args.locator_config, args.locator_set)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    error = overrides_error(args)
+    if error is not None:
+        print(error, file=sys.stderr)
         return 2
     per_seed = {seed: Seed(seed, args).run() for seed in args.seeds}
     mean = mean_over_seeds(per_seed, args.budgets)
